@@ -1,0 +1,17 @@
+"""crossattn: where in the picture did each word of the prompt go?
+
+    >>> import crossattn
+    >>> pipe = crossattn.load_pipeline()
+    >>> with crossattn.trace(pipe) as tr:
+    ...     image = pipe("a red circle left of a blue square").images[0]
+    >>> tr.heat_maps().word("circle").overlay(image)   # doctest: +ELLIPSIS
+    <PIL.Image.Image image mode=RGB size=64x64 at ...>
+"""
+
+from .heatmaps import HeatMaps, WordHeatMap, load_heat_maps
+from .models import load_pipeline
+from .tracing import Trace, trace
+from .words import UnknownWordError
+
+__all__ = ["HeatMaps", "Trace", "UnknownWordError", "WordHeatMap", "load_heat_maps", "load_pipeline", "trace"]
+__version__ = "0.1.0"

@@ -1,0 +1,236 @@
+"""Inside the denoiser: a cross-attention processor that records its attention, and the accumulator it feeds.
+
+Data flows one way: `CaptureProcessor` (one per cross-attention layer) → `Recorder` (fixed-size sums).
+Nothing here knows about words, pictures or pipelines; `crossattn.tracing` wires it to a pipeline.
+
+Why a processor and not a hook: the attention probabilities exist only inside the processor (SDPA
+never returns them). The processor computes the layer output with the very same SDPA call as diffusers'
+`AttnProcessor2_0`, so traced outputs are bit-identical to untraced ones, and forms the probabilities
+explicitly only for the rows it records (the conditional half under CFG): one extra Q·Kᵀ over 77 keys,
+a few percent of a cross-attention layer and far less of a UNet step.
+
+Memory: the recorder never stores per-step full-resolution maps. Per image it holds
+``time_bins × Σ_sites (h·w) × heads_kept × tokens × 4 bytes`` (a *site* is a (block, resolution) pair,
+or a single layer with ``per_layer=True``; ``heads_kept`` is 1 unless ``per_head=True``; ``tokens`` is the
+prompt's tokens up to and including the end token, not the padding), plus a coarse per-step trace of
+``steps × (≤ trace_size²) × tokens × 4 bytes`` at the lowest captured resolution.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a map was captured: readable name, UNet block, resolution (h, w) in latent pixels."""
+
+    name: str
+    block: str
+    resolution: tuple[int, int]
+
+
+def block_of(layer: str) -> str:
+    """'up_blocks.1.attentions.0.transformer_blocks.0.attn2' -> 'up'; 'mid_block…' -> 'mid'."""
+    head = layer.split(".", 1)[0]
+    return {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}.get(head, head)
+
+
+def depth_of(layer: str, n_down: int) -> int:
+    """How many times the latent was halved before this layer (UNet2DConditionModel layout); 0 if unknown."""
+    if m := re.match(r"down_blocks\.(\d+)\.", layer):
+        return int(m.group(1))
+    if layer.startswith("mid_block."):
+        return n_down - 1
+    if m := re.match(r"up_blocks\.(\d+)\.", layer):
+        return n_down - 1 - int(m.group(1))
+    return 0
+
+
+@dataclass
+class StepState:
+    """What the tracer tells the recorder before each denoiser call."""
+
+    index: int  # denoiser call number within this generation (0-based)
+    total: int  # expected number of calls (the pipeline's step count)
+    timestep: float
+    rows: slice  # rows of the denoiser batch to record (the conditional half under CFG)
+    latent_hw: tuple[int, int]
+
+
+@dataclass
+class Recorder:
+    """Fixed-size accumulators of cross-attention probabilities, summed over heads, layers and steps.
+
+    ``sums[site]`` has shape (time_bins, images, heads_kept, h*w, tokens); ``counts[site][bin]`` is how many
+    single-head maps were added into each head slot, so ``sums / counts`` is a mean attention probability.
+    """
+
+    time_bins: int = 4
+    per_head: bool = False
+    per_layer: bool = False
+    trace_size: int = 16
+    n_tokens: int = 77  # tokens kept per map: the tracer lowers it to the prompt's length
+    trace_depth: int = 0  # sites at this depth also feed the per-step trace
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    sites: dict[str, Site] = field(default_factory=dict)
+    trace: list[torch.Tensor | None] = field(default_factory=list)  # one (images, th, tw, tokens) per step
+    trace_counts: list[int] = field(default_factory=list)
+    timesteps: list[float] = field(default_factory=list)
+    step: StepState | None = None
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+        self.sites.clear()
+        self.trace.clear()
+        self.trace_counts.clear()
+        self.timesteps.clear()
+        self.step = None
+
+    def begin_step(self, step: StepState) -> None:
+        self.step = step
+        self.timesteps.append(step.timestep)
+        self.trace_counts.append(0)
+        self.trace.append(None)  # filled lazily by the trace-depth sites
+
+    def bin_of(self, index: int, total: int) -> int:
+        """Time bin of a step: bins split the expected steps into equal, contiguous ranges."""
+        bins = min(self.time_bins, max(total, 1))
+        return min(index * bins // max(total, 1), bins - 1)
+
+    @property
+    def accumulator_bytes(self) -> int:
+        """Bytes of the fixed-size sums (independent of the number of steps)."""
+        return sum(t.numel() * t.element_size() for t in self.sums.values())
+
+    @property
+    def trace_bytes(self) -> int:
+        """Bytes of the coarse per-step trace (grows by one small map per step)."""
+        return sum(t.numel() * t.element_size() for t in self.trace if t is not None)
+
+    @property
+    def nbytes(self) -> int:
+        return self.accumulator_bytes + self.trace_bytes
+
+    @property
+    def rows(self) -> slice | None:
+        """Rows of the denoiser batch to record now; None outside a traced pipeline call."""
+        return None if self.step is None else self.step.rows
+
+    def record(self, layer: str, depth: int, probs: torch.Tensor) -> None:
+        """Add one layer's attention probabilities (recorded rows, heads, h*w, context) for the current step."""
+        step = self.step
+        _, heads, pixels, _ = probs.shape
+        factor = math.sqrt(step.latent_hw[0] * step.latent_hw[1] / pixels)
+        h, w = round(step.latent_hw[0] / factor), round(step.latent_hw[1] / factor)
+        name = layer if self.per_layer else f"{block_of(layer)}.{h}x{w}"
+        kept = probs[..., : self.n_tokens]
+        bins = min(self.time_bins, max(step.total, 1))
+        if name not in self.sums:
+            self.sites[name] = Site(name, block_of(layer), (h, w))
+            shape = (bins, kept.shape[0], heads if self.per_head else 1, pixels, kept.shape[-1])
+            self.sums[name] = torch.zeros(shape, dtype=torch.float32, device=probs.device)
+            self.counts[name] = [0] * bins
+        b = self.bin_of(step.index, step.total)
+        if self.per_head:
+            self.sums[name][b].add_(kept)
+            self.counts[name][b] += 1
+        if depth == self.trace_depth or not self.per_head:
+            summed = kept.sum(dim=1, dtype=torch.float32)  # (images, pixels, tokens)
+            if not self.per_head:
+                self.sums[name][b, :, 0].add_(summed)
+                self.counts[name][b] += heads
+            if depth == self.trace_depth:
+                self._trace(summed, h, w, heads)
+
+    def _trace(self, summed: torch.Tensor, h: int, w: int, heads: int) -> None:
+        grid = summed.unflatten(1, (h, w))  # (images, h, w, tokens)
+        if max(h, w) > self.trace_size:  # keep the per-step trace coarse: it is the only part that grows
+            scale = self.trace_size / max(h, w)
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            grid = F.adaptive_avg_pool2d(grid.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
+        if self.trace[-1] is None:
+            self.trace[-1] = grid.clone()
+        else:
+            self.trace[-1].add_(grid)
+        self.trace_counts[-1] += heads
+
+
+class CaptureProcessor:
+    """AttnProcessor2_0's computation, plus the attention probabilities of the recorded rows.
+
+    Honours the `Attention` contract: spatial/group norm, norm_cross, attention_mask, q/k norms,
+    residual_connection and rescale_output_factor. Probabilities are formed in float32 with SDPA's scale
+    (1/√head_dim) and mask, i.e. exactly the weights the output was computed with.
+    """
+
+    def __init__(self, recorder: Recorder, layer: str, depth: int):
+        self.recorder = recorder
+        self.layer = layer
+        self.depth = depth
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch_size, context_len, _ = context.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, context_len, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key = attn.to_k(context)
+        value = attn.to_v(context)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        rows = self.recorder.rows
+        if rows is not None:
+            scores = torch.matmul(query[rows].float(), key[rows].float().transpose(-1, -2)).mul_(head_dim**-0.5)
+            if attention_mask is not None and attention_mask.dtype == torch.bool:  # SDPA: True = attend
+                scores.masked_fill_(~attention_mask[rows], float("-inf"))
+            elif attention_mask is not None:
+                scores += attention_mask[rows].float()
+            self.recorder.record(self.layer, self.depth, scores.softmax(dim=-1))
+
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor

@@ -1,0 +1,305 @@
+"""Heat maps of one generated image: slice them like a cache, read one word, save and load them.
+
+`HeatMaps` holds the recorder's sums for one image, per *site* (``"up.16x16"``, ``"down.32x32"``, or one
+layer's full name with ``per_layer=True``), per time bin and (with ``per_head=True``) per head, plus the
+coarse per-step trace. `filter` narrows any of those axes and returns another `HeatMaps`; `word` reduces
+to one word's map:
+
+1. per site, sum the selected bins and heads; add the sites up after bilinear upsampling to the finest
+   selected grid, and divide by the number of single-head maps summed: a *mean attention probability*
+   (each (layer, head, step) counts once);
+2. sum the word's tokens (multi-token words: sum of their tokens);
+3. upsample to the image size (bicubic, clipped at 0) → `WordHeatMap.raw`;
+4. normalise by the word's own maximum → `WordHeatMap.array` in [0, 1] (0 stays "no attention").
+
+    >>> maps = tr.heat_maps()                                  # doctest: +SKIP
+    >>> maps.words                                             # doctest: +SKIP
+    ['a', 'red', 'circle', 'left', 'of', 'a', 'blue', 'square']
+    >>> maps.filter(blocks=["up"], resolutions=[16]).word("circle").overlay(image)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import render
+from .capture import Site
+from .words import Word, find_word
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class WordHeatMap:
+    """One word's map. `array`: float32 (H, W) in [0, 1] at the image's pixel size."""
+
+    word: str
+    array: np.ndarray
+    raw: np.ndarray  # mean attention probability (sum over the word's tokens) at image size, unnormalised
+    latent: np.ndarray  # the same before upsampling, on the finest captured grid
+    positions: tuple[int, ...]
+
+    def overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5, cmap: str = "jet",
+                size: int | None = None) -> Image.Image:
+        """The map colour-mapped over `image` (a PIL image or an RGB array).
+
+        With `size`, the picture is drawn with its long side at `size` pixels and the map is upsampled
+        straight from the latent grid to that size (sharper than enlarging a small overlay afterwards).
+        """
+        if size is None:
+            return render.overlay(image, self.array, alpha=alpha, cmap=cmap)
+        peak = float(self.latent.max())
+        heat = self.latent / peak if peak > 0 else np.zeros_like(self.latent)
+        big = render.scale_to(Image.fromarray(render.as_rgb(image)), size)
+        return render.overlay(big, np.clip(heat, 0, 1), alpha=alpha, cmap=cmap)
+
+    def figure(self, image: Image.Image | np.ndarray, alpha: float = 0.5, cmap: str = "jet",
+               tile: int = 384) -> Image.Image:
+        """The overlay with the word as a title and a colour bar."""
+        return render.with_colorbar(self.overlay(image, alpha, cmap, size=tile), self.word, cmap, tile)
+
+
+def _select_steps(steps, n_steps: int) -> list[int]:
+    if steps is None:
+        return list(range(n_steps))
+    if isinstance(steps, slice):
+        return list(range(n_steps))[steps]
+    if isinstance(steps, int):
+        steps = [steps]
+    chosen = sorted({s + n_steps if s < 0 else s for s in steps})
+    bad = [s for s in chosen if not 0 <= s < n_steps]
+    if bad:
+        raise ValueError(f"steps {bad} out of range: this generation ran {n_steps} steps (0..{n_steps - 1})")
+    return chosen
+
+
+def _matches_resolution(site: Site, wanted: Iterable) -> bool:
+    h, w = site.resolution
+    for r in wanted:
+        if isinstance(r, str) and r == f"{h}x{w}" or isinstance(r, int) and r in (h, w):
+            return True
+        if isinstance(r, tuple) and tuple(r) == (h, w):
+            return True
+    return False
+
+
+@dataclass
+class HeatMaps:
+    """All captured maps of one image; index by word (`maps["circle"]`), slice with `filter`."""
+
+    sums: dict[str, torch.Tensor]  # site -> (bins, heads, h, w, tokens) float32 sums
+    counts: dict[str, np.ndarray]  # site -> (bins,) single-head maps summed into each head slot
+    sites: dict[str, Site]
+    bin_steps: list[list[int]]  # steps that went into each bin
+    trace: torch.Tensor | None  # (steps, th, tw, tokens) sums at the coarsest resolution
+    trace_counts: np.ndarray  # (steps,)
+    word_info: list[Word]
+    tokens: list[str]  # kept token strings, position 0 = start token
+    image_size: tuple[int, int]  # (height, width) in pixels
+    per_head: bool = False
+    per_layer: bool = False
+    meta: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ---- what is in here ------------------------------------------------------------------------------
+    @property
+    def words(self) -> list[str]:
+        """The prompt's words in order (repeats included; address them with `occurrence=`)."""
+        return [w.text for w in self.word_info]
+
+    @property
+    def steps(self) -> list[int]:
+        """Denoising steps covered by the selected time bins."""
+        return sorted(s for b in self.bin_steps for s in b)
+
+    @property
+    def resolutions(self) -> list[tuple[int, int]]:
+        return sorted({s.resolution for s in self.sites.values()}, reverse=True)
+
+    @property
+    def blocks(self) -> list[str]:
+        return sorted({s.block for s in self.sites.values()})
+
+    @property
+    def heads(self) -> int:
+        """Head slots stored per site (1 when heads were summed during capture)."""
+        return max(t.shape[1] for t in self.sums.values())
+
+    def __len__(self) -> int:
+        return len(self.word_info)
+
+    def __iter__(self) -> Iterator[WordHeatMap]:
+        for w in self.word_info:
+            yield self.word(w.text, w.occurrence)
+
+    def __getitem__(self, word: str) -> WordHeatMap:
+        return self.word(word)
+
+    # ---- slicing ----------------------------------------------------------------------------------------
+    def filter(self, steps=None, resolutions=None, blocks=None, heads=None, layers=None) -> HeatMaps:
+        """A view restricted to some steps, resolutions, blocks, heads or layers (None keeps all).
+
+        - steps: slice, int or ints. Full-resolution maps are kept per *time bin*, so a bin is kept when any
+          of its steps is selected (`.steps` says which steps that covers); the per-step trace is exact.
+        - resolutions: ints (match height or width, e.g. 16 for 16×16), "HxW" strings or (h, w) tuples.
+        - blocks: "down", "mid", "up".  - heads: head indices (needs ``trace(pipe, per_head=True)``).
+        - layers: substrings of layer names (needs ``trace(pipe, per_layer=True)``).
+        """
+        sites = dict(self.sites)
+        if resolutions is not None:
+            sites = {k: s for k, s in sites.items() if _matches_resolution(s, resolutions)}
+        if blocks is not None:
+            unknown = set(blocks) - set(self.blocks)
+            if unknown:
+                raise ValueError(f"unknown blocks {sorted(unknown)}; these maps have {self.blocks}")
+            sites = {k: s for k, s in sites.items() if s.block in blocks}
+        if layers is not None:
+            if not self.per_layer:
+                raise ValueError("layers were summed during capture; use crossattn.trace(pipe, per_layer=True)")
+            sites = {k: s for k, s in sites.items() if any(pattern in k for pattern in layers)}
+        if not sites:
+            raise ValueError(
+                f"no maps left after filtering; available resolutions {self.resolutions}, blocks {self.blocks}"
+            )
+        n_steps = len(self.trace_counts)
+        chosen = set(_select_steps(steps, n_steps))
+        keep_bins = [b for b, members in enumerate(self.bin_steps) if chosen & set(members)]
+        if not keep_bins:
+            raise ValueError("no time bin covers the selected steps")
+        sums = {k: self.sums[k][keep_bins] for k in sites}
+        if heads is not None:
+            if not self.per_head:
+                raise ValueError("heads were summed during capture; use crossattn.trace(pipe, per_head=True)")
+            heads = list(heads)
+            for k, t in sums.items():
+                if max(heads) >= t.shape[1] or min(heads) < -t.shape[1]:
+                    raise ValueError(f"site {k} has {t.shape[1]} heads; asked for heads {heads}")
+            sums = {k: t[:, heads] for k, t in sums.items()}
+        trace_keep = sorted(chosen)
+        return replace(
+            self,
+            sums=sums,
+            counts={k: self.counts[k][keep_bins] for k in sites},
+            sites=sites,
+            bin_steps=[self.bin_steps[b] for b in keep_bins],
+            trace_counts=np.where(np.isin(np.arange(n_steps), trace_keep), self.trace_counts, 0),
+            _cache={},
+        )
+
+    # ---- reductions -------------------------------------------------------------------------------------
+    def token_maps(self) -> torch.Tensor:
+        """Mean attention probability per token, (h, w, tokens) on the finest selected grid."""
+        if "tokens" not in self._cache:
+            target = max((s.resolution for s in self.sites.values()), key=lambda r: r[0] * r[1])
+            total, n = None, 0.0
+            for k, t in self.sums.items():
+                summed = t.sum(dim=(0, 1)).permute(2, 0, 1)[None]  # (1, tokens, h, w)
+                if summed.shape[-2:] != target:
+                    summed = F.interpolate(summed, size=target, mode="bilinear", align_corners=False)
+                total = summed if total is None else total + summed
+                n += float(self.counts[k].sum()) * (t.shape[1] if self.per_head else 1)
+            self._cache["tokens"] = (total[0] / max(n, 1e-12)).permute(1, 2, 0)
+        return self._cache["tokens"]
+
+    def word(self, word: str, occurrence: int = 0) -> WordHeatMap:
+        """One word's map (case-insensitive; several words, e.g. "red circle", are merged)."""
+        matched = find_word(self.word_info, word, occurrence)
+        positions = tuple(p for w in matched for p in w.positions)
+        latent = self.token_maps()[..., list(positions)].sum(-1).cpu().numpy().astype(np.float32)
+        raw = render.upsample(latent, self.image_size)
+        peak = float(raw.max())
+        array = raw / peak if peak > 0 else np.zeros_like(raw)
+        return WordHeatMap(" ".join(w.text for w in matched), array, raw, latent, positions)
+
+    def timeline(self, word: str, occurrence: int = 0) -> np.ndarray:
+        """The word's coarse map at every step, (steps, th, tw) mean probabilities; zeros for unselected steps."""
+        if self.trace is None:
+            raise ValueError("no per-step trace was recorded")
+        positions = [p for w in find_word(self.word_info, word, occurrence) for p in w.positions]
+        per_step = self.trace[..., positions].sum(-1).cpu().numpy()
+        counts = np.maximum(self.trace_counts, 1)[:, None, None]
+        return np.where(self.trace_counts[:, None, None] > 0, per_step / counts, 0).astype(np.float32)
+
+    # ---- pictures ---------------------------------------------------------------------------------------
+    def grid(self, image: Image.Image | np.ndarray, words: list[str] | None = None, alpha: float = 0.5,
+             cmap: str = "jet", tile: int = 256, cols: int | None = None) -> Image.Image:
+        """The image followed by one labelled overlay per word (all words by default)."""
+        chosen = [self.word(w) for w in words] if words else list(self)
+        tiles = [render.labelled(Image.fromarray(render.as_rgb(image)), "image", tile)]
+        tiles += [render.labelled(m.overlay(image, alpha, cmap, size=tile), m.word, tile) for m in chosen]
+        return render.grid(tiles, cols)
+
+    # ---- files ------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path, fmt: str = "safetensors") -> Path:
+        """Write ``maps.safetensors`` (or ``maps.npz``) with the raw sums and ``heatmaps.json`` with the rest."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = {f"sums/{k}": t.contiguous().cpu() for k, t in self.sums.items()}
+        arrays |= {f"counts/{k}": torch.as_tensor(c, dtype=torch.int64) for k, c in self.counts.items()}
+        arrays["trace_counts"] = torch.as_tensor(self.trace_counts, dtype=torch.int64)
+        if self.trace is not None:
+            arrays["trace"] = self.trace.contiguous().cpu()
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(arrays, out / "maps.safetensors")
+        elif fmt == "npz":
+            np.savez_compressed(out / "maps.npz", **{k: v.numpy() for k, v in arrays.items()})
+        else:
+            raise ValueError(f"unknown format {fmt!r}; use 'safetensors' or 'npz'")
+        info = {
+            "format_version": FORMAT_VERSION,
+            "maps_file": f"maps.{'npz' if fmt == 'npz' else 'safetensors'}",
+            "words": [{"text": w.text, "token_indices": list(w.positions), "occurrence": w.occurrence}
+                      for w in self.word_info],
+            "tokens": self.tokens,
+            "image_size": list(self.image_size),
+            "per_head": self.per_head,
+            "per_layer": self.per_layer,
+            "bin_steps": self.bin_steps,
+            "sites": {k: {"block": s.block, "resolution": list(s.resolution)} for k, s in self.sites.items()},
+            **self.meta,
+        }
+        (out / "heatmaps.json").write_text(json.dumps(info, indent=1))
+        return out
+
+
+def load_heat_maps(directory: str | Path) -> HeatMaps:
+    """Read a folder written by `HeatMaps.save` back into a `HeatMaps`."""
+    folder = Path(directory)
+    info_file = folder / "heatmaps.json"
+    if not info_file.exists():
+        raise FileNotFoundError(f"{info_file} not found: not a folder written by HeatMaps.save")
+    info = json.loads(info_file.read_text())
+    path = folder / info["maps_file"]
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            arrays = {k: torch.from_numpy(data[k]) for k in data.files}
+    else:
+        from safetensors.torch import load_file
+
+        arrays = load_file(path)
+    meta_keys = {"format_version", "maps_file", "words", "tokens", "image_size", "per_head", "per_layer",
+                 "bin_steps", "sites"}
+    return HeatMaps(
+        sums={k: arrays[f"sums/{k}"] for k in info["sites"]},
+        counts={k: arrays[f"counts/{k}"].numpy() for k in info["sites"]},
+        sites={k: Site(k, s["block"], tuple(s["resolution"])) for k, s in info["sites"].items()},
+        bin_steps=info["bin_steps"],
+        trace=arrays.get("trace"),
+        trace_counts=arrays["trace_counts"].numpy(),
+        word_info=[Word(w["text"], tuple(w["token_indices"]), w["occurrence"]) for w in info["words"]],
+        tokens=info["tokens"],
+        image_size=tuple(info["image_size"]),
+        per_head=info["per_head"],
+        per_layer=info["per_layer"],
+        meta={k: v for k, v in info.items() if k not in meta_keys},
+    )

@@ -1,0 +1,172 @@
+"""The shapes world: seeded scenes of flat-coloured shapes with captions and exact per-object masks.
+
+Every scene is drawn without anti-aliasing on a plain background, so each object's mask is exactly the
+set of pixels painted in its colour. That is what makes the world a ground truth for heat maps.
+
+    >>> from crossattn.shapes.world import sample_scene
+    >>> scene = sample_scene(seed=3)
+    >>> scene.caption, scene.image.shape, len(scene.masks) == len(scene.objects)
+    ('a small yellow triangle below a blue square', (64, 64, 3), True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+IMAGE_SIZE = 64
+BACKGROUND = (240, 240, 236)
+# Colours far apart in RGB so a generated image can be segmented by nearest palette colour.
+# "cyan" is split by the CLIP tokenizer into "cy" + "an": a multi-token word on purpose.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 60, 220),
+    "yellow": (245, 205, 20),
+    "cyan": (30, 210, 220),
+}
+SHAPES = ("circle", "square", "triangle")
+# Object "radius" (half the extent) as a fraction of the image side.
+SIZES: dict[str, tuple[float, float]] = {"small": (0.09, 0.12), "large": (0.15, 0.19)}
+RELATIONS = {"left_of": "left of", "right_of": "right of", "above": "above", "below": "below"}
+# Single-object position phrases, and the region of the image they promise.
+POSITIONS = {"on the left": (0, 0.4), "on the right": (0.6, 1), "at the top": (0, 0.4), "at the bottom": (0.6, 1)}
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One drawn object; centre and radius in pixels of the scene's image."""
+
+    shape: str
+    colour: str
+    size: str
+    cx: float
+    cy: float
+    r: float
+
+    def phrase(self, with_size: bool) -> str:
+        return f"{self.size} {self.colour} {self.shape}" if with_size else f"{self.colour} {self.shape}"
+
+
+@dataclass
+class Scene:
+    """An image (H, W, 3 uint8), its caption, its objects and one bool mask (H, W) per object."""
+
+    image: np.ndarray
+    caption: str
+    objects: list[ShapeObject]
+    masks: list[np.ndarray]
+    relation: str | None = None  # "left_of" etc. between objects[0] and objects[1]
+    extra: dict = field(default_factory=dict)
+
+
+def _polygon(obj: ShapeObject) -> np.ndarray | None:
+    cx, cy, r = obj.cx, obj.cy, obj.r
+    if obj.shape == "square":
+        s = r * 0.88  # a square of the same "radius" looks bigger than a circle; shrink it a little
+        pts = [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
+    elif obj.shape == "triangle":
+        pts = [(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)]
+    else:
+        return None
+    return np.round(np.array(pts)).astype(np.int32)
+
+
+def draw_object(canvas: np.ndarray, obj: ShapeObject, colour: tuple[int, ...]) -> None:
+    """Paint `obj` onto `canvas` in place (no anti-aliasing, so masks match pixels exactly)."""
+    poly = _polygon(obj)
+    if poly is None:
+        cv2.circle(canvas, (round(obj.cx), round(obj.cy)), round(obj.r), colour, -1, lineType=cv2.LINE_8)
+    else:
+        cv2.fillPoly(canvas, [poly], colour, lineType=cv2.LINE_8)
+
+
+def render(objects: list[ShapeObject], size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Draw objects on the background; returns the image and one mask per object."""
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = BACKGROUND
+    masks = []
+    for obj in objects:
+        draw_object(image, obj, COLOURS[obj.colour])
+        mask = np.zeros((size, size), np.uint8)
+        draw_object(mask, obj, (1,))
+        masks.append(mask.astype(bool))
+    return image, masks
+
+
+def _overlaps(a: ShapeObject, b: ShapeObject) -> bool:
+    return np.hypot(a.cx - b.cx, a.cy - b.cy) < a.r + b.r + 2
+
+
+def _random_object(rng: np.random.Generator, size: int, colour: str) -> ShapeObject:
+    size_name = str(rng.choice(list(SIZES)))
+    lo, hi = SIZES[size_name]
+    r = rng.uniform(lo, hi) * size
+    cx, cy = rng.uniform(r + 1, size - r - 1, 2)
+    return ShapeObject(str(rng.choice(SHAPES)), colour, size_name, float(cx), float(cy), float(r))
+
+
+def _satisfies(a: ShapeObject, b: ShapeObject, relation: str, size: int) -> bool:
+    """A clear relation: the main-axis gap is large and the cross-axis offset small."""
+    dx, dy = b.cx - a.cx, b.cy - a.cy
+    main, cross = {"left_of": (dx, dy), "right_of": (-dx, dy), "above": (dy, dx), "below": (-dy, dx)}[relation]
+    return main > 0.25 * size and abs(cross) < 0.6 * abs(main)
+
+
+def _single_position(obj: ShapeObject, size: int) -> str | None:
+    """A position phrase that clearly holds for this object, or None."""
+    fx, fy = obj.cx / size, obj.cy / size
+    options = []
+    if fx < 0.38:
+        options.append("on the left")
+    if fx > 0.62:
+        options.append("on the right")
+    if fy < 0.38:
+        options.append("at the top")
+    if fy > 0.62:
+        options.append("at the bottom")
+    return options[0] if len(options) == 1 else None
+
+
+def sample_scene(seed: int, size: int = IMAGE_SIZE, n_objects: int | None = None) -> Scene:
+    """Sample one scene deterministically from `seed` (1–3 objects of distinct colours)."""
+    rng = np.random.default_rng(seed)
+    if n_objects is None:
+        n_objects = int(rng.choice([1, 2, 3], p=[0.3, 0.55, 0.15]))
+    colours = list(rng.choice(list(COLOURS), n_objects, replace=False))
+    relation = str(rng.choice(list(RELATIONS))) if n_objects == 2 else None
+    for _ in range(1000):  # rejection sampling; a valid layout is found within a few tries
+        objects = [_random_object(rng, size, c) for c in colours]
+        if any(_overlaps(a, b) for i, a in enumerate(objects) for b in objects[i + 1 :]):
+            continue
+        if relation is not None and not _satisfies(objects[0], objects[1], relation, size):
+            continue
+        break
+    else:  # pragma: no cover - the constraints above always admit layouts
+        raise RuntimeError(f"could not place {n_objects} objects for seed {seed}")
+    with_size = [bool(rng.random() < 0.5) for _ in objects]
+    phrases = [f"a {o.phrase(s)}" for o, s in zip(objects, with_size)]
+    if n_objects == 1:
+        position = _single_position(objects[0], size)
+        caption = phrases[0] + (f" {position}" if position and rng.random() < 0.7 else "")
+    elif n_objects == 2:
+        caption = f"{phrases[0]} {RELATIONS[relation]} {phrases[1]}"
+    else:
+        caption = f"{phrases[0]}, {phrases[1]} and {phrases[2]}"
+    image, masks = render(objects, size)
+    return Scene(image, caption, objects, masks, relation)
+
+
+def parse_caption(caption: str) -> tuple[list[tuple[str, str]], str | None]:
+    """The (colour, shape) pairs a caption names, in order, and its relation key if any.
+
+    >>> parse_caption("a small red circle left of a cyan square")
+    ([('red', 'circle'), ('cyan', 'square')], 'left_of')
+    """
+    words = caption.replace(",", " ").split()
+    pairs = [(w, words[i + 1]) for i, w in enumerate(words[:-1]) if w in COLOURS and words[i + 1] in SHAPES]
+    text = " ".join(words)
+    relation = next((key for key, phrase in RELATIONS.items() if f" {phrase} " in f" {text} "), None)
+    return pairs, relation

@@ -1,0 +1,260 @@
+"""Capture: exact outputs, exact numbers, restored processors, fixed memory, CFG and batch layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny_sd, seeded
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+import crossattn
+from crossattn.capture import CaptureProcessor
+
+PROMPT = "a red circle left of a cyan square"
+
+
+def latents(pipe, prompt=PROMPT, **kw):
+    return pipe(prompt, num_inference_steps=kw.pop("steps", 4), generator=seeded(), output_type="latent", **kw).images
+
+
+@pytest.mark.parametrize("guidance", [1.0, 7.5], ids=["no-cfg", "cfg"])
+def test_output_equals_unpatched_fp32(tiny_sd, guidance):
+    plain = tiny_sd(PROMPT, num_inference_steps=4, guidance_scale=guidance, generator=seeded(), output_type="np")
+    with crossattn.trace(tiny_sd):
+        traced = tiny_sd(PROMPT, num_inference_steps=4, guidance_scale=guidance, generator=seeded(), output_type="np")
+    assert np.abs(traced.images - plain.images).max() < 1e-5
+    lat_plain = latents(tiny_sd, guidance_scale=guidance)
+    with crossattn.trace(tiny_sd):
+        lat_traced = latents(tiny_sd, guidance_scale=guidance)
+    assert (lat_traced - lat_plain).abs().max().item() < 1e-5
+
+
+def test_only_cross_attention_is_replaced_and_everything_restored(tiny_sd):
+    before = dict(tiny_sd.unet.attn_processors)
+    with crossattn.trace(tiny_sd):
+        during = tiny_sd.unet.attn_processors
+        for name, proc in during.items():
+            if ".attn2." in name:
+                assert isinstance(proc, CaptureProcessor)
+            else:
+                assert proc is before[name]  # self-attention keeps the pipeline's own processor object
+        latents(tiny_sd)
+    after = tiny_sd.unet.attn_processors
+    assert all(after[k] is v for k, v in before.items())
+    assert not tiny_sd.unet._forward_pre_hooks and not tiny_sd.text_encoder._forward_pre_hooks
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_restored_after_exception_mid_generation(tiny_sd, error):
+    before = dict(tiny_sd.unet.attn_processors)
+
+    def explode(pipe, i, t, kwargs):
+        if i == 1:
+            raise error("stop")
+        return kwargs
+
+    with pytest.raises(error):
+        with crossattn.trace(tiny_sd):
+            latents(tiny_sd, callback_on_step_end=explode)
+    assert all(tiny_sd.unet.attn_processors[k] is v for k, v in before.items())
+    assert not tiny_sd.unet._forward_pre_hooks
+
+
+def test_nested_traces_restore_in_order(tiny_sd):
+    before = dict(tiny_sd.unet.attn_processors)
+    with crossattn.trace(tiny_sd) as outer:
+        outer_procs = dict(tiny_sd.unet.attn_processors)
+        with crossattn.trace(tiny_sd) as inner:
+            latents(tiny_sd)
+        assert all(tiny_sd.unet.attn_processors[k] is v for k, v in outer_procs.items())
+        latents(tiny_sd, prompt="a blue square")
+    assert all(tiny_sd.unet.attn_processors[k] is v for k, v in before.items())
+    assert inner.heat_maps().words == ["a", "red", "circle", "left", "of", "a", "cyan", "square"]
+    assert outer.heat_maps().words == ["a", "blue", "square"]
+
+
+def test_means_match_an_independent_reference(tiny_sd):
+    """Our accumulated means equal probabilities recomputed with diffusers' own get_attention_scores."""
+    stored = []
+
+    def reference(module, args, kwargs):
+        hs = args[0] if args else kwargs["hidden_states"]
+        ctx = kwargs["encoder_hidden_states"]
+        q = module.head_to_batch_dim(module.to_q(hs))
+        k = module.head_to_batch_dim(module.to_k(ctx))
+        probs = module.get_attention_scores(q, k).unflatten(0, (hs.shape[0], module.heads))
+        stored.append(probs[hs.shape[0] // 2 :].detach())  # conditional half under CFG
+
+    handles = [m.register_forward_pre_hook(reference, with_kwargs=True)
+               for n, m in tiny_sd.unet.named_modules() if n.endswith("attn2")]
+    try:
+        with crossattn.trace(tiny_sd, time_bins=2) as tr:
+            latents(tiny_sd, steps=3)
+    finally:
+        for h in handles:
+            h.remove()
+    maps = tr.heat_maps()
+    n_tok = len(maps.tokens)
+    expected = torch.cat([p.flatten(0, 1) for p in stored]).mean(0)[:, :n_tok]  # all sites are 8x8 here
+    got = maps.token_maps().reshape(-1, n_tok)
+    assert torch.allclose(got, expected, atol=1e-6)
+    # per bin: steps 0-1 in bin 0, step 2 in bin 1 (3 steps, 2 bins)
+    per_step = len(handles)
+    assert len(stored) == 3 * per_step
+    first = maps.filter(steps=[0]).token_maps().reshape(-1, n_tok)
+    assert maps.filter(steps=[0]).steps == [0, 1]
+    expected_first = torch.cat([p.flatten(0, 1) for p in stored[: 2 * per_step]]).mean(0)[:, :n_tok]
+    assert torch.allclose(first, expected_first, atol=1e-6)
+
+
+def test_probabilities_sum_to_one_with_all_77_tokens(tiny_sd):
+    embeds, negative = tiny_sd.encode_prompt(PROMPT, "cpu", 1, True)
+    with crossattn.trace(tiny_sd) as tr:
+        tiny_sd(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=2, generator=seeded(),
+                output_type="latent")
+    with pytest.raises(ValueError, match="prompt_embeds"):
+        tr.heat_maps()
+    maps = tr.heat_maps(prompt=PROMPT)
+    assert len(maps.tokens) == 77
+    assert torch.allclose(maps.token_maps().sum(-1), torch.ones(8, 8), atol=1e-5)
+    assert maps.word("circle").array.max() == pytest.approx(1.0)
+
+
+def test_recorder_memory_does_not_grow_with_steps(tiny_sd):
+    sizes = {}
+    for steps in (10, 50):
+        with crossattn.trace(tiny_sd) as tr:
+            latents(tiny_sd, steps=steps)
+        sizes[steps] = (tr.recorder.accumulator_bytes, tr.recorder.trace_bytes)
+    assert sizes[10][0] == sizes[50][0] > 0
+    # the coarse trace is one (8x8 x tokens) map per step: 50 steps = 5x 10 steps
+    assert sizes[50][1] == 5 * sizes[10][1]
+    n_tok = 11  # start + 9 prompt tokens (8 words, "cyan" is 2) + end
+    assert sizes[10][0] == 4 * 3 * 64 * n_tok * 4  # 4 bins x 3 sites (down/mid/up at 8x8) x 64 px x tokens x 4 B
+
+
+def test_cfg_rows_conditional_by_default_and_negative_optional(tiny_sd):
+    with crossattn.trace(tiny_sd) as default:
+        latents(tiny_sd, negative_prompt="a green triangle", guidance_scale=7.5)
+    with crossattn.trace(tiny_sd, capture_uncond=True) as both:
+        latents(tiny_sd, negative_prompt="a green triangle", guidance_scale=7.5)
+    cond, neg = both.heat_maps(), both.heat_maps(negative=True)
+    assert default.n_images == both.n_images == 1
+    assert neg.words == ["a", "green", "triangle"]
+    assert torch.equal(default.heat_maps().token_maps(), cond.token_maps())
+    assert not torch.allclose(neg.token_maps()[..., :4], cond.token_maps()[..., :4])
+    with pytest.raises(ValueError, match="capture_uncond"):
+        default.heat_maps(negative=True)
+
+
+def test_batch_of_two_prompts_times_two_images(tiny_sd):
+    prompts = ["a red circle", "a blue square above a green triangle"]
+    with crossattn.trace(tiny_sd) as tr:
+        latents(tiny_sd, prompt=prompts, num_images_per_prompt=2)
+    assert tr.n_images == 4
+    words = [tr.heat_maps(i).words for i in range(4)]
+    assert words[0] == words[1] == ["a", "red", "circle"]
+    assert words[2] == words[3] == ["a", "blue", "square", "above", "a", "green", "triangle"]
+    # different noise per image -> different maps; same prompt tokens
+    assert not np.allclose(tr.heat_maps(0).word("a").raw, tr.heat_maps(1).word("a").raw)
+    with pytest.raises(IndexError, match="4 image"):
+        tr.heat_maps(4)
+
+
+def test_image_matches_a_single_generation(tiny_sd):
+    """Image 1 of a batch gets the maps a batch-of-one run with the same latents would give."""
+    gen = seeded(3)
+    noise = torch.randn((2, 4, 16, 16), generator=gen)
+    with crossattn.trace(tiny_sd) as tr:
+        latents(tiny_sd, prompt=[PROMPT, PROMPT], latents=noise)
+    with crossattn.trace(tiny_sd) as single:
+        latents(tiny_sd, prompt=PROMPT, latents=noise[1:])
+    assert torch.allclose(tr.heat_maps(1).token_maps(), single.heat_maps().token_maps(), atol=1e-5)
+
+
+def test_sdxl(tiny_sdxl):
+    kw = dict(num_inference_steps=3, generator=seeded(), output_type="latent", height=32, width=32)
+    plain = tiny_sdxl(PROMPT, **kw).images
+    kw["generator"] = seeded()
+    with crossattn.trace(tiny_sdxl) as tr:
+        traced = tiny_sdxl(PROMPT, **kw).images
+    assert (traced - plain).abs().max().item() < 1e-5
+    maps = tr.heat_maps()
+    assert maps.words == ["a", "red", "circle", "left", "of", "a", "cyan", "square"]
+    assert maps.word("cyan").positions == (7, 8)
+    assert maps.image_size == (32, 32)
+    assert {s.resolution for s in maps.sites.values()} == {(8, 8)}
+
+
+def test_img2img_and_inpaint_share_the_unet(tiny_sd):
+    init = np.full((32, 32, 3), 0.5, dtype=np.float32)
+    img2img = StableDiffusionImg2ImgPipeline(**tiny_sd.components)
+    img2img.set_progress_bar_config(disable=True)
+    kw = dict(image=init, strength=0.5, num_inference_steps=8, output_type="latent")
+    plain = img2img(PROMPT, generator=seeded(), **kw).images
+    with crossattn.trace(img2img) as tr:
+        traced = img2img(PROMPT, generator=seeded(), **kw).images
+    assert (traced - plain).abs().max().item() < 1e-5
+    maps = tr.heat_maps()
+    assert maps.meta["steps"] == 4 and maps.steps == [0, 1, 2, 3]  # strength 0.5 of 8 steps
+    assert maps.word("circle").array.shape == (32, 32)
+
+    inpaint = StableDiffusionInpaintPipeline(**tiny_sd.components)
+    inpaint.set_progress_bar_config(disable=True)
+    mask = np.zeros((32, 32), dtype=np.float32)
+    mask[:, 16:] = 1
+    with crossattn.trace(inpaint) as tr:
+        inpaint(PROMPT, image=init, mask_image=mask, num_inference_steps=3, generator=seeded(), output_type="np")
+    assert tr.heat_maps().words[-1] == "square"
+
+
+def test_per_head_and_per_layer_slicing(tiny_sd3level):
+    with crossattn.trace(tiny_sd3level, per_head=True, per_layer=True) as tr:
+        latents(tiny_sd3level)
+    with crossattn.trace(tiny_sd3level) as summed:
+        latents(tiny_sd3level)
+    detailed, plain = tr.heat_maps(), summed.heat_maps()
+    assert detailed.heads == 2 and plain.heads == 1
+    assert all(".attn2" in name for name in detailed.sites)
+    # per-head, per-layer storage reduces to exactly the summed storage
+    assert torch.allclose(detailed.token_maps(), plain.token_maps(), atol=1e-6)
+    head0 = detailed.filter(heads=[0]).token_maps()
+    head1 = detailed.filter(heads=[1]).token_maps()
+    assert torch.allclose((head0 + head1) / 2, plain.token_maps(), atol=1e-6)
+    up = detailed.filter(layers=["up_blocks.2"])
+    assert set(up.blocks) == {"up"} and up.resolutions == [(16, 16)]
+    with pytest.raises(ValueError, match="per_head=True"):
+        plain.filter(heads=[0])
+    with pytest.raises(ValueError, match="per_layer=True"):
+        plain.filter(layers=["up_blocks.2"])
+
+
+def test_filter_by_resolution_block_and_steps(tiny_sd3level):
+    with crossattn.trace(tiny_sd3level) as tr:
+        latents(tiny_sd3level, steps=8)
+    maps = tr.heat_maps()
+    assert set(maps.sites) == {"down.16x16", "down.8x8", "mid.4x4", "up.8x8", "up.16x16"}
+    assert maps.resolutions == [(16, 16), (8, 8), (4, 4)]
+    low = maps.filter(resolutions=[4])
+    assert low.token_maps().shape[:2] == (4, 4) and set(low.sites) == {"mid.4x4"}
+    assert set(maps.filter(blocks=["up"], resolutions=["16x16"]).sites) == {"up.16x16"}
+    late = maps.filter(steps=slice(6, None))
+    assert late.steps == [6, 7] and not torch.allclose(late.token_maps(), maps.token_maps())
+    assert late.timeline("circle")[:6].sum() == 0 and late.timeline("circle")[6:].sum() > 0
+    assert maps.timeline("circle").shape == (8, 4, 4)  # per-step trace at the coarsest resolution
+    with pytest.raises(ValueError, match="unknown blocks"):
+        maps.filter(blocks=["middle"])
+    with pytest.raises(ValueError, match="out of range"):
+        maps.filter(steps=[8])
+
+
+def test_new_call_starts_a_fresh_recording_and_maps_survive_exit():
+    pipe = build_tiny_sd(seed=5)
+    with crossattn.trace(pipe) as tr:
+        latents(pipe, prompt="a red circle")
+        first = tr.heat_maps()
+        latents(pipe, prompt="a blue square")
+    assert first.words == ["a", "red", "circle"]
+    assert tr.heat_maps().words == ["a", "blue", "square"]
+    assert tr.heat_maps().meta["steps"] == 4
