@@ -17,8 +17,13 @@ def _slug(word: str) -> str:
 
 
 def _load(args):
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     from .models import load_pipeline
 
+    diffusers_logging.disable_progress_bar()  # loading bars would bury the one bar that matters
+    transformers_logging.disable_progress_bar()
     pipe = load_pipeline(args.model, device=args.device)
     pipe.set_progress_bar_config(disable=True)  # our own tqdm bar below
     return pipe

@@ -34,6 +34,16 @@ def tiny_vae() -> AutoencoderKL:
                          up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, sample_size=32)
 
 
+def sd_pipeline(unet: UNet2DConditionModel, scheduler) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline(
+        vae=tiny_vae(), text_encoder=CLIPTextModel(text_config()),
+        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def build_tiny_sd(seed: int = 0) -> StableDiffusionPipeline:
     """SD-1.x layout in miniature: VAE factor 2 (32 px images → 16×16 latents), cross-attention at 8×8."""
     torch.manual_seed(seed)
@@ -42,13 +52,7 @@ def build_tiny_sd(seed: int = 0) -> StableDiffusionPipeline:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, attention_head_dim=(2, 4),
     )
-    pipe = StableDiffusionPipeline(
-        vae=tiny_vae(), text_encoder=CLIPTextModel(text_config()), tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR),
-        unet=unet, scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sd_pipeline(unet, DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012))
 
 
 @pytest.fixture(scope="session")
@@ -66,13 +70,7 @@ def tiny_sd3level() -> StableDiffusionPipeline:
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=2,
     )
-    pipe = StableDiffusionPipeline(
-        vae=tiny_vae(), text_encoder=CLIPTextModel(text_config()), tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR),
-        unet=unet, scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sd_pipeline(unet, DDIMScheduler())
 
 
 @pytest.fixture(scope="session")

@@ -148,7 +148,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            bar.set_postfix(mse=f"{mse.item():.4f}")
+            bar.set_postfix(mse=f"{mse.item():.4f}", refresh=False)
             if (step + 1) % 100 == 0:
                 self.log(f"vae step {step + 1} mse {mse.item():.5f}")
             if (step + 1) % r.save_every == 0 or step + 1 == r.vae_steps:
@@ -216,7 +216,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             self._ema_update(step)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             if (step + 1) % 50 == 0:
                 self.log(f"unet step {step + 1} loss {loss.item():.5f} lr {lr:.2e}")
             if (step + 1) % r.save_every == 0 or step + 1 == r.unet_steps:
