@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import render
+from . import placement, render
 from .capture import Site
 from .words import Word, find_word
 
@@ -227,6 +227,47 @@ class HeatMaps:
         per_step = self.trace[..., positions].sum(-1).cpu().numpy()
         counts = np.maximum(self.trace_counts, 1)[:, None, None]
         return np.where(self.trace_counts[:, None, None] > 0, per_step / counts, 0).astype(np.float32)
+
+    # ---- placement --------------------------------------------------------------------------------------
+    def placement(self, words: list[str] | None = None, method: str = "relative",
+                  tau: float = 0.4) -> dict[str, placement.Placement]:
+        """word -> Placement (centroid, bbox, area, region); all words by default.
+
+        Repeated words get keys "cat", "cat#1", ...; a multi-word entry ("red circle") merges its words.
+        """
+        if words is not None:
+            return {w: placement.place(w, self.word(w).array, method, tau) for w in words}
+        return {(w.text if w.occurrence == 0 else f"{w.text}#{w.occurrence}"):
+                placement.place(w.text, self.word(w.text, w.occurrence).array, method, tau) for w in self.word_info}
+
+    def check(self, statement: str, method: str = "relative", tau: float = 0.4, margin: float = 0.05,
+              min_iou: float = 0.3) -> placement.CheckResult:
+        """Verdict on a layout statement: "circle left_of square" (right_of, above, below),
+        "circle on the left" (right, top, bottom) or "circle in x0,y0,x1,y1" (normalised box)."""
+        subject, relation, obj = placement.parse_statement(statement)
+        named = [subject] + ([obj] if relation in placement.RELATIONS else [])
+        return placement.judge(statement, self.placement(named, method, tau), self.image_size, margin, min_iou)
+
+    def relations_from_prompt(self) -> list[str]:
+        """Statements the prompt itself makes ("X left of Y", "X above Y", "X on the left"...)."""
+        return placement.relations_in_prompt(self.words)
+
+    def object_words(self) -> list[str]:
+        """Words that can name objects: the prompt's words minus articles, relations and sizes (deduplicated)."""
+        return list(dict.fromkeys(w for w in self.words if w.lower() not in placement.STOP_WORDS))
+
+    def segmentation(self, words: list[str] | None = None, background: float = 0.3) -> tuple[np.ndarray, list[str]]:
+        """Who owns each pixel: (labels (H, W), names); label 0 = background, k = names[k - 1]."""
+        names = words or self.object_words()
+        if not names:
+            raise ValueError("no words to segment: pass words=[...]")
+        return placement.segment([self.word(w).array for w in names], background), names
+
+    def placement_timeline(self, word: str, occurrence: int = 0, tau: float = 0.4,
+                           tolerance: float = 0.1) -> placement.Timeline:
+        """The word's centroid at every step and the step from which its position stays put."""
+        text = " ".join(w.text for w in find_word(self.word_info, word, occurrence))
+        return placement.timeline(text, self.timeline(word, occurrence), self.image_size, tau, tolerance)
 
     # ---- pictures ---------------------------------------------------------------------------------------
     def grid(self, image: Image.Image | np.ndarray, words: list[str] | None = None, alpha: float = 0.5,

@@ -56,7 +56,7 @@ def overlay(image: Image.Image | np.ndarray, heat: np.ndarray, alpha: float = 0.
     return Image.fromarray(blended.round().astype(np.uint8))
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
@@ -75,8 +75,8 @@ def labelled(image: Image.Image, text: str, tile: int = 256) -> Image.Image:
     out = Image.new("RGB", (image.width, image.height + strip), "white")
     out.paste(image, (0, 0))
     draw = ImageDraw.Draw(out)
-    font = _font(int(strip * 0.7))
-    draw.text((image.width / 2, image.height + strip / 2), text, fill="black", font=font, anchor="mm")
+    draw.text((image.width / 2, image.height + strip / 2), text, fill="black", font=font(int(strip * 0.7)),
+              anchor="mm")
     return out
 
 
@@ -101,15 +101,15 @@ def with_colorbar(image: Image.Image, label: str, cmap: str = "jet", tile: int =
     bar_w, margin, title_h = max(12, tile // 24), max(8, tile // 40), max(20, tile // 12)
     ramp = np.linspace(1, 0, image.height, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
     bar = Image.fromarray(colorize(ramp, cmap))
-    font = _font(max(10, tile // 28))
-    tick_w = int(font.getlength("1.0")) + 6
+    tick_font = font(max(10, tile // 28))
+    tick_w = int(tick_font.getlength("1.0")) + 6
     out = Image.new("RGB", (image.width + margin + bar_w + tick_w + margin, image.height + title_h), "white")
     out.paste(image, (0, title_h))
     x = image.width + margin
     out.paste(bar, (x, title_h))
     draw = ImageDraw.Draw(out)
-    draw.text((image.width / 2, title_h / 2), label, fill="black", font=_font(int(title_h * 0.6)), anchor="mm")
+    draw.text((image.width / 2, title_h / 2), label, fill="black", font=font(int(title_h * 0.6)), anchor="mm")
     for value in (1.0, 0.5, 0.0):
         y = title_h + (1 - value) * (image.height - 1)
-        draw.text((x + bar_w + 3, y), f"{value:.1f}", fill="black", font=font, anchor="lm")
+        draw.text((x + bar_w + 3, y), f"{value:.1f}", fill="black", font=tick_font, anchor="lm")
     return out

@@ -1,0 +1,127 @@
+"""Placement on hand-made maps: masks, centroids, regions, verdicts, prompt parsing, timelines, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crossattn import placement
+from crossattn.capture import Site
+from crossattn.heatmaps import HeatMaps
+from crossattn.words import Word
+
+
+def blob(h, w, cx, cy, r=4.0):
+    ys, xs = np.indices((h, w)) + 0.5
+    return np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * r * r)).astype(np.float32)
+
+
+def test_place_centroid_bbox_area_region():
+    a = np.zeros((60, 90), np.float32)
+    a[6:18, 3:21] = 1.0  # a 12 x 18 block in the top-left
+    p = placement.place("sun", a)
+    assert p.centroid == pytest.approx((12.0, 12.0))
+    assert p.bbox == (3, 6, 21, 18) and p.area == pytest.approx(12 * 18 / (60 * 90))
+    assert p.region == "top-left"
+    assert placement.region_name(45, 30, 90, 60) == "centre"
+    assert placement.region_name(80, 30, 90, 60) == "right"
+    assert placement.region_name(45, 55, 90, 60) == "bottom"
+
+
+def test_relative_and_otsu_thresholds():
+    a = blob(64, 64, 20, 40)
+    rel = placement.place("x", a / a.max(), method="relative", tau=0.5)
+    assert rel.threshold == pytest.approx(0.5)
+    otsu = placement.place("x", a / a.max(), method="otsu")
+    assert 0 < otsu.threshold < 1 and otsu.mask.sum() > 0
+    assert otsu.centroid == pytest.approx((20, 40), abs=0.6)
+    with pytest.raises(ValueError, match="relative' or 'otsu"):
+        placement.threshold_of(a, method="magic")
+
+
+def test_all_zero_map():
+    p = placement.place("ghost", np.zeros((8, 8), np.float32))
+    assert p.centroid is None and p.bbox is None and p.area == 0 and p.region == "none"
+
+
+def test_parse_statements():
+    assert placement.parse_statement("circle left_of square") == ("circle", "left_of", "square")
+    assert placement.parse_statement("red circle  left of  blue square") == ("red circle", "left_of", "blue square")
+    assert placement.parse_statement("sun above house") == ("sun", "above", "house")
+    assert placement.parse_statement("circle in 0, 0, 0.5, 1") == ("circle", "in", (0, 0, 0.5, 1))
+    assert placement.parse_statement("circle on the left") == ("circle", "side", "left")
+    with pytest.raises(ValueError, match="cannot read"):
+        placement.parse_statement("circle near square")
+    with pytest.raises(ValueError, match="bad box"):
+        placement.parse_statement("circle in 0.6,0,0.5,1")
+
+
+def test_relations_in_prompt():
+    words = "a red circle left of a blue square".split()
+    assert placement.relations_in_prompt(words) == ["red circle left_of blue square"]
+    words = "a small green triangle above a yellow circle".split()
+    assert placement.relations_in_prompt(words) == ["small green triangle above yellow circle"]
+    assert placement.relations_in_prompt("a blue square on the right".split()) == ["blue square on the right"]
+    assert placement.relations_in_prompt("a cat to the left of a dog and a sun above a house".split()) == [
+        "cat left_of dog", "sun above house"]
+    assert placement.relations_in_prompt("a red circle".split()) == []
+
+
+def test_settle_step_on_a_synthetic_trace():
+    # the blob wanders for 6 steps, then sits at (48, 16) from step 6 on
+    path = [(8, 56), (16, 48), (24, 40), (32, 32), (40, 24), (44, 20)] + [(48, 16)] * 4
+    frames = np.stack([blob(64, 64, x, y, r=3) for x, y in path])
+    line = placement.timeline("cat", frames, (64, 64), tolerance=0.05)
+    assert line.decided_at == 6 and line.steps == 10
+    assert line.centroids[-1] == pytest.approx((48, 16), abs=0.5)
+    assert placement.timeline("cat", frames, (64, 64), tolerance=0.1).decided_at == 5  # (44,20) is 5.7 px away
+    empty = placement.timeline("none", np.zeros((3, 8, 8)), (64, 64))
+    assert empty.decided_at is None and np.isnan(empty.centroids).all()
+
+
+def toy_maps(words: list[str], token_maps: list[np.ndarray], steps: int = 4) -> HeatMaps:
+    """A HeatMaps whose token i+1 has map token_maps[i] (one site, one bin, constant over steps)."""
+    h, w = token_maps[0].shape
+    t = torch.zeros(1, 1, h, w, len(words) + 2)
+    for i, m in enumerate(token_maps):
+        t[0, 0, :, :, i + 1] = torch.from_numpy(m)
+    trace = t[0, 0][None].repeat(steps, 1, 1, 1)
+    return HeatMaps(
+        sums={"up.16x16": t}, counts={"up.16x16": np.array([1])}, sites={"up.16x16": Site("up.16x16", "up", (h, w))},
+        bin_steps=[list(range(steps))], trace=trace, trace_counts=np.ones(steps, dtype=np.int64),
+        word_info=[Word(x, (i + 1,), words[:i].count(x)) for i, x in enumerate(words)],
+        tokens=["<start>"] + words + ["<end>"], image_size=(4 * h, 4 * w),
+    )
+
+
+def test_heatmaps_check_and_segmentation():
+    circle, square = blob(16, 16, 4, 8, 2), blob(16, 16, 12, 8, 2)
+    maps = toy_maps(["a", "circle", "left", "of", "a", "square"],
+                    [np.zeros((16, 16))] * 1 + [circle] + [np.zeros((16, 16))] * 3 + [square])
+    good, bad = maps.check("circle left_of square"), maps.check("circle right_of square")
+    assert good.passed and not bad.passed
+    assert good.evidence["circle"][0] == pytest.approx(16, abs=1)
+    assert good.evidence["square"][0] == pytest.approx(48, abs=1)
+    assert maps.check("circle in 0.05,0.3,0.45,0.7").passed and not maps.check("circle in 0.55,0.3,0.95,0.7").passed
+    assert maps.check("circle on the left").passed and not maps.check("square on the left").passed
+    zero = maps.check("a left_of square")
+    assert not zero.passed and "no attention" in zero.reason
+    assert [r for r in maps.relations_from_prompt()] == ["circle left_of square"]
+    labels, names = maps.segmentation()
+    assert names == ["circle", "square"]
+    assert labels[32, 16] == 1 and labels[32, 48] == 2 and labels[2, 32] == 0
+    places = maps.placement()
+    assert list(places) == ["a", "circle", "left", "of", "a#1", "square"]
+    assert places["circle"].region == "left" and places["square"].region == "right"
+
+
+def test_identical_words_and_single_word():
+    one, two = blob(16, 16, 3, 3, 2), blob(16, 16, 13, 13, 2)
+    maps = toy_maps(["circle", "and", "circle"], [one, np.zeros((16, 16)), two])
+    places = maps.placement()
+    assert places["circle"].region == "top-left" and places["circle#1"].region == "bottom-right"
+    single = toy_maps(["circle"], [one])
+    assert single.placement()["circle"].region == "top-left"
+    assert single.placement_timeline("circle").decided_at == 0
+    assert single.segmentation()[1] == ["circle"]
