@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -29,15 +30,21 @@ def _load(args):
     return pipe
 
 
-def cmd_generate(args) -> None:
+def _generate(args, words: list[str] | None = None):
+    """Load, validate (before any compute), generate under a tqdm bar; returns (image, maps)."""
     pipe = _load(args)
     size = parse_size(args.size) if args.size else native_size(pipe)
-    words = [w.strip() for w in args.words.split(",") if w.strip()] if args.words else None
-    check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words)  # fail before generating
+    check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words)
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
         image, maps = generate(pipe, args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                size=size, negative_prompt=args.negative, on_step=lambda i, n: bar.update(1))
     maps.meta["model"] = args.model or "embedded:shapes-model"
+    return image, maps
+
+
+def cmd_generate(args) -> None:
+    words = [w.strip() for w in args.words.split(",") if w.strip()] if args.words else None
+    image, maps = _generate(args, words)
     out = Path(args.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     image.save(out / "image.png")
@@ -49,6 +56,54 @@ def cmd_generate(args) -> None:
     maps.grid(image, words=words, alpha=args.alpha, cmap=args.cmap).save(out / "grid.png")
     maps.save(out, fmt=args.format)
     print(f"wrote {out}: image.png, grid.png, overlays/ ({len(chosen)} words), maps.{args.format}, heatmaps.json")
+
+
+def cmd_placement(args) -> None:
+    from . import placement
+
+    for statement in args.expect:
+        placement.parse_statement(statement)  # reject unreadable statements before generating
+    image, maps = _generate(args)
+    data = placement.report(maps, args.expect, from_prompt=args.from_prompt, method=args.method, tau=args.tau)
+    data |= {"seed": args.seed, "model": maps.meta["model"], "steps": args.steps}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    image.save(out / "image.png")
+    labels, names = maps.segmentation()
+    placement.segmentation_picture(image, labels, names).save(out / "segmentation.png")
+    lines = [maps.placement_timeline(w, tau=args.tau) for w in names]
+    placement.timeline_picture(image, lines).save(out / "timeline.png")
+    (out / "placement.json").write_text(json.dumps(data, indent=1))
+    print(placement.format_report(data))
+    print(f"\nwrote {out}: image.png, segmentation.png, timeline.png, placement.json")
+
+
+def cmd_eval_shapes(args) -> None:
+    from . import render
+    from .shapes import evaluate as ev
+    from .shapes.world import parse_caption
+
+    pipe = _load(args)
+    result, examples = ev.evaluate(pipe, n=args.n, steps=args.steps, guidance=args.guidance, show=args.samples_n)
+    result["model"] = args.model or "embedded:shapes-model"
+    print(ev.format_table(result))
+    if args.json:
+        ev.save(result, args.json)
+        print(f"wrote {args.json}")
+    if args.samples:
+        rows = []
+        for image, maps, _ in examples:
+            words = [f"{c} {s}" for c, s in parse_caption(maps.meta["prompt"])[0]]
+            rows.append(maps.grid(image, words=words + ["left" if "left" in maps.words else maps.words[-1]],
+                                  tile=160, cols=4))
+        render.grid(rows, cols=1, pad=0).save(args.samples)
+        print(f"wrote {args.samples}")
+
+
+def cmd_demo(args) -> None:
+    from demo.app import launch
+
+    launch(args.host, args.port, args.model, args.allow_any_model, args.share)
 
 
 def cmd_train_shapes(args) -> None:
@@ -66,21 +121,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossattn", description="Per-word cross-attention heat maps.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def generation_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("prompt")
+        p.add_argument("--model", default=None, help="hub id or local folder (default: embedded shapes model)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+        p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+        p.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)")
+        p.add_argument("--negative", default=None, help="negative prompt")
+        p.add_argument("--out", default="out")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
     g = sub.add_parser("generate", help="generate an image and one heat map per prompt word")
-    g.add_argument("prompt")
-    g.add_argument("--model", default=None, help="hub id or local folder (default: embedded shapes model)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    g.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    g.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)")
-    g.add_argument("--negative", default=None, help="negative prompt")
+    generation_args(g)
     g.add_argument("--words", default=None, help="comma-separated words to render (default: all)")
-    g.add_argument("--out", default="out")
     g.add_argument("--alpha", type=float, default=0.5)
     g.add_argument("--cmap", default="jet")
     g.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("placement", help="where did each word land; check an intended layout")
+    generation_args(p)
+    p.add_argument("--expect", action="append", default=[], metavar="STATEMENT",
+                   help='"circle left_of square" (right_of, above, below), "circle on the left", '
+                        '"circle in x0,y0,x1,y1" (normalised); repeatable')
+    p.add_argument("--from-prompt", action="store_true", help="also check relations stated in the prompt")
+    p.add_argument("--method", choices=["relative", "otsu"], default="relative")
+    p.add_argument("--tau", type=float, default=0.4, help="relative threshold (share of the peak)")
+    p.set_defaults(func=cmd_placement)
+
+    d = sub.add_parser("demo", help="start the Gradio demo (http://127.0.0.1:7860)")
+    d.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    d.add_argument("--port", type=int, default=7860)
+    d.add_argument("--model", default=None, help="default model folder or hub id (default: embedded model)")
+    d.add_argument("--allow-any-model", action="store_true",
+                   help="let users type a hub id or a server folder in the Model box")
+    d.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("eval-shapes", help="score a shapes-world model: fidelity and heat-map IoU")
+    e.add_argument("--model", default=None, help="default: the embedded shapes model")
+    e.add_argument("--n", type=int, default=100, help="held-out prompts")
+    e.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    e.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    e.add_argument("--json", default=None, help="write the scores here")
+    e.add_argument("--samples", default=None, help="write a PNG of example images with their overlays")
+    e.add_argument("--samples-n", type=int, default=6)
+    e.add_argument("--device", default=None)
+    e.set_defaults(func=cmd_eval_shapes)
 
     t = sub.add_parser("train-shapes", help="train (or resume) the embedded shapes-world model")
     t.add_argument("--run", default="runs/shapes", help="run folder (checkpoints, log.txt, samples)")

@@ -329,3 +329,48 @@ def timeline_picture(image: Image.Image | np.ndarray, lines: list[Timeline], til
             else "never settled"
         draw.text((26, y), f"{line.word}: {when}", fill="black", font=label_font, anchor="lm")
     return out
+
+
+# ---- reports --------------------------------------------------------------------------------------------
+def report(maps, statements: list[str] | None = None, from_prompt: bool = False, method: str = "relative",
+           tau: float = 0.4) -> dict:
+    """Everything about placement for one image's `HeatMaps`, as plain JSON-ready data.
+
+    Covers the object words (see `HeatMaps.object_words`), the given statements and, with `from_prompt`
+    (or when no statement is given), the relations parsed from the prompt.
+    """
+    statements = list(statements or [])
+    if from_prompt or not statements:
+        statements += [s for s in maps.relations_from_prompt() if s not in statements]
+    words = maps.object_words()
+    places = maps.placement(words, method, tau)
+    return {
+        "prompt": maps.meta.get("prompt"),
+        "image_size": list(maps.image_size),
+        "method": method,
+        "tau": tau,
+        "words": [p.to_dict() for p in places.values()],
+        "checks": [maps.check(s, method, tau).to_dict() for s in statements],
+        "timelines": [maps.placement_timeline(w, tau=tau).to_dict() for w in words],
+    }
+
+
+def fmt_point(p) -> str:
+    return "-" if p is None else f"({p[0]:.1f}, {p[1]:.1f})"
+
+
+def format_report(data: dict) -> str:
+    """A plain-text table of a `report`: one row per word, one per statement."""
+    lines = [f"{'word':<14} {'centroid (x, y)':<18} {'bbox x0,y0,x1,y1':<20} {'area':>6}  {'region':<13} decided"]
+    decided = {t["word"]: t for t in data["timelines"]}
+    for row in data["words"]:
+        bbox = "-" if row["bbox"] is None else ",".join(str(v) for v in row["bbox"])
+        t = decided.get(row["word"], {})
+        when = f"step {t['decided_at']}/{t['steps']}" if t.get("decided_at") is not None else "-"
+        lines.append(f"{row['word']:<14} {fmt_point(row['centroid']):<18} {bbox:<20} {row['area']:>6.1%}  "
+                     f"{row['region']:<13} {when}")
+    if data["checks"]:
+        lines.append("")
+        for c in data["checks"]:
+            lines.append(f"{'PASS' if c['passed'] else 'FAIL'}  {c['statement']}  ({c['reason']})")
+    return "\n".join(lines)

@@ -121,6 +121,9 @@ class Trainer:
         self.unet = build_unet().to(self.device)
         self.text_encoder = build_text_encoder().to(self.device)
         self.tokenizer = load_tokenizer()
+        self.noise_sched = DDPMScheduler(beta_schedule=BETA_SCHEDULE, prediction_type=PREDICTION_TYPE)
+        alphas = self.noise_sched.alphas_cumprod.to(self.device)
+        self.snr = alphas / (1 - alphas)
         self.log_file = self.run / "log.txt"
         self.run.mkdir(parents=True, exist_ok=True)
         (self.run / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1))
@@ -184,30 +187,13 @@ class Trainer:
         self.ema_text_encoder = copy.deepcopy(self.text_encoder).requires_grad_(False)
         modules = self._unet_modules()
         step = _load(ckpt, modules, opt)["step"] if (ckpt / "state.json").exists() else 0
-        noise_sched = DDPMScheduler(beta_schedule=BETA_SCHEDULE, prediction_type=PREDICTION_TYPE)
-        alphas = noise_sched.alphas_cumprod.to(self.device)
-        snr = alphas / (1 - alphas)
         self.unet.train()
         self.text_encoder.train()
         bar = tqdm(range(step, r.unet_steps), initial=step, total=r.unet_steps, desc="unet", mininterval=10)
         for step in bar:
             gen = torch.Generator(self.device).manual_seed(r.seed * 1_000_003 + step)
             x, captions = scene_batch(r.seed * 10_000_019 + 7_777_777 + step * r.batch, r.batch)
-            drop = torch.rand(len(captions), generator=gen, device=self.device) < r.caption_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-            ids = self.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
-                                 return_tensors="pt").input_ids.to(self.device)
-            with torch.no_grad():
-                latents = self.vae.encode(x.to(self.device)).latent_dist.sample(gen) * self.vae.config.scaling_factor
-            noise = torch.randn(latents.shape, generator=gen, device=self.device)
-            t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(captions),), generator=gen,
-                              device=self.device)
-            noisy = noise_sched.add_noise(latents, noise, t)
-            target = noise_sched.get_velocity(latents, noise, t)
-            pred = self.unet(noisy, t, self.text_encoder(ids)[0]).sample
-            # min-SNR-γ weighting for v-prediction: min(snr, γ) / (snr + 1)
-            weight = snr[t].clamp(max=r.min_snr_gamma) / (snr[t] + 1)
-            loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+            loss = self.unet_loss(x, captions, gen)
             lr = r.lr * min(1.0, (step + 1) / r.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -223,6 +209,25 @@ class Trainer:
                 _save(ckpt, modules, opt, {"step": step + 1})
             if (step + 1) % r.sample_every == 0:
                 self.sample_grid(self.run / "samples" / f"step_{step + 1:06d}.png")
+
+    def unet_loss(self, x: torch.Tensor, captions: list[str], gen: torch.Generator) -> torch.Tensor:
+        """v-prediction loss with min-SNR-γ weighting on one batch (images in [-1, 1], captions)."""
+        r = self.recipe
+        drop = torch.rand(len(captions), generator=gen, device=self.device) < r.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        ids = self.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
+        with torch.no_grad():
+            latents = self.vae.encode(x.to(self.device)).latent_dist.sample(gen) * self.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen, device=self.device)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(captions),), generator=gen,
+                          device=self.device)
+        noisy = self.noise_sched.add_noise(latents, noise, t)
+        target = self.noise_sched.get_velocity(latents, noise, t)
+        pred = self.unet(noisy, t, self.text_encoder(ids)[0]).sample
+        snr = self.snr[t]
+        weight = snr.clamp(max=r.min_snr_gamma) / (snr + 1)  # min-SNR-γ for v-prediction
+        return (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
     def _unet_modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet, "text_encoder": self.text_encoder,
@@ -247,8 +252,6 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(0)
         images = pipe(SAMPLE_PROMPTS, num_inference_steps=steps, guidance_scale=guidance, generator=gen,
                       output_type="np").images
-        self.unet.train()
-        self.text_encoder.train()
         grid = (np.concatenate(list(images), axis=1) * 255).round().astype(np.uint8)
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)

@@ -1,0 +1,178 @@
+"""Score a shapes-world pipeline: are the named objects drawn, and do the heat maps find them?
+
+On N held-out prompts (scenes from seeds the trainer never draws: training uses seeds below 10⁹), each
+generated with a fixed seed:
+
+1. fidelity — segment the generated image by nearest palette colour; for each named (colour, shape):
+   (a) is that colour present, (b) is the largest blob of it the named shape (fill ratio of its bounding
+   box: triangle ≈ 0.5, circle ≈ 0.79, square ≈ 1), (c) for two-object prompts, is the relation obeyed
+   (centroids of the two blobs);
+2. heat maps — IoU between each object's blob and the thresholded map (relative threshold, tau 0.4) of its
+   colour word, its shape word and both merged; the same for two baselines: a centred Gaussian blob and a
+   uniform map;
+3. placement — for two-object prompts, does the attention verdict ("X left_of Y" from the maps'
+   centroids) agree with the verdict from the pixels?
+
+    crossattn eval-shapes --n 100 --json benchmarks/results/shapes_eval.json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..generation import generate
+from .world import BACKGROUND, COLOURS, parse_caption, sample_scene
+
+HELD_OUT_SEED = 1_000_000_000
+FILL_PROTOTYPES = {"triangle": 0.5, "circle": np.pi / 4, "square": 1.0}
+
+
+def colour_masks(image: np.ndarray, max_distance: float = 90.0) -> dict[str, np.ndarray]:
+    """Per palette colour, the pixels nearest to it and within `max_distance` in RGB (specks are left to
+    `largest_blob`, which keeps only an object's main connected component)."""
+    palette = np.array([BACKGROUND] + list(COLOURS.values()), np.float32)
+    dist = np.linalg.norm(image[..., None, :].astype(np.float32) - palette, axis=-1)
+    nearest = np.where(dist.min(-1) <= max_distance, dist.argmin(-1), 0)
+    return {name: nearest == k + 1 for k, name in enumerate(COLOURS)}
+
+
+def largest_blob(mask: np.ndarray) -> np.ndarray:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros_like(mask, dtype=bool)
+    return labels == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+
+
+def classify_shape(blob: np.ndarray) -> str | None:
+    """Nearest shape prototype by fill ratio (blob area / bounding-box area)."""
+    ys, xs = np.nonzero(blob)
+    if len(xs) < 4:
+        return None
+    fill = len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+    return min(FILL_PROTOTYPES, key=lambda s: abs(FILL_PROTOTYPES[s] - fill))
+
+
+def centroid(mask: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(mask)
+    return float(xs.mean()), float(ys.mean())
+
+
+def relation_holds(a: tuple[float, float], b: tuple[float, float], relation: str) -> bool:
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    return {"left_of": dx > 0, "right_of": dx < 0, "above": dy > 0, "below": dy < 0}[relation]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def gaussian_baseline(size: int) -> np.ndarray:
+    ys, xs = np.indices((size, size)) + 0.5
+    sigma = size / 4
+    return np.exp(-((xs - size / 2) ** 2 + (ys - size / 2) ** 2) / (2 * sigma**2))
+
+
+@dataclass
+class Counts:
+    n: int = 0
+    hit: int = 0
+
+    def add(self, ok: bool) -> None:
+        self.n += 1
+        self.hit += bool(ok)
+
+    @property
+    def rate(self) -> float | None:
+        return self.hit / self.n if self.n else None
+
+
+def held_out_prompts(n: int, two_object_share: float = 0.6) -> list[str]:
+    """n captions from held-out scenes: about `two_object_share` of them with two objects and a relation."""
+    n_two = round(n * two_object_share)
+    prompts, seed = [], HELD_OUT_SEED
+    while len(prompts) < n:
+        want = 2 if len(prompts) < n_two else None
+        scene = sample_scene(seed, n_objects=want)
+        seed += 1
+        if want is None and len(scene.objects) == 2:
+            continue
+        prompts.append(scene.caption)
+    return prompts
+
+
+def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: float = 0.4,
+             show: int = 0) -> tuple[dict, list]:
+    """Run the evaluation: a JSON-ready dict of scores, and the first `show` (image, maps, prompt) triples."""
+    colour_ok, shape_ok, relation_ok, agree, attention_relation_ok = Counts(), Counts(), Counts(), Counts(), Counts()
+    ious: dict[str, list[float]] = {"colour word": [], "shape word": [], "colour+shape": [], "gaussian": [],
+                                    "uniform": []}
+    examples = []
+    for k, prompt in enumerate(tqdm(held_out_prompts(n), desc="eval-shapes", unit="prompt")):
+        image, maps = generate(pipe, prompt, seed=k, steps=steps, guidance=guidance)
+        pixels = np.asarray(image)
+        masks = colour_masks(pixels)
+        pairs, relation = parse_caption(prompt)
+        blobs = {}
+        for colour, shape in pairs:
+            blob = largest_blob(masks[colour])
+            present = blob.sum() >= 0.004 * blob.size
+            colour_ok.add(present)
+            if not present:
+                continue
+            blobs[(colour, shape)] = blob
+            shape_ok.add(classify_shape(blob) == shape)
+            h = pixels.shape[0]
+            for name, query in (("colour word", colour), ("shape word", shape), ("colour+shape", f"{colour} {shape}")):
+                heat = maps.word(query).array
+                ious[name].append(iou(heat >= tau * heat.max(), blob))
+            base = gaussian_baseline(h)
+            ious["gaussian"].append(iou(base >= tau * base.max(), blob))
+            ious["uniform"].append(iou(np.ones_like(blob), blob))
+        if relation and len(pairs) == 2 and all(p in blobs for p in pairs):
+            (ca, sa), (cb, sb) = pairs
+            pixel_verdict = relation_holds(centroid(blobs[pairs[0]]), centroid(blobs[pairs[1]]), relation)
+            attention = maps.check(f"{ca} {sa} {relation} {cb} {sb}", tau=tau, margin=0.0).passed
+            relation_ok.add(pixel_verdict)
+            attention_relation_ok.add(attention)
+            agree.add(pixel_verdict == attention)
+        if len(examples) < show:
+            examples.append((image, maps, prompt))
+    result = {
+        "prompts": n, "steps": steps, "guidance": guidance, "tau": tau,
+        "colour_present": colour_ok.rate, "shape_right": shape_ok.rate, "relation_obeyed": relation_ok.rate,
+        "relation_prompts_scored": relation_ok.n,
+        "attention_says_relation_obeyed": attention_relation_ok.rate,
+        "attention_pixel_verdict_agreement": agree.rate,
+        "miou": {k: float(np.mean(v)) if v else None for k, v in ious.items()},
+        "objects_scored": len(ious["shape word"]),
+    }
+    return result, examples
+
+
+def format_table(r: dict) -> str:
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    rows = [
+        ("named colour present", pct(r["colour_present"]), "≥ 90 %"),
+        ("shape right", pct(r["shape_right"]), "≥ 75 %"),
+        (f"relation obeyed ({r['relation_prompts_scored']} two-object prompts)", pct(r["relation_obeyed"]), "≥ 75 %"),
+        ("attention verdict agrees with pixels", pct(r["attention_pixel_verdict_agreement"]), ""),
+    ]
+    rows += [(f"mIoU, {k}", "-" if v is None else f"{v:.3f}", "≥ 0.60" if k == "colour+shape" else "")
+             for k, v in r["miou"].items()]
+    width = max(len(a) for a, _, _ in rows)
+    lines = [f"{'metric':<{width}}  {'value':>8}  target", "-" * (width + 20)]
+    lines += [f"{a:<{width}}  {b:>8}  {c}" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def save(result: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1))
+
