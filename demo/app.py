@@ -43,6 +43,8 @@ EXAMPLES = [
 CMAPS = list(render.COLORMAPS)
 TILE = 256
 FILES_TTL_S = 3600
+# Small images (the shapes model draws 64x64) are shown enlarged with crisp pixels; the data stays as generated.
+CSS = "#generated-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 TABLE_HEADERS = ["word", "centroid (x, y)", "bbox x0,y0,x1,y1", "area", "region", "position decided"]
 
 
@@ -121,7 +123,7 @@ def render_views(state: dict, words_text: str, expect_text: str, alpha: float, c
              "-" if r["bbox"] is None else ",".join(map(str, r["bbox"])), f"{r['area']:.1%}", r["region"],
              f"step {decided[r['word']]['decided_at']} of {decided[r['word']]['steps']}"
              if decided.get(r["word"], {}).get("decided_at") is not None else "-"] for r in report["words"]]
-    checks = "\n".join(f"- {'✅ PASS' if c['passed'] else '❌ FAIL'} **{c['statement']}** — {c['reason']}"
+    checks = "\n".join(f"- **{'PASS' if c['passed'] else 'FAIL'}** {c['statement']}: {c['reason']}"
                        for c in report["checks"]) or "_No relation stated; add one under “Intended layout”._"
     files = _write_downloads(state, maps, gallery, seg, report)
     return gallery, seg, rows, checks, timeline, files
@@ -163,7 +165,7 @@ def time_frame(state: dict, word: str, step: int, alpha: float, cmap: str):
     frame = frames[step]
     peak = frame.max()
     picture = render.overlay(render.scale_to(state["image"], TILE), frame / peak if peak > 0 else frame, alpha, cmap)
-    return render.labelled(picture, f"{word} — step {step + 1} of {len(frames)}", TILE)
+    return render.labelled(picture, f"{word}: step {step} of {len(frames) - 1}", TILE)
 
 
 def animation(state: dict, word: str, alpha: float, cmap: str) -> str | None:
@@ -189,7 +191,7 @@ def build_app(models: Models) -> gr.Blocks:
                 negative = gr.Textbox(label="Negative prompt", value="")
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
-                    dice = gr.Button("🎲 Random seed", size="sm")
+                    dice = gr.Button("Random seed", size="sm")
                 with gr.Row():
                     steps = gr.Slider(1, 100, value=DEFAULT_STEPS, step=1, label="Steps")
                     guidance = gr.Slider(0, 20, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
@@ -204,7 +206,8 @@ def build_app(models: Models) -> gr.Blocks:
                 run = gr.Button("Generate", variant="primary")
                 gr.Examples(EXAMPLES, inputs=[prompt])
             with gr.Column(scale=1):
-                image_out = gr.Image(label="Generated image", type="pil", height=384, format="png")
+                image_out = gr.Image(label="Generated image", type="pil", height=420, format="png",
+                                     elem_id="generated-image")
         gr.Markdown("## Words — click one to enlarge")
         with gr.Row():
             gallery = gr.Gallery(label="Per-word heat maps", columns=5, height="auto", allow_preview=False,
@@ -222,7 +225,7 @@ def build_app(models: Models) -> gr.Blocks:
                 time_word = gr.Dropdown(label="Word", choices=[], interactive=True)
                 time_step = gr.Slider(0, DEFAULT_STEPS - 1, value=DEFAULT_STEPS - 1, step=1, label="Step",
                                       elem_id="time-slider")
-                frame_out = gr.Image(label="Map at this step", type="pil", format="png")
+                frame_out = gr.Image(label="Map at this step", type="pil", format="png", elem_id="time-frame")
             gif_out = gr.Image(label="Animation", type="filepath")
             timeline_out = gr.Image(label="Centroid paths (dark = early, ring = final)", type="pil", format="png")
         with gr.Accordion("Filters and display", open=False):
@@ -268,7 +271,7 @@ def build_app(models: Models) -> gr.Blocks:
                 gr.update(choices=object_words, value=object_words[0]), gr.update(maximum=last, value=last),
                 time_frame(new_state, object_words[0], last, alpha_value, cmap_name),
                 animation(new_state, object_words[0], alpha_value, cmap_name),
-                None,
+                maps.word(object_words[0]).figure(image, alpha_value, cmap_name, tile=384),
             )
 
         run.click(
@@ -281,16 +284,16 @@ def build_app(models: Models) -> gr.Blocks:
         )
         dice.click(lambda: random.randint(0, 2**31 - 1), outputs=seed, api_name=False)
         rerender.click(friendly(render_views), inputs=view_inputs, outputs=view_outputs, api_name="render")
+        # .input fires on user edits only: .change would also fire when a generation updates these controls
         for control in (alpha, cmap, resolutions, blocks):
-            control.change(friendly(render_views), inputs=view_inputs, outputs=view_outputs, api_name=False)
+            control.input(friendly(render_views), inputs=view_inputs, outputs=view_outputs, api_name=False)
         gallery.select(friendly(enlarge), inputs=[state, alpha, cmap, resolutions, blocks, first_step, last_step,
                                                   words], outputs=big, api_name=False)
-        time_step.change(friendly(time_frame), inputs=[state, time_word, time_step, alpha, cmap], outputs=frame_out,
-                         api_name="time_frame")
-        time_word.change(friendly(time_frame), inputs=[state, time_word, time_step, alpha, cmap], outputs=frame_out,
-                         api_name=False)
-        time_word.change(friendly(animation), inputs=[state, time_word, alpha, cmap], outputs=gif_out,
-                         api_name=False)
+        time_step.input(friendly(time_frame), inputs=[state, time_word, time_step, alpha, cmap], outputs=frame_out,
+                        api_name="time_frame")
+        time_word.input(friendly(time_frame), inputs=[state, time_word, time_step, alpha, cmap], outputs=frame_out,
+                        api_name=False)
+        time_word.input(friendly(animation), inputs=[state, time_word, alpha, cmap], outputs=gif_out, api_name=False)
     return app
 
 
@@ -302,7 +305,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, 
     app = build_app(models)
     app.queue(default_concurrency_limit=4)
     _, url, _ = app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                           show_error=False, theme=gr.themes.Soft(), footer_links=["api"])
+                           show_error=False, theme=gr.themes.Soft(), footer_links=["api"], css=CSS)
     return app, url
 
 
