@@ -84,6 +84,8 @@ class Recorder:
     trace_counts: list[int] = field(default_factory=list)
     timesteps: list[float] = field(default_factory=list)
     step: StepState | None = None
+    _names: dict = field(default_factory=dict, repr=False)
+    _views: dict = field(default_factory=dict, repr=False)
 
     def reset(self) -> None:
         self.sums.clear()
@@ -92,6 +94,8 @@ class Recorder:
         self.trace.clear()
         self.trace_counts.clear()
         self.timesteps.clear()
+        self._names.clear()
+        self._views.clear()
         self.step = None
 
     def begin_step(self, step: StepState) -> None:
@@ -119,36 +123,49 @@ class Recorder:
     def nbytes(self) -> int:
         return self.accumulator_bytes + self.trace_bytes
 
-    @property
-    def rows(self) -> slice | None:
-        """Rows of the denoiser batch to record now; None outside a traced pipeline call."""
-        return None if self.step is None else self.step.rows
+    def _site(self, layer: str, pixels: int) -> tuple[str, int, int]:
+        """(site name, h, w) of a layer's map with `pixels` positions; cached, it is asked every call."""
+        key = (layer, pixels, self.step.latent_hw)
+        if key not in self._names:
+            lh, lw = self.step.latent_hw
+            factor = math.sqrt(lh * lw / pixels)
+            h, w = round(lh / factor), round(lw / factor)
+            self._names[key] = (layer if self.per_layer else f"{block_of(layer)}.{h}x{w}", h, w)
+        return self._names[key]
 
     def record(self, layer: str, depth: int, probs: torch.Tensor) -> None:
-        """Add one layer's attention probabilities (recorded rows, heads, h*w, context) for the current step."""
+        """Add one layer's probabilities (recorded rows, heads, h*w, kept tokens) for the current step.
+
+        This runs for every cross-attention call, so it keeps to two kernels (head sum, in-place add) and
+        cached views: on small models the cost of capture is the number of kernel launches.
+        """
         step = self.step
-        _, heads, pixels, _ = probs.shape
-        factor = math.sqrt(step.latent_hw[0] * step.latent_hw[1] / pixels)
-        h, w = round(step.latent_hw[0] / factor), round(step.latent_hw[1] / factor)
-        name = layer if self.per_layer else f"{block_of(layer)}.{h}x{w}"
-        kept = probs[..., : self.n_tokens]
-        bins = min(self.time_bins, max(step.total, 1))
-        if name not in self.sums:
-            self.sites[name] = Site(name, block_of(layer), (h, w))
-            shape = (bins, kept.shape[0], heads if self.per_head else 1, pixels, kept.shape[-1])
-            self.sums[name] = torch.zeros(shape, dtype=torch.float32, device=probs.device)
-            self.counts[name] = [0] * bins
+        heads, pixels = probs.shape[1], probs.shape[2]
+        name, h, w = self._site(layer, pixels)
         b = self.bin_of(step.index, step.total)
+        target = self._views.get((name, b))
+        if target is None:
+            sums = self.sums[name] if name in self.sums else self._allocate(name, layer, h, w, probs)
+            target = self._views[(name, b)] = sums[b] if self.per_head else sums[b, :, 0]
         if self.per_head:
-            self.sums[name][b].add_(kept)
+            target.add_(probs)
             self.counts[name][b] += 1
         if depth == self.trace_depth or not self.per_head:
-            summed = kept.sum(dim=1, dtype=torch.float32)  # (images, pixels, tokens)
+            summed = probs.sum(dim=1)  # (images, pixels, tokens)
             if not self.per_head:
-                self.sums[name][b, :, 0].add_(summed)
+                target.add_(summed)
                 self.counts[name][b] += heads
             if depth == self.trace_depth:
                 self._trace(summed, h, w, heads)
+
+    def _allocate(self, name: str, layer: str, h: int, w: int, probs: torch.Tensor) -> torch.Tensor:
+        bins = min(self.time_bins, max(self.step.total, 1))
+        self.sites[name] = Site(name, block_of(layer), (h, w))
+        images, heads, pixels, tokens = probs.shape
+        shape = (bins, images, heads if self.per_head else 1, pixels, tokens)
+        self.sums[name] = torch.zeros(shape, dtype=torch.float32, device=probs.device)
+        self.counts[name] = [0] * bins
+        return self.sums[name]
 
     def _trace(self, summed: torch.Tensor, h: int, w: int, heads: int) -> None:
         grid = summed.unflatten(1, (h, w))  # (images, h, w, tokens)
@@ -168,13 +185,19 @@ class CaptureProcessor:
 
     Honours the `Attention` contract: spatial/group norm, norm_cross, attention_mask, q/k norms,
     residual_connection and rescale_output_factor. Probabilities are formed in float32 with SDPA's scale
-    (1/√head_dim) and mask, i.e. exactly the weights the output was computed with.
+    (1/√head_dim) and mask: the weights the output is computed with.
+
+    ``exact=True`` keeps diffusers' SDPA call for the output (bit-identical to untraced) and forms the
+    probabilities of the recorded rows on the side. ``exact=False`` forms the probabilities once for the whole
+    batch and reuses them for the output (probs @ V): no second Q·Kᵀ, so cheaper where attention calls are
+    small and many, at the price of float rounding (~1e-6 relative) against SDPA's blocked kernel.
     """
 
-    def __init__(self, recorder: Recorder, layer: str, depth: int):
+    def __init__(self, recorder: Recorder, layer: str, depth: int, exact: bool = True):
         self.recorder = recorder
         self.layer = layer
         self.depth = depth
+        self.exact = exact
 
     def __call__(
         self,
@@ -215,15 +238,17 @@ class CaptureProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        rows = self.recorder.rows
-        if rows is not None:
-            scores = torch.matmul(query[rows].float(), key[rows].float().transpose(-1, -2)).mul_(head_dim**-0.5)
-            if attention_mask is not None and attention_mask.dtype == torch.bool:  # SDPA: True = attend
-                scores.masked_fill_(~attention_mask[rows], float("-inf"))
-            elif attention_mask is not None:
-                scores += attention_mask[rows].float()
-            self.recorder.record(self.layer, self.depth, scores.softmax(dim=-1))
+        step = self.recorder.step  # None when the denoiser runs outside a traced pipeline call
+        if step is None:
+            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        elif self.exact:
+            hidden_states, probs = _attention_and_probabilities(query, key, value, attention_mask, step.rows,
+                                                                self.recorder.n_tokens)
+            self.recorder.record(self.layer, self.depth, probs)
+        else:
+            probs = _probabilities(query, key, attention_mask)
+            hidden_states = torch.matmul(probs.to(value.dtype), value)
+            self.recorder.record(self.layer, self.depth, probs[step.rows, ..., : self.recorder.n_tokens])
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
@@ -234,3 +259,36 @@ class CaptureProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def _attention_and_probabilities(query, key, value, mask, rows: slice, n_tokens: int):
+    """SDPA's output, bit for bit, and the float32 probabilities of `rows` for the first `n_tokens` keys.
+
+    On the CPU, when SDPA would pick its flash kernel anyway, we call that kernel directly: it also returns
+    each query's log-sum-exp over all keys, so the kept tokens' probabilities are exp(q·k/√d − lse) — a
+    Q·Kᵀ over the prompt's ~10 tokens instead of all 77 and no softmax. Elsewhere (CUDA, masks SDPA
+    routes to other kernels) the output comes from SDPA and the probabilities from an explicit softmax.
+    """
+    flash = int(torch.backends.cuda.SDPBackend.FLASH_ATTENTION.value)
+    if query.device.type == "cpu" and torch._fused_sdp_choice(query, key, value, mask, 0.0, False) == flash:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, attn_mask=mask)
+        q, k = query[rows].float().flatten(0, 1), key[rows, :, :n_tokens].float().flatten(0, 1)
+        # one fused kernel for q·kᵀ/√d − lse; few kernels matter: on small models dispatch dominates
+        scores = torch.baddbmm(lse[rows].float().flatten(0, 1).unsqueeze(-1), q, k.transpose(-1, -2), beta=-1,
+                               alpha=q.shape[-1] ** -0.5).unflatten(0, lse[rows].shape[:2])
+        if mask is not None:
+            scores += mask[rows, ..., :n_tokens].float()
+        return out, scores.exp_()
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    return out, _probabilities(query[rows], key[rows], None if mask is None else mask[rows])[..., :n_tokens]
+
+
+def _probabilities(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(Q·Kᵀ/√d + mask) in float32, as SDPA computes it (bool masks: True = attend)."""
+    scale = query.shape[-1] ** -0.5
+    scores = torch.matmul(query.float(), (key.float() * scale).transpose(-1, -2))
+    if mask is not None and mask.dtype == torch.bool:
+        scores.masked_fill_(~mask, float("-inf"))
+    elif mask is not None:
+        scores += mask.float()
+    return scores.softmax(dim=-1)

@@ -50,6 +50,6 @@ def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.de
         where = str(name_or_path)  # a hub id such as "stable-diffusion-v1-5/stable-diffusion-v1-5"
     else:
         raise FileNotFoundError(f"model not found: {source} is neither a local folder nor a hub id (org/name)")
-    pipe = DiffusionPipeline.from_pretrained(where, torch_dtype=dtype, use_safetensors=True)
+    pipe = DiffusionPipeline.from_pretrained(where, dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)

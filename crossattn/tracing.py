@@ -42,12 +42,13 @@ class Trace:
     """Recording state for one pipeline; use through `crossattn.trace`. Not thread-safe: one call at a time."""
 
     def __init__(self, pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool = False,
-                 trace_size: int = 16, capture_uncond: bool = False):
+                 trace_size: int = 16, capture_uncond: bool = False, exact: bool = True):
         if time_bins < 1:
             raise ValueError(f"time_bins must be >= 1, got {time_bins}")
         self.pipe = pipe
         self.denoiser = _denoiser(pipe)
         self.capture_uncond = capture_uncond
+        self.exact = exact
         self.recorder = Recorder(time_bins=time_bins, per_head=per_head, per_layer=per_layer,
                                  trace_size=trace_size)
         self.prompt_ids: list[list[list[int]]] = []  # per text-encoder call: one id list per prompt
@@ -74,7 +75,7 @@ class Trace:
             if getattr(self.denoiser.get_submodule(layer), "is_cross_attention", False):
                 depth = depth_of(layer, n_down)
                 depths.append(depth)
-                processors[name] = CaptureProcessor(self.recorder, layer, depth)
+                processors[name] = CaptureProcessor(self.recorder, layer, depth, self.exact)
             else:
                 processors[name] = proc
         if not depths:
@@ -146,7 +147,8 @@ class Trace:
         try:
             return int(self.pipe.num_timesteps)
         except (AttributeError, TypeError):
-            return len(getattr(self.pipe.scheduler, "timesteps", None) or [])
+            timesteps = getattr(self.pipe.scheduler, "timesteps", None)
+            return 0 if timesteps is None else len(timesteps)
 
     # ---- results ------------------------------------------------------------------------------------
     @property
@@ -238,7 +240,7 @@ class Trace:
 
 
 def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool = False, trace_size: int = 16,
-          capture_uncond: bool = False) -> Trace:
+          capture_uncond: bool = False, exact: bool = True) -> Trace:
     """Capture per-word cross-attention while `pipe` generates; use as a context manager.
 
     Args:
@@ -248,6 +250,10 @@ def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool =
         per_layer: keep each layer apart instead of summing per (block, resolution).
         trace_size: the per-step trace is avg-pooled to at most this many pixels per side.
         capture_uncond: also record the unconditional/negative half of a CFG batch.
+        exact: keep diffusers' SDPA call for the layer output, so traced outputs are bit-identical to
+            untraced ones (the probabilities cost one extra Q·Kᵀ over 77 keys). ``exact=False`` computes the
+            probabilities once and reuses them for the output: cheaper on small models, equal to within
+            float rounding (~1e-6 relative).
 
     Example:
         >>> import torch, crossattn
@@ -262,4 +268,4 @@ def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool =
         (64, 64)
     """
     return Trace(pipe, time_bins=time_bins, per_head=per_head, per_layer=per_layer, trace_size=trace_size,
-                 capture_uncond=capture_uncond)
+                 capture_uncond=capture_uncond, exact=exact)

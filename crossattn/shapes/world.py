@@ -6,7 +6,7 @@ set of pixels painted in its colour. That is what makes the world a ground truth
     >>> from crossattn.shapes.world import sample_scene
     >>> scene = sample_scene(seed=3)
     >>> scene.caption, scene.image.shape, len(scene.masks) == len(scene.objects)
-    ('a small yellow triangle below a blue square', (64, 64, 3), True)
+    ('a small red circle at the top', (64, 64, 3), True)
 """
 
 from __future__ import annotations
