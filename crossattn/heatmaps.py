@@ -12,10 +12,21 @@ to one word's map:
 3. upsample to the image size (bicubic, clipped at 0) → `WordHeatMap.raw`;
 4. normalise by the word's own maximum → `WordHeatMap.array` in [0, 1] (0 stays "no attention").
 
-    >>> maps = tr.heat_maps()                                  # doctest: +SKIP
-    >>> maps.words                                             # doctest: +SKIP
+    >>> import crossattn
+    >>> from crossattn.generation import generate
+    >>> image, maps = generate(crossattn.load_pipeline(), "a red circle left of a blue square", seed=0)
+    >>> maps.words
     ['a', 'red', 'circle', 'left', 'of', 'a', 'blue', 'square']
-    >>> maps.filter(blocks=["up"], resolutions=[16]).word("circle").overlay(image)  # doctest: +SKIP
+    >>> sorted(maps.sites)
+    ['down.16x16', 'down.8x8', 'mid.4x4', 'up.16x16', 'up.8x8']
+    >>> late_up = maps.filter(steps=slice(10, 20), blocks=["up"], resolutions=[16])
+    >>> late_up.steps == list(range(10, 20)), list(late_up.sites)
+    (True, ['up.16x16'])
+    >>> m = late_up.word("circle")
+    >>> m.array.shape, float(m.array.max()), m.overlay(image).size
+    ((64, 64), 1.0, (64, 64))
+    >>> sorted(maps.placement(["circle", "square"]))
+    ['circle', 'square']
 """
 
 from __future__ import annotations

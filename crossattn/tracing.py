@@ -27,6 +27,12 @@ from .heatmaps import HeatMaps
 from .words import tokenize_prompt, words_from_ids
 
 
+# Cross-attention processors that compute plain softmax attention: replacing them keeps the model's output.
+# Others (IP-Adapter, custom edits) change the computation, so tracing them would silently change the image.
+REPLACEABLE = {"AttnProcessor2_0", "AttnProcessor", "XFormersAttnProcessor", "SlicedAttnProcessor",
+               "FusedAttnProcessor2_0", "AttnProcessorNPU", "CaptureProcessor"}
+
+
 def _denoiser(pipe) -> torch.nn.Module:
     for name in ("unet", "transformer"):
         model = getattr(pipe, name, None)
@@ -73,6 +79,11 @@ class Trace:
         for name, proc in originals.items():
             layer = name.removesuffix(".processor")
             if getattr(self.denoiser.get_submodule(layer), "is_cross_attention", False):
+                if type(proc).__name__ not in REPLACEABLE:
+                    raise TypeError(
+                        f"{layer} uses {type(proc).__name__}, which computes more than plain attention; tracing "
+                        f"would replace it and change the output. Supported: {', '.join(sorted(REPLACEABLE))}"
+                    )
                 depth = depth_of(layer, n_down)
                 depths.append(depth)
                 processors[name] = CaptureProcessor(self.recorder, layer, depth, self.exact)

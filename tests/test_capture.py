@@ -268,3 +268,32 @@ def test_fast_mode_reuses_probabilities_within_float_rounding(tiny_sd):
         fast_latents = latents(tiny_sd, guidance_scale=7.5)
     assert ((fast_latents - plain).abs().max() / plain.abs().max()).item() < 1e-5
     assert torch.allclose(fast.heat_maps().token_maps(), exact.heat_maps().token_maps(), atol=1e-5)
+
+
+def test_float16_is_bit_identical_and_maps_are_float32():
+    pipe = build_tiny_sd(seed=2).to(torch.float16)
+    plain = latents(pipe, steps=3)
+    with crossattn.trace(pipe) as tr:
+        traced = latents(pipe, steps=3)
+    assert plain.dtype == torch.float16 and torch.equal(plain, traced)
+    maps = tr.heat_maps()
+    assert maps.token_maps().dtype == torch.float32 and maps.word("circle").array.dtype == np.float32
+
+
+def test_refuses_to_replace_processors_that_change_the_computation():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    class Edited(AttnProcessor2_0):  # e.g. an attention-editing processor
+        pass
+
+    pipe = build_tiny_sd(seed=4)
+    procs = {k: (Edited() if ".attn2." in k else v) for k, v in pipe.unet.attn_processors.items()}
+    pipe.unet.set_attn_processor(procs)
+    before = dict(pipe.unet.attn_processors)
+    with pytest.raises(TypeError, match="Edited, which computes more than plain attention"):
+        crossattn.trace(pipe).start()
+    assert all(pipe.unet.attn_processors[k] is v for k, v in before.items())
+    pipe.enable_attention_slicing()  # sliced attention is plain attention: traceable
+    with crossattn.trace(pipe) as tr:
+        latents(pipe, steps=2)
+    assert tr.heat_maps().words[-1] == "square"

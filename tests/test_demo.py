@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,8 +38,16 @@ def call_generate(url: str, prompt: str, words: str = "", size: str = "", expect
     return client.predict(prompt, "", 3, 8, 5.0, size, EMBEDDED, words, expect, 0.5, "jet", api_name="/generate")
 
 
-def test_binds_localhost_only(server):
+def test_binds_localhost_only_and_serves_no_arbitrary_path(server):
     assert server.startswith("http://127.0.0.1:")
+    for route in ("gradio_api/file=/etc/passwd", "file=/etc/passwd", "gradio_api/file=../../../../etc/passwd"):
+        try:
+            with urllib.request.urlopen(server + route, timeout=30) as response:
+                body = response.read()
+        except urllib.error.HTTPError as err:
+            assert err.code in (403, 404)
+        else:
+            assert b"root:" not in body
 
 
 def test_generate_returns_image_and_one_overlay_per_word(server):
@@ -117,5 +128,7 @@ def test_browser_generate_gallery_and_time_slider(server, tmp_path):
             expect(page.get_by_text("processing")).to_have_count(0, timeout=60_000)
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
             assert (tmp_path / "demo.png").stat().st_size > 10_000
+            if os.environ.get("CROSSATTN_DEMO_SCREENSHOT"):  # how assets/demo.png is made
+                page.screenshot(path=os.environ["CROSSATTN_DEMO_SCREENSHOT"], full_page=True)
         finally:
             browser.close()

@@ -106,3 +106,20 @@ def test_cli_missing_model_via_console_script(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("crossattn: error: model not found")
+
+
+def test_cli_placement_end_to_end(saved_pipeline, tmp_path, capsys):
+    out = tmp_path / "place"
+    code = main(["placement", PROMPT, "--model", str(saved_pipeline), "--steps", "3", "--out", str(out),
+                 "--expect", "circle left_of square", "--expect", "cyan square in 0.5,0,1,1", "--from-prompt"])
+    assert code == 0
+    data = json.loads((out / "placement.json").read_text())
+    assert [c["statement"] for c in data["checks"]] == [
+        "circle left_of square", "cyan square in 0.5,0,1,1", "red circle left_of cyan square"]
+    assert [w["word"] for w in data["words"]] == ["red", "circle", "cyan", "square"]
+    assert all(isinstance(c["passed"], bool) for c in data["checks"])
+    assert Image.open(out / "segmentation.png").width == 384 and (out / "timeline.png").exists()
+    printed = capsys.readouterr().out
+    assert "circle left_of square" in printed and ("PASS" in printed or "FAIL" in printed)
+    code = main(["placement", PROMPT, "--model", str(saved_pipeline), "--expect", "circle near square"])
+    assert code == 2 and "cannot read 'circle near square'" in capsys.readouterr().err
