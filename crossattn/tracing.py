@@ -26,7 +26,6 @@ from .capture import CaptureProcessor, Recorder, StepState, depth_of
 from .heatmaps import HeatMaps
 from .words import tokenize_prompt, words_from_ids
 
-
 # Cross-attention processors that compute plain softmax attention: replacing them keeps the model's output.
 # Others (IP-Adapter, custom edits) change the computation, so tracing them would silently change the image.
 REPLACEABLE = {"AttnProcessor2_0", "AttnProcessor", "XFormersAttnProcessor", "SlicedAttnProcessor",
