@@ -63,7 +63,7 @@ def test_iou_on_hand_made_masks():
 def test_a_few_training_steps_reduce_the_loss(tmp_path):
     torch.manual_seed(0)
     trainer = Trainer(tmp_path, Recipe(batch=4, caption_dropout=0.0))
-    x, captions = scene_batch(0, 4)
+    x, captions, _ = scene_batch(0, 4)
     params = list(trainer.unet.parameters()) + list(trainer.text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3)
 

@@ -32,6 +32,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from . import grounding
 from .model import (
     BETA_SCHEDULE,
     PREDICTION_TYPE,
@@ -41,7 +42,7 @@ from .model import (
     build_vae,
     load_tokenizer,
 )
-from .world import sample_scene
+from .world import Scene, sample_scene
 
 SAMPLE_PROMPTS = [
     "a red circle left of a blue square",
@@ -70,15 +71,17 @@ class Recipe:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
+    grounding_weight: float = 0.05  # weight of the grounding loss (see grounding.py); 0 turns it off
+    grounding_start: int = 3750  # step from which it applies (the shipped run added it at this step)
     save_every: int = 250
     sample_every: int = 1000
 
 
-def scene_batch(start_seed: int, n: int) -> tuple[torch.Tensor, list[str]]:
-    """n scenes as a (n, 3, 64, 64) tensor in [-1, 1] plus their captions."""
+def scene_batch(start_seed: int, n: int) -> tuple[torch.Tensor, list[str], list[Scene]]:
+    """n scenes as a (n, 3, 64, 64) tensor in [-1, 1], their captions, and the scenes themselves."""
     scenes = [sample_scene(start_seed + i) for i in range(n)]
     images = np.stack([s.image for s in scenes]).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(images).permute(0, 3, 1, 2), [s.caption for s in scenes]
+    return torch.from_numpy(images).permute(0, 3, 1, 2), [s.caption for s in scenes], scenes
 
 
 def _save(path: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None, state: dict) -> None:
@@ -121,6 +124,8 @@ class Trainer:
         self.unet = build_unet().to(self.device)
         self.text_encoder = build_text_encoder().to(self.device)
         self.tokenizer = load_tokenizer()
+        self.attention_store: list[torch.Tensor] = []  # filled by grounding processors, if installed
+        self.last_grounding = torch.zeros(())
         self.noise_sched = DDPMScheduler(beta_schedule=BETA_SCHEDULE, prediction_type=PREDICTION_TYPE)
         alphas = self.noise_sched.alphas_cumprod.to(self.device)
         self.snr = alphas / (1 - alphas)
@@ -140,7 +145,7 @@ class Trainer:
         self.vae.train()
         bar = tqdm(range(step, r.vae_steps), initial=step, total=r.vae_steps, desc="vae", mininterval=10)
         for step in bar:
-            x, _ = scene_batch(r.seed * 10_000_019 + step * r.vae_batch, r.vae_batch)
+            x, _, _ = scene_batch(r.seed * 10_000_019 + step * r.vae_batch, r.vae_batch)
             x = x.to(self.device)
             for group in opt.param_groups:  # cosine decay: a constant 1e-3 made the loss spike late in training
                 group["lr"] = r.vae_lr * 0.5 * (1 + math.cos(math.pi * step / r.vae_steps))
@@ -163,7 +168,7 @@ class Trainer:
     @torch.no_grad()
     def _set_scaling_factor(self, ckpt: Path) -> None:
         # As in SD: scale latents to unit variance so the noise schedule sees the intended SNRs.
-        x, _ = scene_batch(123_456_789, 256)
+        x, _, _ = scene_batch(123_456_789, 256)
         z = self.vae.encode(x.to(self.device)).latent_dist.sample()
         factor = float(1.0 / z.std())
         self.vae.register_to_config(scaling_factor=factor)
@@ -187,13 +192,20 @@ class Trainer:
         self.ema_text_encoder = copy.deepcopy(self.text_encoder).requires_grad_(False)
         modules = self._unet_modules()
         step = _load(ckpt, modules, opt)["step"] if (ckpt / "state.json").exists() else 0
+        if r.grounding_weight > 0:  # after the EMA copies: they keep the plain processors for sampling
+            self.attention_store = grounding.install(self.unet)
         self.unet.train()
         self.text_encoder.train()
         bar = tqdm(range(step, r.unet_steps), initial=step, total=r.unet_steps, desc="unet", mininterval=10)
         for step in bar:
             gen = torch.Generator(self.device).manual_seed(r.seed * 1_000_003 + step)
-            x, captions = scene_batch(r.seed * 10_000_019 + 7_777_777 + step * r.batch, r.batch)
-            loss = self.unet_loss(x, captions, gen)
+            x, captions, scenes = scene_batch(r.seed * 10_000_019 + 7_777_777 + step * r.batch, r.batch)
+            drop = torch.rand(len(captions), generator=gen, device=self.device) < r.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            masks = None
+            if r.grounding_weight > 0 and step >= r.grounding_start:
+                masks = grounding.token_masks(scenes, captions, self.tokenizer).to(self.device)
+            loss = self.unet_loss(x, captions, gen, masks)
             lr = r.lr * min(1.0, (step + 1) / r.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -204,17 +216,18 @@ class Trainer:
             self._ema_update(step)
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             if (step + 1) % 50 == 0:
-                self.log(f"unet step {step + 1} loss {loss.item():.5f} lr {lr:.2e}")
+                extra = f" grounding {self.last_grounding.item():.4f}" if masks is not None else ""
+                self.log(f"unet step {step + 1} loss {loss.item():.5f} lr {lr:.2e}{extra}")
             if (step + 1) % r.save_every == 0 or step + 1 == r.unet_steps:
                 _save(ckpt, modules, opt, {"step": step + 1})
             if (step + 1) % r.sample_every == 0:
                 self.sample_grid(self.run / "samples" / f"step_{step + 1:06d}.png")
 
-    def unet_loss(self, x: torch.Tensor, captions: list[str], gen: torch.Generator) -> torch.Tensor:
-        """v-prediction loss with min-SNR-γ weighting on one batch (images in [-1, 1], captions)."""
+    def unet_loss(self, x: torch.Tensor, captions: list[str], gen: torch.Generator,
+                  masks: torch.Tensor | None = None) -> torch.Tensor:
+        """v-prediction loss with min-SNR-γ weighting on one batch (images in [-1, 1], captions), plus the
+        grounding loss (weighted) when per-token object masks are given (see `grounding`)."""
         r = self.recipe
-        drop = torch.rand(len(captions), generator=gen, device=self.device) < r.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         ids = self.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
                              return_tensors="pt").input_ids.to(self.device)
         with torch.no_grad():
@@ -224,10 +237,16 @@ class Trainer:
                           device=self.device)
         noisy = self.noise_sched.add_noise(latents, noise, t)
         target = self.noise_sched.get_velocity(latents, noise, t)
+        self.attention_store.clear()
         pred = self.unet(noisy, t, self.text_encoder(ids)[0]).sample
         snr = self.snr[t]
         weight = snr.clamp(max=r.min_snr_gamma) / (snr + 1)  # min-SNR-γ for v-prediction
-        return (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        if masks is not None:
+            self.last_grounding = grounding.grounding_loss(self.attention_store, masks)
+            loss = loss + r.grounding_weight * self.last_grounding
+        self.attention_store.clear()
+        return loss
 
     def _unet_modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet, "text_encoder": self.text_encoder,
