@@ -6,8 +6,8 @@ Nothing here knows about words, pictures or pipelines; `crossattn.tracing` wires
 Why a processor and not a hook: the attention probabilities exist only inside the processor (SDPA
 never returns them). The processor computes the layer output with the very same SDPA call as diffusers'
 `AttnProcessor2_0`, so traced outputs are bit-identical to untraced ones, and forms the probabilities
-explicitly only for the rows it records (the conditional half under CFG): one extra Q·Kᵀ over 77 keys,
-a few percent of a cross-attention layer and far less of a UNet step.
+only for the rows it records (the conditional half under CFG) and the prompt's tokens: on the CPU from the
+flash kernel's log-sum-exp (one small Q·Kᵀ, no softmax), elsewhere with an explicit softmax.
 
 Memory: the recorder never stores per-step full-resolution maps. Per image it holds
 ``time_bins × Σ_sites (h·w) × heads_kept × tokens × 4 bytes`` (a *site* is a (block, resolution) pair,

@@ -5,7 +5,9 @@ the *second* object of a caption spread over the background (CLIP's text encoder
 tokens carry the whole caption and the UNet read layout from them). Real Stable Diffusion's per-word maps
 do localise objects, and the embedded model is meant to stand in for it, so training adds, for every
 colour and shape word of every object, ``1 - (share of that token's attention mass inside its object's
-mask)``, averaged over heads and cross-attention layers (the token loss of TokenCompose, Wang et al. 2024).
+mask)``, averaged over heads and cross-attention layers (the token loss of TokenCompose, Wang et al. 2024);
+from ``coverage_start`` on, the total-variation distance to a uniform spread over the object instead, so
+the whole object is covered, not just its centre.
 
 This shapes the *model*; it does not touch the tool. The heat-map evaluation therefore measures whether
 crossattn recovers attention that is known to localise, and the README says so next to the figures.
@@ -75,8 +77,13 @@ def token_masks(scenes: list[Scene], captions: list[str], tokenizer) -> torch.Te
     return out
 
 
-def grounding_loss(store: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
-    """Mean over object tokens and layers of 1 - (attention mass inside the token's object)."""
+def grounding_loss(store: list[torch.Tensor], masks: torch.Tensor, coverage: bool = False) -> torch.Tensor:
+    """Mean over object tokens and layers of 1 - (attention mass inside the token's object).
+
+    With `coverage`, the total-variation distance between the token's attention distribution and the
+    uniform distribution over its object instead: 1 - Σ min(a, u). It also penalises attention piled on
+    part of the object (a map peaked at the centre satisfies the mass term but covers the object badly).
+    """
     has_object = masks.flatten(2).amax(-1) > 0  # (batch, 77)
     if not has_object.any():
         return masks.new_zeros(())
@@ -88,6 +95,11 @@ def grounding_loss(store: list[torch.Tensor], masks: torch.Tensor) -> torch.Tens
             pooled[side] = F.adaptive_avg_pool2d(masks, side).flatten(2).transpose(1, 2)  # (batch, pixels, 77)
         spread = probs.mean(1)
         spread = spread / spread.sum(1, keepdim=True).clamp_min(1e-8)  # each token's distribution over pixels
-        inside = (spread * pooled[side]).sum(1)  # (batch, 77)
+        mask = pooled[side]
+        if coverage:
+            uniform = mask / mask.sum(1, keepdim=True).clamp_min(1e-8)
+            inside = torch.minimum(spread, uniform).sum(1)  # (batch, 77)
+        else:
+            inside = (spread * mask).sum(1)
         terms.append(1 - inside[has_object])
     return torch.cat(terms).mean()

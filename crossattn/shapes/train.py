@@ -73,6 +73,7 @@ class Recipe:
     min_snr_gamma: float = 5.0
     grounding_weight: float = 0.05  # weight of the grounding loss (see grounding.py); 0 turns it off
     grounding_start: int = 3750  # step from which it applies (the shipped run added it at this step)
+    coverage_start: int = 7000  # step from which the grounding term also asks for coverage (see grounding.py)
     save_every: int = 250
     sample_every: int = 1000
 
@@ -126,6 +127,7 @@ class Trainer:
         self.tokenizer = load_tokenizer()
         self.attention_store: list[torch.Tensor] = []  # filled by grounding processors, if installed
         self.last_grounding = torch.zeros(())
+        self.step = 0  # the UNet step being trained (the grounding term depends on it)
         self.noise_sched = DDPMScheduler(beta_schedule=BETA_SCHEDULE, prediction_type=PREDICTION_TYPE)
         alphas = self.noise_sched.alphas_cumprod.to(self.device)
         self.snr = alphas / (1 - alphas)
@@ -205,6 +207,7 @@ class Trainer:
             masks = None
             if r.grounding_weight > 0 and step >= r.grounding_start:
                 masks = grounding.token_masks(scenes, captions, self.tokenizer).to(self.device)
+            self.step = step
             loss = self.unet_loss(x, captions, gen, masks)
             lr = r.lr * min(1.0, (step + 1) / r.warmup)
             for group in opt.param_groups:
@@ -243,7 +246,8 @@ class Trainer:
         weight = snr.clamp(max=r.min_snr_gamma) / (snr + 1)  # min-SNR-γ for v-prediction
         loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         if masks is not None:
-            self.last_grounding = grounding.grounding_loss(self.attention_store, masks)
+            coverage = self.step >= r.coverage_start
+            self.last_grounding = grounding.grounding_loss(self.attention_store, masks, coverage)
             loss = loss + r.grounding_weight * self.last_grounding
         self.attention_store.clear()
         return loss
