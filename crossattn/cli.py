@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -12,10 +11,7 @@ import torch
 from tqdm import tqdm
 
 from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, check_inputs, generate, native_size, parse_size
-
-
-def _slug(word: str) -> str:
-    return re.sub(r"[^\w-]+", "_", word).strip("_") or "word"
+from .words import slug
 
 
 def _load(args):
@@ -49,11 +45,11 @@ def cmd_generate(args) -> None:
     out = Path(args.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     image.save(out / "image.png")
-    chosen = [maps.word(w) for w in words] if words else list(maps)
+    chosen = maps.word_maps(words)
     tile = max(256, *image.size)
     for k, m in enumerate(chosen):
         picture = m.figure(image, alpha=args.alpha, cmap=args.cmap, tile=tile)
-        picture.save(out / "overlays" / f"{k:02d}_{_slug(m.word)}.png")
+        picture.save(out / "overlays" / f"{k:02d}_{slug(m.word)}.png")
     maps.grid(image, words=words, alpha=args.alpha, cmap=args.cmap).save(out / "grid.png")
     maps.save(out, fmt=args.format)
     print(f"wrote {out}: image.png, grid.png, overlays/ ({len(chosen)} words), maps.{args.format}, heatmaps.json")

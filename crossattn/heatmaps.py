@@ -230,6 +230,10 @@ class HeatMaps:
         array = raw / peak if peak > 0 else np.zeros_like(raw)
         return WordHeatMap(" ".join(w.text for w in matched), array, raw, latent, positions)
 
+    def word_maps(self, words: list[str] | None = None) -> list[WordHeatMap]:
+        """Maps of the given words, or of every word of the prompt (repeats included) when None or empty."""
+        return [self.word(w) for w in words] if words else list(self)
+
     def timeline(self, word: str, occurrence: int = 0) -> np.ndarray:
         """The word's coarse map at every step, (steps, th, tw) mean probabilities; zeros for unselected steps."""
         if self.trace is None:
@@ -284,7 +288,7 @@ class HeatMaps:
     def grid(self, image: Image.Image | np.ndarray, words: list[str] | None = None, alpha: float = 0.5,
              cmap: str = "jet", tile: int = 256, cols: int | None = None) -> Image.Image:
         """The image followed by one labelled overlay per word (all words by default)."""
-        chosen = [self.word(w) for w in words] if words else list(self)
+        chosen = self.word_maps(words)
         tiles = [render.labelled(Image.fromarray(render.as_rgb(image)), "image", tile)]
         tiles += [render.labelled(m.overlay(image, alpha, cmap, size=tile), m.word, tile) for m in chosen]
         return render.grid(tiles, cols)

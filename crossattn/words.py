@@ -14,6 +14,7 @@ word's share of the attention is the sum of its tokens' shares.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -60,6 +61,11 @@ def words_from_ids(tokenizer, ids: list[int]) -> list[Word]:
         words.append(Word(text, tuple(content[k][0] for k in group), seen.get(key, 0)))
         seen[key] = seen.get(key, 0) + 1
     return words
+
+
+def slug(word: str) -> str:
+    """A word as a file-name part: runs of anything but letters, digits, '_' and '-' become '_'."""
+    return re.sub(r"[^\w-]+", "_", word).strip("_") or "word"
 
 
 def tokenize_prompt(tokenizer, prompt: str) -> list[int]:

@@ -31,6 +31,7 @@ from PIL import Image
 import crossattn
 from crossattn import placement, render
 from crossattn.generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate, native_size, parse_size
+from crossattn.words import slug
 
 EMBEDDED = "embedded shapes-world model"
 EXAMPLES = [
@@ -110,8 +111,7 @@ def render_views(state: dict, words_text: str, expect_text: str, alpha: float, c
     if not state:
         raise gr.Error("generate an image first")
     image, maps = state["image"], _filtered(state, resolutions, blocks, first_step, last_step)
-    words = _words_list(words_text)
-    chosen = [maps.word(w) for w in words] if words else list(maps)
+    chosen = maps.word_maps(_words_list(words_text))
     gallery = [(m.overlay(image, alpha, cmap, size=TILE), m.word) for m in chosen]
     statements = [s.strip() for s in (expect_text or "").splitlines() if s.strip()]
     report = placement.report(maps, statements, from_prompt=not statements)
@@ -137,7 +137,7 @@ def _write_downloads(state: dict, maps, gallery, seg: Image.Image, report: dict)
         old.unlink()
     paths = []
     for k, (picture, word) in enumerate(gallery):
-        path = out / f"overlay_{k:02d}_{''.join(c if c.isalnum() else '_' for c in word)}.png"
+        path = out / f"overlay_{k:02d}_{slug(word)}.png"
         picture.save(path)
         paths.append(path)
     seg.save(out / "segmentation.png")
@@ -151,8 +151,7 @@ def enlarge(state: dict, alpha: float, cmap: str, resolutions, blocks, first_ste
             evt: gr.SelectData):
     """The clicked word, large, with a colour bar."""
     maps = _filtered(state, resolutions, blocks, first_step, last_step)
-    words = _words_list(words_text)
-    chosen = [maps.word(w) for w in words] if words else list(maps)
+    chosen = maps.word_maps(_words_list(words_text))
     return chosen[evt.index].figure(state["image"], alpha, cmap, tile=384)
 
 
@@ -174,7 +173,7 @@ def animation(state: dict, word: str, alpha: float, cmap: str) -> str | None:
         return None
     n = len(state["maps"].trace_counts)
     frames = [time_frame(state, word, k, alpha, cmap) for k in range(n)]
-    path = Path(state["dir"]) / f"timeline_{''.join(c if c.isalnum() else '_' for c in word)}.gif"
+    path = Path(state["dir"]) / f"timeline_{slug(word)}.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=150, loop=0)
     return str(path)
 
