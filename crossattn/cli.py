@@ -106,7 +106,10 @@ def cmd_demo(args) -> None:
 def cmd_train_shapes(args) -> None:
     from .shapes.train import Recipe, Trainer, train
 
-    recipe = Recipe(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps)
+    fields = ("seed", "vae_steps", "unet_steps", "batch", "lr", "warmup", "weighting", "init_from",
+              "grounding_weight", "grounding_start", "coverage_start", "ground_placing_words", "pixel_grounding",
+              "reinit_placing_words")
+    recipe = Recipe(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
     if args.export:
         path = Trainer(args.run, recipe, args.device).export(args.export)
         print(f"exported {path}")
@@ -169,9 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-shapes", help="train (or resume) the embedded shapes-world model")
     t.add_argument("--run", default="runs/shapes", help="run folder (checkpoints, log.txt, samples)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--vae-steps", type=int, default=2000)
-    t.add_argument("--unet-steps", type=int, default=12000)
+    # Unset options keep the defaults of shapes.train.Recipe.
+    t.add_argument("--seed", type=int)
+    t.add_argument("--vae-steps", type=int)
+    t.add_argument("--unet-steps", type=int)
+    t.add_argument("--batch", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--init-from", help="fine-tune: start from this diffusers pipeline folder (VAE phase skipped)")
+    t.add_argument("--grounding-start", type=int, help="step from which the grounding loss applies")
+    t.add_argument("--coverage-start", type=int, help="step from which the grounding loss asks for coverage")
+    t.add_argument("--warmup", type=int)
+    t.add_argument("--weighting", choices=("min-snr", "clamped"), help="loss weighting over noise levels")
+    t.add_argument("--grounding-weight", type=float)
+    t.add_argument("--ground-placing-words", action="store_true", default=None,
+                   help="also ground position/relation words on the object they place")
+    t.add_argument("--pixel-grounding", action="store_true", default=None,
+                   help="add the per-pixel grounding term (object pixels attend to their object's words)")
+    t.add_argument("--reinit-placing-words", type=float, metavar="NORM",
+                   help="fine-tuning: fresh embedding rows of this norm for the position/relation words")
     t.add_argument("--device", default=None)
     t.add_argument("--export", default=None, help="write the trained EMA pipeline to this folder and exit")
     t.set_defaults(func=cmd_train_shapes)

@@ -149,3 +149,60 @@ def test_training_resumes_and_exports_a_loadable_pipeline(tmp_path):
     out = trainer.export(tmp_path / "export")
     pipe = crossattn.load_pipeline(out, device="cpu")
     assert pipe.unet.dtype == torch.float32 and pipe.vae.config.scaling_factor != 0.18215
+
+
+def test_grounding_masks_place_position_words_and_pixel_term_scores_attention():
+    from crossattn.shapes import grounding
+    from crossattn.shapes.model import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    scene = next(s for s in (sample_scene(i, n_objects=2) for i in range(20)) if s.relation == "left_of")
+    masks = grounding.token_masks([scene], [scene.caption], tokenizer, placing=True)
+    position = 1 + scene.caption.split().index("left")  # one token per word in these captions, +1 for <start>
+    assert torch.equal(masks[0, position].bool(), torch.from_numpy(scene.masks[0]))
+    assert not grounding.token_masks([scene], [scene.caption], tokenizer)[0, position].any()
+
+    # Hand-made attention on a 4x4 grid where token 1 names an object covering the left half.
+    token_masks = torch.zeros(1, 77, 4, 4)
+    token_masks[0, 1, :, :2] = 1
+    left = torch.arange(16) % 4 < 2
+    focused = torch.zeros(1, 1, 16, 77)
+    focused[0, 0, left, 1] = 1  # object pixels attend to their word only
+    focused[0, 0, ~left, 0] = 1  # background pixels to the start token
+    uniform = torch.full((1, 1, 16, 77), 1 / 77)
+    assert grounding.grounding_loss([focused], token_masks, coverage=True, pixel=True).item() < 1e-4
+    assert grounding.grounding_loss([uniform], token_masks, coverage=True).item() == pytest.approx(0.5)
+    pixel_term = grounding.grounding_loss([uniform], token_masks, coverage=True, pixel=True).item() - 0.5
+    assert pixel_term == pytest.approx(-0.5 * np.log(1 / 77) - 0.5 * np.log(76 / 77), rel=1e-4)
+
+
+def test_fine_tuning_starts_from_the_shipped_weights(tmp_path):
+    from crossattn.shapes.grounding import PLACING_WORDS
+    from crossattn.shapes.model import load_tokenizer
+    from crossattn.shapes.train import train
+
+    recipe = Recipe(init_from=str(MODEL_DIR), unet_steps=1, batch=2, lr=1e-6, save_every=1, sample_every=10_000,
+                    weighting="clamped", grounding_start=0, coverage_start=0, ground_placing_words=True,
+                    pixel_grounding=True, reinit_placing_words=10.0)
+    trainer = train(tmp_path / "run", recipe)
+    assert not (tmp_path / "run" / "vae").exists()  # the VAE phase is skipped
+    tuned = crossattn.load_pipeline(trainer.export(tmp_path / "export"), device="cpu", dtype=torch.float16)
+    original = crossattn.load_pipeline(device="cpu", dtype=torch.float16)
+    placing = [load_tokenizer()(w, add_special_tokens=False).input_ids[0] for w in PLACING_WORDS]
+    for part in ("vae", "unet", "text_encoder"):
+        a, b = getattr(tuned, part).state_dict(), getattr(original, part).state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            new, old = a[key].float(), b[key].float()
+            if part == "vae":  # not trained: carried over bit for bit
+                assert torch.equal(new, old), key
+                continue
+            if key.endswith("token_embedding.weight"):  # the placing words got fresh rows of norm 10
+                assert new[placing].norm(dim=1).sub(10).abs().max() < 0.05
+                new[placing], old[placing] = 0, 0
+            assert (new - old).abs().max() < 1e-2, key  # one step at lr 1e-6 barely moves the rest
+    assert tuned.vae.config.scaling_factor == original.vae.config.scaling_factor
+    with pytest.raises(ValueError, match="was started with init_from="):
+        Trainer(tmp_path / "run", Recipe())  # resuming a fine-tune without its starting point
+    with pytest.raises(FileNotFoundError, match="expected a diffusers pipeline folder"):
+        train(tmp_path / "bad", Recipe(init_from=str(tmp_path / "nowhere"), unet_steps=1, batch=2))

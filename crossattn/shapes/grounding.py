@@ -1,6 +1,6 @@
 """An optional grounding loss for training the shapes model: each object word should attend to its object.
 
-Why: the shapes model learned to draw the right objects in the right places, yet its cross-attention for
+Why: the shapes model learned to draw the right objects, yet its cross-attention for
 the *second* object of a caption spread over the background (CLIP's text encoder is causal, so later
 tokens carry the whole caption and the UNet read layout from them). Real Stable Diffusion's per-word maps
 do localise objects, and the embedded model is meant to stand in for it, so training adds, for every
@@ -53,10 +53,18 @@ def install(unet) -> list[torch.Tensor]:
     return store
 
 
-def token_masks(scenes: list[Scene], captions: list[str], tokenizer) -> torch.Tensor:
+# Position and relation words ("a red circle on the left", "a red circle left of a blue square") can be
+# grounded on the object they place: the only object, or the first one. Why: CLIP's text encoder is causal,
+# so the first object's own tokens never see the relation that follows them; the relation word is the
+# first token that knows both the object and where it goes.
+PLACING_WORDS = {"left", "right", "top", "bottom", "above", "below"}
+
+
+def token_masks(scenes: list[Scene], captions: list[str], tokenizer, placing: bool = False) -> torch.Tensor:
     """(batch, 77, H, W) masks: token t of caption b gets the mask of the object its word names (else 0).
 
-    Objects appear in captions in scene order; a repeated shape word belongs to the objects in turn.
+    Objects appear in captions in scene order; a repeated shape word belongs to the objects in turn. With
+    `placing`, position and relation words get the mask of the object they place (see PLACING_WORDS).
     Captions dropped for classifier-free guidance ("") get no masks.
     """
     size = scenes[0].image.shape[0]
@@ -74,21 +82,32 @@ def token_masks(scenes: list[Scene], captions: list[str], tokenizer) -> torch.Te
             owned += [w for w in words if w.text == obj.shape and w.occurrence == occurrence]
             for word in owned:
                 out[b, list(word.positions)] = torch.from_numpy(mask).float()
+        if placing and len(scene.objects) <= 2:
+            for word in words:
+                if word.text in PLACING_WORDS:
+                    out[b, list(word.positions)] = torch.from_numpy(scene.masks[0]).float()
     return out
 
 
-def grounding_loss(store: list[torch.Tensor], masks: torch.Tensor, coverage: bool = False) -> torch.Tensor:
+def grounding_loss(store: list[torch.Tensor], masks: torch.Tensor, coverage: bool = False,
+                   pixel: bool = False) -> torch.Tensor:
     """Mean over object tokens and layers of 1 - (attention mass inside the token's object).
 
     With `coverage`, the total-variation distance between the token's attention distribution and the
     uniform distribution over its object instead: 1 - Σ min(a, u). It also penalises attention piled on
     part of the object (a map peaked at the centre satisfies the mass term but covers the object badly).
+
+    With `pixel`, plus a per-pixel term (TokenCompose's pixel loss, summed over an object's tokens): a pixel
+    inside an object should give most of its attention to that object's tokens, a background pixel little
+    to any object token. Why: the token term only says where a token's attention goes, not how much of a
+    pixel's attention it gets, and the shipped model sends ~95 % of every pixel's attention to the padding
+    tokens, about the same everywhere, so no single word can steer where anything is drawn.
     """
     has_object = masks.flatten(2).amax(-1) > 0  # (batch, 77)
     if not has_object.any():
         return masks.new_zeros(())
     pooled: dict[int, torch.Tensor] = {}
-    terms = []
+    terms, pixel_terms = [], []
     for probs in store:  # (batch, heads, pixels, 77)
         side = round(probs.shape[2] ** 0.5)
         if side not in pooled:
@@ -102,4 +121,13 @@ def grounding_loss(store: list[torch.Tensor], masks: torch.Tensor, coverage: boo
         else:
             inside = (spread * mask).sum(1)
         terms.append(1 - inside[has_object])
-    return torch.cat(terms).mean()
+        if pixel:
+            rows = has_object.any(1)  # captions with objects
+            per_pixel, mask, any_object = probs.mean(1)[rows], mask[rows], has_object[rows].float()
+            covered = mask.amax(-1)  # (batch', pixels): share of the pixel inside some object
+            own = (per_pixel * mask).sum(-1)  # attention the pixel gives to its own object's tokens
+            on_objects = (per_pixel * any_object[:, None, :]).sum(-1)  # ... and to any object's tokens
+            bce = -(covered * own.clamp_min(1e-6).log() + (1 - covered) * (1 - on_objects).clamp_min(1e-6).log())
+            pixel_terms.append(bce.flatten())
+    loss = torch.cat(terms).mean()
+    return loss + torch.cat(pixel_terms).mean() if pixel_terms else loss

@@ -8,11 +8,15 @@ the same data as an uninterrupted one):
    schedule, min-SNR-5 loss weighting, 10 % caption dropout (for classifier-free guidance), AdamW with
    warm-up, EMA of the weights (the EMA weights are the ones exported).
 
+A run can instead start from an exported pipeline (`init_from`, e.g. the shipped model): the VAE phase is
+skipped and phase 2 continues from those weights, with its own step count and schedule.
+
 Checkpoints are safetensors + JSON in the run folder, written every `save_every` steps; a run that is
 stopped resumes where its last checkpoint left off. `export` writes a standard diffusers folder.
 
     crossattn train-shapes --run runs/shapes --unet-steps 12000   # resumable; poll runs/shapes/log.txt
     crossattn train-shapes --run runs/shapes --export assets/shapes-model
+    crossattn train-shapes --run runs/tune --init-from assets/shapes-model --grounding-start 0 --coverage-start 0
 """
 
 from __future__ import annotations
@@ -71,11 +75,26 @@ class Recipe:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
+    # "min-snr": min(snr, γ)/(snr+1), min-SNR weighting of the v loss; its weight on the noisiest steps, where
+    # the layout is chosen, is ≈ snr ≈ 0. "clamped": min(snr+1, γ)/(snr+1), the plain v loss on noisy steps
+    # and min-SNR's cap on clean ones.
+    weighting: str = "min-snr"
+    init_from: str | None = None  # a diffusers folder whose VAE, UNet and text encoder the run starts from
     grounding_weight: float = 0.05  # weight of the grounding loss (see grounding.py); 0 turns it off
     grounding_start: int = 3750  # step from which it applies (the shipped run added it at this step)
     coverage_start: int = 7000  # step from which the grounding term also asks for coverage (see grounding.py)
+    ground_placing_words: bool = False  # also ground "left", "above", ... on the object they place
+    pixel_grounding: bool = False  # add the per-pixel grounding term (see grounding.grounding_loss)
+    # Fine-tuning: give the position/relation words fresh embedding rows of this norm (0 keeps them). The shipped
+    # text encoder broadcasts the colour words into every later position (hidden norm ~40) while "left" and
+    # "right" enter ~0.3 apart, so its outputs for them differ by ~0.5 % (benchmarks/position_probe.py).
+    reinit_placing_words: float = 0.0
     save_every: int = 250
     sample_every: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("min-snr", "clamped"):
+            raise ValueError(f"weighting must be 'min-snr' or 'clamped', not {self.weighting!r}")
 
 
 def scene_batch(start_seed: int, n: int) -> tuple[torch.Tensor, list[str], list[Scene]]:
@@ -133,7 +152,12 @@ class Trainer:
         self.snr = alphas / (1 - alphas)
         self.log_file = self.run / "log.txt"
         self.run.mkdir(parents=True, exist_ok=True)
-        (self.run / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1))
+        saved = self.run / "recipe.json"
+        started_from = json.loads(saved.read_text()).get("init_from") if saved.exists() else recipe.init_from
+        if started_from != recipe.init_from:  # else a resumed fine-tune would train a fresh VAE under its UNet
+            raise ValueError(f"{self.run} was started with init_from={started_from!r}; resume or export it with the "
+                             f"same (got {recipe.init_from!r})")
+        saved.write_text(json.dumps(asdict(recipe), indent=1))
 
     def log(self, msg: str) -> None:
         with open(self.log_file, "a") as f:
@@ -142,6 +166,8 @@ class Trainer:
     # ---- phase 1: VAE -------------------------------------------------------------------------------
     def train_vae(self) -> None:
         r, ckpt = self.recipe, self.run / "vae"
+        if r.init_from:  # fine-tuning: the VAE comes trained with the initial weights
+            return
         opt = torch.optim.AdamW(self.vae.parameters(), lr=r.vae_lr)
         step = _load(ckpt, {"vae": self.vae}, opt)["step"] if (ckpt / "state.json").exists() else 0
         self.vae.train()
@@ -179,15 +205,44 @@ class Trainer:
         self.log(f"vae scaling factor {factor:.4f}")
 
     def _load_trained_vae(self) -> None:
-        ckpt = self.run / "vae"
-        state = _load(ckpt, {"vae": self.vae}, None)
-        self.vae.register_to_config(scaling_factor=state["scaling_factor"])
+        if self.recipe.init_from:
+            self._load_initial_weights("vae", self.vae)
+        else:
+            state = _load(self.run / "vae", {"vae": self.vae}, None)
+            self.vae.register_to_config(scaling_factor=state["scaling_factor"])
         self.vae.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def _reinit_placing_words(self, norm: float) -> None:
+        table = self.text_encoder.get_input_embeddings().weight
+        gen = torch.Generator().manual_seed(self.recipe.seed)
+        for word in sorted(grounding.PLACING_WORDS):
+            (token,) = self.tokenizer(word, add_special_tokens=False).input_ids
+            row = torch.randn(table.shape[1], generator=gen)
+            table[token] = (row / row.norm() * norm).to(table)
+
+    def _load_initial_weights(self, part: str, module: torch.nn.Module) -> None:
+        """Copy `part` ("vae", "unet", "text_encoder") of the `init_from` pipeline into `module` (in fp32)."""
+        folder = Path(self.recipe.init_from) / part
+        if not folder.is_dir():
+            raise FileNotFoundError(f"init_from: {folder} is missing; expected a diffusers pipeline folder")
+        weights = next(folder.glob("*.safetensors"), None)
+        if weights is None:
+            raise FileNotFoundError(f"init_from: no .safetensors weights in {folder} (only safetensors are loaded)")
+        module.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
+        if part == "vae":
+            config = json.loads((folder / "config.json").read_text())
+            module.register_to_config(scaling_factor=config["scaling_factor"])
 
     # ---- phase 2: UNet + text encoder ---------------------------------------------------------------
     def train_unet(self) -> None:
         r, ckpt = self.recipe, self.run / "unet"
         self._load_trained_vae()
+        if r.init_from:  # before the EMA copies, so they start from the initial weights too
+            self._load_initial_weights("unet", self.unet)
+            self._load_initial_weights("text_encoder", self.text_encoder)
+            if r.reinit_placing_words > 0:
+                self._reinit_placing_words(r.reinit_placing_words)
         params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
@@ -206,7 +261,8 @@ class Trainer:
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
             masks = None
             if r.grounding_weight > 0 and step >= r.grounding_start:
-                masks = grounding.token_masks(scenes, captions, self.tokenizer).to(self.device)
+                masks = grounding.token_masks(scenes, captions, self.tokenizer, r.ground_placing_words)
+                masks = masks.to(self.device)
             self.step = step
             loss = self.unet_loss(x, captions, gen, masks)
             lr = r.lr * min(1.0, (step + 1) / r.warmup)
@@ -243,11 +299,14 @@ class Trainer:
         self.attention_store.clear()
         pred = self.unet(noisy, t, self.text_encoder(ids)[0]).sample
         snr = self.snr[t]
-        weight = snr.clamp(max=r.min_snr_gamma) / (snr + 1)  # min-SNR-γ for v-prediction
+        if r.weighting == "clamped":
+            weight = (snr + 1).clamp(max=r.min_snr_gamma) / (snr + 1)
+        else:  # "min-snr": min-SNR-γ for v-prediction
+            weight = snr.clamp(max=r.min_snr_gamma) / (snr + 1)
         loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         if masks is not None:
             coverage = self.step >= r.coverage_start
-            self.last_grounding = grounding.grounding_loss(self.attention_store, masks, coverage)
+            self.last_grounding = grounding.grounding_loss(self.attention_store, masks, coverage, r.pixel_grounding)
             loss = loss + r.grounding_weight * self.last_grounding
         self.attention_store.clear()
         return loss
