@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -106,10 +107,9 @@ def cmd_demo(args) -> None:
 def cmd_train_shapes(args) -> None:
     from .shapes.train import Recipe, Trainer, train
 
-    fields = ("seed", "vae_steps", "unet_steps", "batch", "lr", "warmup", "weighting", "init_from",
-              "grounding_weight", "grounding_start", "coverage_start", "ground_placing_words", "pixel_grounding",
-              "reinit_placing_words")
-    recipe = Recipe(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
+    # Every Recipe field that has a command-line option and was given on the command line.
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Recipe)}
+    recipe = Recipe(**{name: value for name, value in given.items() if value is not None})
     if args.export:
         path = Trainer(args.run, recipe, args.device).export(args.export)
         print(f"exported {path}")
