@@ -9,6 +9,10 @@ and measuring how much each stage's output changes (relative L2 change, 0 = the 
 3. pixels: for "a <colour> <shape> on the left/right/at the top/bottom", how often the object's centroid
    lands in the named half.
 
+At pure noise (t = 999) the best v-prediction is minus the caption's mean image; a model that instead draws a
+sharp object wherever the noise suggests (the layout comes from the noise, not the words) scores *worse* there
+than the average training image, which knows no caption at all. A line compares the two losses.
+
 A colour swap is the yardstick: the model obeys colours, so a position swap that changes stage 2 far less
 than a colour swap means the UNet does not steer the layout from the words. A last line checks the obvious
 suspect, that the UNet cannot tell where a pixel is (its attention has no positional encoding; only
@@ -29,6 +33,7 @@ import torch
 
 import crossattn
 from crossattn.shapes.evaluate import centroid, colour_masks, largest_blob
+from crossattn.shapes.train import scene_batch
 
 SWAPS = {  # (caption, the same caption with one word swapped)
     "position word": ("a red circle on the left", "a red circle on the right"),
@@ -72,7 +77,22 @@ def probe(pipe) -> dict:
         placed[place] = float(np.mean(hits)) if hits else None
     result["object lands in the named half"] = placed
     result["x position readable from features (R2)"] = position_r2(pipe, encode("a red circle"))
+    result["pure-noise loss (t=999)"] = pure_noise_loss(pipe)
     return result
+
+
+def pure_noise_loss(pipe, n: int = 128) -> dict[str, float]:
+    """At t = 999 on n held-out scenes: the model's v loss, and that of predicting the scenes' mean image."""
+    images, captions, _ = scene_batch(2_000_000_000, n)  # above every training and evaluation seed
+    latents = pipe.vae.encode(images.to(pipe.device, pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)).to(latents)
+    a = pipe.scheduler.alphas_cumprod[999].to(latents)
+    target = a.sqrt() * noise - (1 - a).sqrt() * latents
+    ids = pipe.tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    v = pipe.unet(a.sqrt() * latents + (1 - a).sqrt() * noise, torch.full((n,), 999, device=pipe.device),
+                  pipe.text_encoder(ids.to(pipe.device))[0]).sample
+    mean_image = -(1 - a).sqrt() * latents.mean(0, keepdim=True)
+    return {"model": float(((v - target) ** 2).mean()), "mean image": float(((mean_image - target) ** 2).mean())}
 
 
 def position_r2(pipe, text: torch.Tensor, n: int = 64) -> dict[str, float]:
@@ -119,6 +139,9 @@ def main() -> None:
     print("x position readable from the features entering cross-attention at t=999 (R²): "
           + ", ".join(f"{k.replace('transformer_blocks.0', 'tb0')} {v:.2f}"
                       for k, v in result["x position readable from features (R2)"].items()))
+    noise_loss = result["pure-noise loss (t=999)"]
+    print(f"v loss at pure noise (t=999): model {noise_loss['model']:.3f}, the mean training image "
+          f"{noise_loss['mean image']:.3f} (lower is better; the model should beat the caption-blind mean)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"model": args.model or "embedded:shapes-model", **result}, indent=1))

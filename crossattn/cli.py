@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the per-pixel grounding term (object pixels attend to their object's words)")
     t.add_argument("--reinit-placing-words", type=float, metavar="NORM",
                    help="fine-tuning: fresh embedding rows of this norm for the position/relation words")
+    t.add_argument("--ema-decay", type=float)
+    t.add_argument("--placing-share", type=float, help="share of each batch from captions that place objects")
+    t.add_argument("--high-noise-share", type=float, help="share of each batch drawn at t >= --high-noise-from")
+    t.add_argument("--high-noise-from", type=int)
+    t.add_argument("--reference-layouts", type=int, metavar="K",
+                   help="noisy items get the posterior-mean target from K other layouts of their caption")
     t.add_argument("--device", default=None)
     t.add_argument("--export", default=None, help="write the trained EMA pipeline to this folder and exit")
     t.set_defaults(func=cmd_train_shapes)

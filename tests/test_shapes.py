@@ -10,7 +10,7 @@ import crossattn
 from crossattn.shapes import evaluate as ev
 from crossattn.shapes.model import MODEL_DIR
 from crossattn.shapes.train import Recipe, Trainer, scene_batch
-from crossattn.shapes.world import BACKGROUND, COLOURS, parse_caption, sample_scene
+from crossattn.shapes.world import BACKGROUND, COLOURS, SIZES, parse_caption, resample_layout, sample_scene
 
 
 def test_scenes_are_deterministic_and_masks_match_pixels():
@@ -36,6 +36,61 @@ def test_captions_name_objects_and_relations():
         dx, dy = b.cx - a.cx, b.cy - a.cy
         assert {"left_of": dx > 0, "right_of": dx < 0, "above": dy > 0, "below": dy < 0}[relation]
     assert any("cyan" in s.caption for s in two)  # the multi-token colour is in use
+
+
+def test_resampled_layouts_keep_the_caption_true():
+    rng = np.random.default_rng(0)
+    moved = 0
+    for seed in range(100):
+        scene = sample_scene(seed)
+        other = resample_layout(scene, rng)
+        assert other.caption == scene.caption and other.relation == scene.relation
+        assert [(o.shape, o.colour) for o in other.objects] == [(o.shape, o.colour) for o in scene.objects]
+        for obj, mask in zip(other.objects, other.masks):
+            assert (other.image[mask] == COLOURS[obj.colour]).all()
+            if f"{obj.size} {obj.colour} {obj.shape}" in scene.caption:
+                lo, hi = SIZES[obj.size]
+                assert lo * 64 <= obj.r <= hi * 64
+        if scene.relation:
+            (ax, ay), (bx, by) = [(o.cx, o.cy) for o in other.objects]
+            assert {"left_of": bx > ax, "right_of": bx < ax, "above": by > ay, "below": by < ay}[scene.relation]
+        for phrase, half in (("on the left", lambda o: o.cx < 32), ("on the right", lambda o: o.cx > 32),
+                             ("at the top", lambda o: o.cy < 32), ("at the bottom", lambda o: o.cy > 32)):
+            if scene.caption.endswith(phrase):
+                assert half(other.objects[0])
+        moved += not np.array_equal(other.image, scene.image)
+    assert moved == 100
+
+
+def test_placing_share_draws_captions_that_place_objects():
+    from crossattn.shapes.train import places_objects
+
+    assert places_objects(sample_scene(3)) and not places_objects(sample_scene(0, n_objects=3))
+    plain = scene_batch(0, 200)[2]
+    focused = scene_batch(0, 200, placing_share=0.8)[2]
+    assert [s.caption for s in scene_batch(0, 200, placing_share=0.0)[2]] == [s.caption for s in plain]
+    share = lambda scenes: np.mean([places_objects(s) for s in scenes])  # noqa: E731
+    assert share(plain) < 0.75 and share(focused) > 0.85  # ≈ 0.63 + 0.37 × 0.8
+    assert [s.caption for s in scene_batch(0, 200, placing_share=0.8)[2]] == [s.caption for s in focused]
+
+
+def test_posterior_mean_target_is_the_usual_one_at_low_noise_and_the_layout_mean_at_pure_noise(tmp_path):
+    trainer = Trainer(tmp_path, Recipe())
+    x, captions, scenes = scene_batch(0, 3)
+    gen = torch.Generator().manual_seed(0)
+    latents = trainer.encode(x, gen)
+    references = torch.stack([x.roll(k, dims=-1) for k in (8, 16, 24)], dim=1)  # three "other layouts" per image
+    noise = torch.randn(latents.shape, generator=gen)
+    for t, expect in ((100, "plain"), (999, "mean")):
+        steps = torch.full((3,), t)
+        noisy = trainer.noise_sched.add_noise(latents, noise, steps)
+        v = trainer._posterior_mean_v(latents, noisy, steps, references, torch.Generator().manual_seed(1))
+        if expect == "plain":  # the noisy latent identifies its own layout: the usual v target
+            assert torch.allclose(v, trainer.noise_sched.get_velocity(latents, noise, steps), atol=1e-4)
+        else:  # pure noise says nothing: v = −(mean of the four layouts' latents), up to √ᾱ ≈ 5e-5
+            refs = trainer.encode(references.flatten(0, 1), torch.Generator().manual_seed(1)).unflatten(0, (3, 3))
+            mean = torch.cat([latents[:, None], refs], 1).mean(1)
+            assert torch.allclose(v, -mean, atol=1e-3)
 
 
 def test_segmentation_and_shape_classifier_on_ground_truth():

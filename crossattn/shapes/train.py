@@ -16,7 +16,8 @@ stopped resumes where its last checkpoint left off. `export` writes a standard d
 
     crossattn train-shapes --run runs/shapes --unet-steps 12000   # resumable; poll runs/shapes/log.txt
     crossattn train-shapes --run runs/shapes --export assets/shapes-model
-    crossattn train-shapes --run runs/tune --init-from assets/shapes-model --grounding-start 0 --coverage-start 0
+    crossattn train-shapes --run runs/tune --init-from assets/shapes-model --grounding-start 0 --coverage-start 0 \
+        --weighting clamped --placing-share 0.8 --high-noise-share 0.6 --high-noise-from 950 --reference-layouts 4
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .model import (
     build_vae,
     load_tokenizer,
 )
-from .world import Scene, sample_scene
+from .world import POSITIONS, Scene, resample_layout, sample_scene
 
 SAMPLE_PROMPTS = [
     "a red circle left of a blue square",
@@ -89,19 +90,62 @@ class Recipe:
     # text encoder broadcasts the colour words into every later position (hidden norm ~40) while "left" and
     # "right" enter ~0.3 apart, so its outputs for them differ by ~0.5 % (benchmarks/position_probe.py).
     reinit_placing_words: float = 0.0
+    # Where the layout is chosen. Sampling starts from pure noise (t = 999, SNR 2e-9), where the best v-prediction
+    # is minus the caption's *mean* image; the shipped model instead draws a sharp object wherever the noise
+    # suggests, the same for "left" and "right" (benchmarks/position_probe.py), because min-SNR gave those steps
+    # weight ~0 and one training image per caption is a very noisy estimate of that mean. So a share of each
+    # batch gets timesteps from [high_noise_from, 999], and with reference_layouts = K > 0 every such item's
+    # target uses K other layouts of its caption (world.resample_layout): the posterior mean of the clean latent
+    # given the noisy one, estimated by self-normalised importance weights over the K + 1 layouts (the "stable
+    # target field" of Xu et al. 2023, here per caption). At high noise that is the caption's mean image; as the
+    # noise falls the weights collapse onto the true layout and the target becomes the usual one.
+    high_noise_share: float = 0.0
+    high_noise_from: int = 700
+    reference_layouts: int = 0
+    # Share of each batch drawn from scenes whose caption places its objects (a relation or a position phrase),
+    # instead of any scene: only those teach where things go, and only ~60 % of scenes have one.
+    placing_share: float = 0.0
     save_every: int = 250
     sample_every: int = 1000
 
     def __post_init__(self) -> None:
         if self.weighting not in ("min-snr", "clamped"):
             raise ValueError(f"weighting must be 'min-snr' or 'clamped', not {self.weighting!r}")
+        if not 0 <= self.high_noise_share <= 1 or not 0 <= self.placing_share <= 1:
+            raise ValueError(f"high_noise_share and placing_share must be in [0, 1], not {self.high_noise_share} "
+                             f"and {self.placing_share}")
+        if not 0 <= self.high_noise_from < 1000:
+            raise ValueError(f"high_noise_from must be a timestep in [0, 999], not {self.high_noise_from}")
 
 
-def scene_batch(start_seed: int, n: int) -> tuple[torch.Tensor, list[str], list[Scene]]:
-    """n scenes as a (n, 3, 64, 64) tensor in [-1, 1], their captions, and the scenes themselves."""
+def places_objects(scene: Scene) -> bool:
+    """Does the caption say where its objects are (a relation, or a single object's position)?"""
+    return scene.relation is not None or any(scene.caption.endswith(f" {p}") for p in POSITIONS)
+
+
+def scene_batch(start_seed: int, n: int, placing_share: float = 0.0) -> tuple[torch.Tensor, list[str], list[Scene]]:
+    """n scenes as a (n, 3, 64, 64) tensor in [-1, 1], their captions, and the scenes themselves; about
+    `placing_share` of them drawn among scenes whose caption places its objects."""
     scenes = [sample_scene(start_seed + i) for i in range(n)]
+    if placing_share > 0:
+        rng = np.random.default_rng(start_seed)
+        for i in np.nonzero(rng.random(n) < placing_share)[0]:
+            seed = 500_000_000 + (start_seed + i) * 8  # its own seed range, below the held-out 10⁹
+            while not places_objects(scenes[i]):
+                scenes[i] = sample_scene(seed)
+                seed += 1
     images = np.stack([s.image for s in scenes]).astype(np.float32) / 127.5 - 1.0
     return torch.from_numpy(images).permute(0, 3, 1, 2), [s.caption for s in scenes], scenes
+
+
+def reference_batch(scenes: list[Scene], captions: list[str], k: int, seed: int) -> torch.Tensor:
+    """(n, k, 3, 64, 64) images in [-1, 1]: k other layouts of each caption (random scenes for a dropped one)."""
+    rng = np.random.default_rng(seed)
+    # A dropped caption's "layouts" are any scenes; their seeds stay below the held-out ones (evaluate.py).
+    refs = [[resample_layout(scene, rng) if caption else sample_scene(int(rng.integers(10**9))) for _ in range(k)]
+            for scene, caption in zip(scenes, captions)]
+    images = np.stack([[s.image for s in row] for row in refs]).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(images).permute(0, 1, 4, 2, 3)
 
 
 def _save(path: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None, state: dict) -> None:
@@ -256,7 +300,8 @@ class Trainer:
         bar = tqdm(range(step, r.unet_steps), initial=step, total=r.unet_steps, desc="unet", mininterval=10)
         for step in bar:
             gen = torch.Generator(self.device).manual_seed(r.seed * 1_000_003 + step)
-            x, captions, scenes = scene_batch(r.seed * 10_000_019 + 7_777_777 + step * r.batch, r.batch)
+            x, captions, scenes = scene_batch(r.seed * 10_000_019 + 7_777_777 + step * r.batch, r.batch,
+                                              r.placing_share)
             drop = torch.rand(len(captions), generator=gen, device=self.device) < r.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
             masks = None
@@ -264,7 +309,7 @@ class Trainer:
                 masks = grounding.token_masks(scenes, captions, self.tokenizer, r.ground_placing_words)
                 masks = masks.to(self.device)
             self.step = step
-            loss = self.unet_loss(x, captions, gen, masks)
+            loss = self.unet_loss(x, captions, gen, masks, scenes)
             lr = r.lr * min(1.0, (step + 1) / r.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -282,20 +327,34 @@ class Trainer:
             if (step + 1) % r.sample_every == 0:
                 self.sample_grid(self.run / "samples" / f"step_{step + 1:06d}.png")
 
+    def sample_timesteps(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n training timesteps: uniform, except a `high_noise_share` drawn from [high_noise_from, 999]."""
+        r, top = self.recipe, self.noise_sched.config.num_train_timesteps
+        t = torch.randint(0, top, (n,), generator=gen, device=self.device)
+        if r.high_noise_share == 0:  # draw nothing more, so the default recipe's random stream is unchanged
+            return t
+        high = torch.randint(r.high_noise_from, top, (n,), generator=gen, device=self.device)
+        pick = torch.rand(n, generator=gen, device=self.device) < r.high_noise_share
+        return torch.where(pick, high, t)
+
     def unet_loss(self, x: torch.Tensor, captions: list[str], gen: torch.Generator,
-                  masks: torch.Tensor | None = None) -> torch.Tensor:
-        """v-prediction loss with min-SNR-γ weighting on one batch (images in [-1, 1], captions), plus the
-        grounding loss (weighted) when per-token object masks are given (see `grounding`)."""
+                  masks: torch.Tensor | None = None, scenes: list[Scene] | None = None) -> torch.Tensor:
+        """Weighted v-prediction loss on one batch (images in [-1, 1], captions), plus the grounding loss
+        (weighted) when per-token object masks are given (see `grounding`). Given the batch's `scenes` and
+        `reference_layouts` > 0, the items drawn at t ≥ high_noise_from get the posterior-mean target."""
         r = self.recipe
         ids = self.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
                              return_tensors="pt").input_ids.to(self.device)
-        with torch.no_grad():
-            latents = self.vae.encode(x.to(self.device)).latent_dist.sample(gen) * self.vae.config.scaling_factor
+        latents = self.encode(x, gen)
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
-        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(captions),), generator=gen,
-                          device=self.device)
+        t = self.sample_timesteps(len(captions), gen)
         noisy = self.noise_sched.add_noise(latents, noise, t)
         target = self.noise_sched.get_velocity(latents, noise, t)
+        rows = (t >= r.high_noise_from).nonzero().flatten().tolist() if r.reference_layouts > 0 else []
+        if scenes is not None and rows:  # only noisy items: at lower noise the weights pick the true layout anyway
+            references = reference_batch([scenes[i] for i in rows], [captions[i] for i in rows],
+                                         r.reference_layouts, r.seed * 1_000_003 + self.step)
+            target[rows] = self._posterior_mean_v(latents[rows], noisy[rows], t[rows], references, gen)
         self.attention_store.clear()
         pred = self.unet(noisy, t, self.text_encoder(ids)[0]).sample
         snr = self.snr[t]
@@ -310,6 +369,26 @@ class Trainer:
             loss = loss + r.grounding_weight * self.last_grounding
         self.attention_store.clear()
         return loss
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Scaled VAE latents sampled from the posterior, as the UNet is trained on."""
+        return self.vae.encode(images.to(self.device)).latent_dist.sample(gen) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def _posterior_mean_v(self, latents: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor,
+                          references: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """v targets with E[z0 | z_t, caption] in place of the z0 drawn, estimated from `references`, (n, K, 3,
+        H, W) images of K other layouts of each caption, plus the true one."""
+        refs = self.encode(references.flatten(0, 1), gen).unflatten(0, references.shape[:2])
+        z0 = torch.cat([latents[:, None], refs], dim=1)  # (n, K + 1, C, h, w)
+        a = self.noise_sched.alphas_cumprod.to(self.device)[t].view(-1, 1, 1, 1, 1)
+        zt = noisy[:, None]
+        # z_t ~ N(√a z0, (1 − a) I): each layout's weight is the likelihood of the noisy latent under it.
+        log_w = -((zt - a.sqrt() * z0) ** 2).flatten(2).sum(-1) / (2 * (1 - a.flatten(1)))
+        mean = (log_w.softmax(1)[..., None, None, None] * z0).sum(1)
+        a = a[:, 0]
+        return (a.sqrt() * noisy - mean) / (1 - a).sqrt()  # v = (√a z_t − z0) / √(1 − a)
 
     def _unet_modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet, "text_encoder": self.text_encoder,
