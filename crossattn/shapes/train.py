@@ -47,7 +47,7 @@ from .model import (
     build_vae,
     load_tokenizer,
 )
-from .world import POSITIONS, Scene, resample_layout, sample_scene
+from .world import Scene, position_phrase, resample_layout, sample_scene
 
 SAMPLE_PROMPTS = [
     "a red circle left of a blue square",
@@ -118,9 +118,14 @@ class Recipe:
             raise ValueError(f"high_noise_from must be a timestep in [0, 999], not {self.high_noise_from}")
 
 
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (..., H, W, 3) as float (..., 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).movedim(-1, -3)
+
+
 def places_objects(scene: Scene) -> bool:
     """Does the caption say where its objects are (a relation, or a single object's position)?"""
-    return scene.relation is not None or any(scene.caption.endswith(f" {p}") for p in POSITIONS)
+    return scene.relation is not None or position_phrase(scene.caption) is not None
 
 
 def scene_batch(start_seed: int, n: int, placing_share: float = 0.0) -> tuple[torch.Tensor, list[str], list[Scene]]:
@@ -134,8 +139,7 @@ def scene_batch(start_seed: int, n: int, placing_share: float = 0.0) -> tuple[to
             while not places_objects(scenes[i]):
                 scenes[i] = sample_scene(seed)
                 seed += 1
-    images = np.stack([s.image for s in scenes]).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(images).permute(0, 3, 1, 2), [s.caption for s in scenes], scenes
+    return _to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes], scenes
 
 
 def reference_batch(scenes: list[Scene], captions: list[str], k: int, seed: int) -> torch.Tensor:
@@ -144,8 +148,7 @@ def reference_batch(scenes: list[Scene], captions: list[str], k: int, seed: int)
     # A dropped caption's "layouts" are any scenes; their seeds stay below the held-out ones (evaluate.py).
     refs = [[resample_layout(scene, rng) if caption else sample_scene(int(rng.integers(10**9))) for _ in range(k)]
             for scene, caption in zip(scenes, captions)]
-    images = np.stack([[s.image for s in row] for row in refs]).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(images).permute(0, 1, 4, 2, 3)
+    return _to_tensor(np.stack([[s.image for s in row] for row in refs]))
 
 
 def _save(path: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None, state: dict) -> None:

@@ -114,6 +114,13 @@ def _random_object(rng: np.random.Generator, size: int, colour: str) -> ShapeObj
     return ShapeObject(str(rng.choice(SHAPES)), colour, size_name, cx, cy, r)
 
 
+def _valid_layout(objects: list[ShapeObject], relation: str | None, size: int) -> bool:
+    """No two objects overlap, and the first two satisfy `relation` if there is one."""
+    if any(_overlaps(a, b) for i, a in enumerate(objects) for b in objects[i + 1 :]):
+        return False
+    return relation is None or _satisfies(objects[0], objects[1], relation, size)
+
+
 def _satisfies(a: ShapeObject, b: ShapeObject, relation: str, size: int) -> bool:
     """A clear relation: the main-axis gap is large and the cross-axis offset small."""
     dx, dy = b.cx - a.cx, b.cy - a.cy
@@ -145,11 +152,8 @@ def sample_scene(seed: int, size: int = IMAGE_SIZE, n_objects: int | None = None
     relation = str(rng.choice(list(RELATIONS))) if n_objects == 2 else None
     for _ in range(1000):  # rejection sampling; a valid layout is found within a few tries
         objects = [_random_object(rng, size, c) for c in colours]
-        if any(_overlaps(a, b) for i, a in enumerate(objects) for b in objects[i + 1 :]):
-            continue
-        if relation is not None and not _satisfies(objects[0], objects[1], relation, size):
-            continue
-        break
+        if _valid_layout(objects, relation, size):
+            break
     else:  # pragma: no cover - the constraints above always admit layouts
         raise RuntimeError(f"could not place {n_objects} objects for seed {seed}")
     with_size = [bool(rng.random() < 0.5) for _ in objects]
@@ -165,6 +169,11 @@ def sample_scene(seed: int, size: int = IMAGE_SIZE, n_objects: int | None = None
     return Scene(image, caption, objects, masks, relation)
 
 
+def position_phrase(caption: str) -> str | None:
+    """The single-object position phrase a caption ends with ("on the left", ...), or None."""
+    return next((p for p in POSITIONS if caption.endswith(f" {p}")), None)
+
+
 def resample_layout(scene: Scene, rng: np.random.Generator) -> Scene:
     """Another scene with the same caption: the same objects, newly placed (and newly sized where the caption
     does not name the size), under the same relation or position phrase.
@@ -175,19 +184,16 @@ def resample_layout(scene: Scene, rng: np.random.Generator) -> Scene:
     """
     size = scene.image.shape[0]
     named = [f"{o.size} {o.colour} {o.shape}" in scene.caption for o in scene.objects]
-    position = next((p for p in POSITIONS if scene.caption.endswith(f" {p}")), None)
+    position = position_phrase(scene.caption)
     for _ in range(1000):
         objects = []
         for obj, size_named in zip(scene.objects, named):
             size_name = obj.size if size_named else str(rng.choice(list(SIZES)))
             objects.append(ShapeObject(obj.shape, obj.colour, size_name, *_place(rng, size, size_name)))
-        if any(_overlaps(a, b) for i, a in enumerate(objects) for b in objects[i + 1 :]):
-            continue
-        if scene.relation is not None and not _satisfies(objects[0], objects[1], scene.relation, size):
-            continue
-        if position is not None and _single_position(objects[0], size) != position:
-            continue
-        break
+        if _valid_layout(objects, scene.relation, size) and (
+            position is None or _single_position(objects[0], size) == position
+        ):
+            break
     else:  # pragma: no cover - the scene itself shows the constraints admit layouts
         raise RuntimeError(f"could not re-place the objects of {scene.caption!r}")
     image, masks = render(objects, size)
