@@ -11,7 +11,11 @@ and measuring how much each stage's output changes (relative L2 change, 0 = the 
 
 At pure noise (t = 999) the best v-prediction is minus the caption's mean image; a model that instead draws a
 sharp object wherever the noise suggests (the layout comes from the noise, not the words) scores *worse* there
-than the average training image, which knows no caption at all. A line compares the two losses.
+than the average training image, which knows no caption at all. A line compares the two losses, and another
+asks the direct question: on held-out two-object prompts, does the t = 999 prediction (decoded, with the
+evaluation's guidance 5) put the first named colour's mass on the stated side of the second's? The same test
+on the decoded mean latent of a few true layouts of each caption is the ceiling (not 100 %: a mean latent
+decodes to a blur).
 
 A colour swap is the yardstick: the model obeys colours, so a position swap that changes stage 2 far less
 than a colour swap means the UNet does not steer the layout from the words. A last line checks the obvious
@@ -32,8 +36,9 @@ import numpy as np
 import torch
 
 import crossattn
-from crossattn.shapes.evaluate import centroid, colour_masks, largest_blob
-from crossattn.shapes.train import scene_batch
+from crossattn.shapes.evaluate import HELD_OUT_SEED, centroid, colour_masks, largest_blob, relation_holds
+from crossattn.shapes.train import reference_batch, scene_batch, to_tensor
+from crossattn.shapes.world import COLOURS, parse_caption, sample_scene
 
 SWAPS = {  # (caption, the same caption with one word swapped)
     "position word": ("a red circle on the left", "a red circle on the right"),
@@ -78,7 +83,53 @@ def probe(pipe) -> dict:
     result["object lands in the named half"] = placed
     result["x position readable from features (R2)"] = position_r2(pipe, encode("a red circle"))
     result["pure-noise loss (t=999)"] = pure_noise_loss(pipe)
+    result["relation in the t=999 prediction"] = layout_step_relation(pipe)
     return result
+
+
+def colour_centroid(images: torch.Tensor, colour: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroid (x, y) of each image's soft membership to a palette colour: a blurry mean image has no clean
+    blobs to segment, but its colour mass still sits somewhere."""
+    rgb = torch.tensor(COLOURS[colour], dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
+    weight = torch.exp(-((images.float().cpu() - rgb) ** 2).sum(1) / 0.3)  # (n, h, w)
+    ys, xs = torch.meshgrid(*(torch.arange(s, dtype=torch.float32) for s in weight.shape[1:]), indexing="ij")
+    total = weight.sum((1, 2))
+    return (weight * xs).sum((1, 2)) / total, (weight * ys).sum((1, 2)) / total
+
+
+def relation_share(images: torch.Tensor, captions: list[str]) -> float:
+    """Share of images whose first named colour's mass lies on the caption's side of the second's."""
+    hits = []
+    for image, caption in zip(images, captions):
+        pairs, relation = parse_caption(caption)
+        (ax, ay), (bx, by) = (colour_centroid(image[None], colour) for colour, _ in pairs)
+        hits.append(relation_holds((float(ax), float(ay)), (float(bx), float(by)), relation))
+    return float(np.mean(hits))
+
+
+@torch.no_grad()
+def layout_step_relation(pipe, n: int = 40, noises: int = 3, layouts: int = 5, guidance: float = 5.0) -> dict:
+    """On n held-out two-object prompts: relation share of the decoded t = 999 x0-prediction (classifier-free
+    guidance as in the evaluation, `noises` noise draws each), and of the decoded mean of `layouts` true
+    latents per caption (`world.resample_layout`), the mean image the prediction should approach."""
+    scenes = [sample_scene(HELD_OUT_SEED + 7_000_000 + i, n_objects=2) for i in range(n)]
+    captions = [scene.caption for scene in scenes]
+    vae, scale = pipe.vae, pipe.vae.config.scaling_factor
+    images = torch.cat([to_tensor(np.stack([s.image for s in scenes]))[:, None],
+                        reference_batch(scenes, captions, layouts - 1, seed=0)], 1)  # (n, layouts, 3, 64, 64)
+    latents = vae.encode(images.flatten(0, 1).to(pipe.device, vae.dtype)).latent_dist.mean
+    means = vae.decode(latents.unflatten(0, (n, layouts)).mean(1)).sample.clamp(-1, 1)
+    ids = pipe.tokenizer(captions + [""] * n, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    text = pipe.text_encoder(ids.to(pipe.device))[0]
+    a = pipe.scheduler.alphas_cumprod[999].to(pipe.device)
+    shares = []
+    for k in range(noises):
+        noise = torch.randn(n, 4, 16, 16, generator=torch.Generator().manual_seed(k)).to(pipe.device, pipe.unet.dtype)
+        v = pipe.unet(noise.repeat(2, 1, 1, 1), torch.full((2 * n,), 999, device=pipe.device), text).sample
+        v = v[n:] + guidance * (v[:n] - v[n:])
+        x0 = a.sqrt() * noise - (1 - a).sqrt() * v
+        shares.append(relation_share(vae.decode(x0 / scale).sample.clamp(-1, 1), captions))
+    return {"model": float(np.mean(shares)), "mean of true layouts": relation_share(means, captions), "prompts": n}
 
 
 def pure_noise_loss(pipe, n: int = 128) -> dict[str, float]:
@@ -142,6 +193,9 @@ def main() -> None:
     noise_loss = result["pure-noise loss (t=999)"]
     print(f"v loss at pure noise (t=999): model {noise_loss['model']:.3f}, the mean training image "
           f"{noise_loss['mean image']:.3f} (lower is better; the model should beat the caption-blind mean)")
+    layout = result["relation in the t=999 prediction"]
+    print(f"relation obeyed by the colour mass of the t=999 prediction ({layout['prompts']} held-out prompts): model "
+          f"{layout['model']:.2f}, mean of true layouts {layout['mean of true layouts']:.2f} (chance 0.5)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"model": args.model or "embedded:shapes-model", **result}, indent=1))

@@ -118,7 +118,7 @@ class Recipe:
             raise ValueError(f"high_noise_from must be a timestep in [0, 999], not {self.high_noise_from}")
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
+def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 images (..., H, W, 3) as float (..., 3, H, W) in [-1, 1]."""
     return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).movedim(-1, -3)
 
@@ -139,7 +139,7 @@ def scene_batch(start_seed: int, n: int, placing_share: float = 0.0) -> tuple[to
             while not places_objects(scenes[i]):
                 scenes[i] = sample_scene(seed)
                 seed += 1
-    return _to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes], scenes
+    return to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes], scenes
 
 
 def reference_batch(scenes: list[Scene], captions: list[str], k: int, seed: int) -> torch.Tensor:
@@ -148,7 +148,7 @@ def reference_batch(scenes: list[Scene], captions: list[str], k: int, seed: int)
     # A dropped caption's "layouts" are any scenes; their seeds stay below the held-out ones (evaluate.py).
     refs = [[resample_layout(scene, rng) if caption else sample_scene(int(rng.integers(10**9))) for _ in range(k)]
             for scene, caption in zip(scenes, captions)]
-    return _to_tensor(np.stack([[s.image for s in row] for row in refs]))
+    return to_tensor(np.stack([[s.image for s in row] for row in refs]))
 
 
 def _save(path: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None, state: dict) -> None:
@@ -282,14 +282,19 @@ class Trainer:
             module.register_to_config(scaling_factor=config["scaling_factor"])
 
     # ---- phase 2: UNet + text encoder ---------------------------------------------------------------
-    def train_unet(self) -> None:
-        r, ckpt = self.recipe, self.run / "unet"
+    def load_starting_weights(self) -> None:
+        """The trained VAE, and the `init_from` pipeline's UNet and text encoder when fine-tuning."""
+        r = self.recipe
         self._load_trained_vae()
-        if r.init_from:  # before the EMA copies, so they start from the initial weights too
+        if r.init_from:
             self._load_initial_weights("unet", self.unet)
             self._load_initial_weights("text_encoder", self.text_encoder)
             if r.reinit_placing_words > 0:
                 self._reinit_placing_words(r.reinit_placing_words)
+
+    def train_unet(self) -> None:
+        r, ckpt = self.recipe, self.run / "unet"
+        self.load_starting_weights()  # before the EMA copies, so they start from the initial weights too
         params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
