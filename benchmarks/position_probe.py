@@ -54,16 +54,18 @@ def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm())
 
 
+def encode(pipe, captions: str | list[str]) -> torch.Tensor:
+    """The text encoder's hidden states for captions padded to 77 tokens, as the pipeline computes them."""
+    ids = pipe.tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    return pipe.text_encoder(ids.to(pipe.device))[0]
+
+
 @torch.no_grad()
 def probe(pipe) -> dict:
-    def encode(caption: str) -> torch.Tensor:
-        ids = pipe.tokenizer(caption, padding="max_length", max_length=77, return_tensors="pt").input_ids
-        return pipe.text_encoder(ids.to(pipe.device))[0]
-
     noise = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0)).to(pipe.device, pipe.unet.dtype)
     result: dict = {"text encoder": {}, "unet t=999": {}, "unet t=500": {}}
     for name, (a, b) in SWAPS.items():
-        ea, eb = encode(a), encode(b)
+        ea, eb = encode(pipe, a), encode(pipe, b)
         result["text encoder"][name] = relative_change(ea, eb)
         for t in (999, 500):
             steps = torch.full((len(noise),), t, device=pipe.device)
@@ -81,7 +83,7 @@ def probe(pipe) -> dict:
                 hits.append(holds(*centroid(blob)))
         placed[place] = float(np.mean(hits)) if hits else None
     result["object lands in the named half"] = placed
-    result["x position readable from features (R2)"] = position_r2(pipe, encode("a red circle"))
+    result["x position readable from features (R2)"] = position_r2(pipe, encode(pipe, "a red circle"))
     result["pure-noise loss (t=999)"] = pure_noise_loss(pipe)
     result["relation in the t=999 prediction"] = layout_step_relation(pipe)
     return result
@@ -119,8 +121,7 @@ def layout_step_relation(pipe, n: int = 40, noises: int = 3, layouts: int = 5, g
                         reference_batch(scenes, captions, layouts - 1, seed=0)], 1)  # (n, layouts, 3, 64, 64)
     latents = vae.encode(images.flatten(0, 1).to(pipe.device, vae.dtype)).latent_dist.mean
     means = vae.decode(latents.unflatten(0, (n, layouts)).mean(1)).sample.clamp(-1, 1)
-    ids = pipe.tokenizer(captions + [""] * n, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    text = pipe.text_encoder(ids.to(pipe.device))[0]
+    text = encode(pipe, captions + [""] * n)
     a = pipe.scheduler.alphas_cumprod[999].to(pipe.device)
     shares = []
     for k in range(noises):
@@ -139,9 +140,8 @@ def pure_noise_loss(pipe, n: int = 128) -> dict[str, float]:
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)).to(latents)
     a = pipe.scheduler.alphas_cumprod[999].to(latents)
     target = a.sqrt() * noise - (1 - a).sqrt() * latents
-    ids = pipe.tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
     v = pipe.unet(a.sqrt() * latents + (1 - a).sqrt() * noise, torch.full((n,), 999, device=pipe.device),
-                  pipe.text_encoder(ids.to(pipe.device))[0]).sample
+                  encode(pipe, captions)).sample
     mean_image = -(1 - a).sqrt() * latents.mean(0, keepdim=True)
     return {"model": float(((v - target) ** 2).mean()), "mean image": float(((mean_image - target) ** 2).mean())}
 
