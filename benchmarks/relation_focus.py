@@ -1,7 +1,8 @@
 """Can the shapes model learn relations at the step that picks the layout? A focused fine-tune, measured.
 
-`position_probe.py` shows the shipped model's t = 999 prediction obeys "X left of Y" no more often than
-chance, while the mean of true layouts, which that prediction should approach, obeys it 90 % of the time.
+`position_probe.py` showed the base model's (stage 1 in the README) t = 999 prediction obeying "X left of Y"
+no more often than chance, while the mean of true layouts, which that prediction should approach, obeys it
+90 % of the time.
 This script trains only that step, to find out whether the model *can* learn it and how fast:
 
 - every batch holds two-object (relation) captions only, all at t ≥ 950, with the posterior-mean target over

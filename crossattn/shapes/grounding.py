@@ -100,8 +100,8 @@ def grounding_loss(store: list[torch.Tensor], masks: torch.Tensor, coverage: boo
     With `pixel`, plus a per-pixel term (TokenCompose's pixel loss, summed over an object's tokens): a pixel
     inside an object should give most of its attention to that object's tokens, a background pixel little
     to any object token. Why: the token term only says where a token's attention goes, not how much of a
-    pixel's attention it gets, and the shipped model sends ~95 % of every pixel's attention to the padding
-    tokens, about the same everywhere, so no single word can steer where anything is drawn.
+    pixel's attention it gets, and the base model (stage 1 of the README's recipe) sent ~95 % of every pixel's
+    attention to the padding tokens, about the same everywhere, so no single word can steer where anything is drawn.
     """
     has_object = masks.flatten(2).amax(-1) > 0  # (batch, 77)
     if not has_object.any():

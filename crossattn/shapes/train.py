@@ -82,17 +82,17 @@ class Recipe:
     weighting: str = "min-snr"
     init_from: str | None = None  # a diffusers folder whose VAE, UNet and text encoder the run starts from
     grounding_weight: float = 0.05  # weight of the grounding loss (see grounding.py); 0 turns it off
-    grounding_start: int = 3750  # step from which it applies (the shipped run added it at this step)
+    grounding_start: int = 3750  # step from which it applies (the base run added it at this step)
     coverage_start: int = 7000  # step from which the grounding term also asks for coverage (see grounding.py)
     ground_placing_words: bool = False  # also ground "left", "above", ... on the object they place
     pixel_grounding: bool = False  # add the per-pixel grounding term (see grounding.grounding_loss)
-    # Fine-tuning: give the position/relation words fresh embedding rows of this norm (0 keeps them). The shipped
-    # text encoder broadcasts the colour words into every later position (hidden norm ~40) while "left" and
+    # Fine-tuning: give the position/relation words fresh embedding rows of this norm (0 keeps them). The base
+    # model's text encoder broadcasts the colour words into every later position (hidden norm ~40) while "left" and
     # "right" enter ~0.3 apart, so its outputs for them differ by ~0.5 % (benchmarks/position_probe.py).
     reinit_placing_words: float = 0.0
     # Where the layout is chosen. Sampling starts from pure noise (t = 999, SNR 2e-9), where the best v-prediction
-    # is minus the caption's *mean* image; the shipped model instead draws a sharp object wherever the noise
-    # suggests, the same for "left" and "right" (benchmarks/position_probe.py), because min-SNR gave those steps
+    # is minus the caption's *mean* image; the base model instead drew a sharp object wherever the noise
+    # suggested, the same for "left" and "right" (benchmarks/position_probe.py), because min-SNR gave those steps
     # weight ~0 and one training image per caption is a very noisy estimate of that mean. So a share of each
     # batch gets timesteps from [high_noise_from, 999], and with reference_layouts = K > 0 every such item's
     # target uses K other layouts of its caption (world.resample_layout): the posterior mean of the clean latent
