@@ -8,10 +8,11 @@
     <PIL.Image.Image image mode=RGB size=64x64 at ...>
 """
 
+from .errors import InputError, UnknownWordError
 from .heatmaps import HeatMaps, WordHeatMap, load_heat_maps
 from .models import load_pipeline
 from .tracing import Trace, trace
-from .words import UnknownWordError
 
-__all__ = ["HeatMaps", "Trace", "UnknownWordError", "WordHeatMap", "load_heat_maps", "load_pipeline", "trace"]
-__version__ = "0.1.0"
+__all__ = ["HeatMaps", "InputError", "Trace", "UnknownWordError", "WordHeatMap", "load_heat_maps", "load_pipeline",
+           "trace"]
+__version__ = "0.2.0"

@@ -1,108 +1,118 @@
-"""Inside the denoiser: a cross-attention processor that records its attention, and the accumulator it feeds.
+"""Inside the denoiser: watch each text-attending layer's attention call, and accumulate what it attended to.
 
-Data flows one way: `CaptureProcessor` (one per cross-attention layer) → `Recorder` (fixed-size sums).
-Nothing here knows about words, pictures or pipelines; `crossattn.tracing` wires it to a pipeline.
+Data flows one way: `AttentionObserver` (one per traced layer) → `Recorder` (fixed-size sums). Nothing here
+knows about words, pictures, pipelines or model families: `crossattn.families` says which layers to watch
+and how their sequences are laid out (a `Layer`), `crossattn.tracing` wires it all to a pipeline.
 
-Why a processor and not a hook: the attention probabilities exist only inside the processor (SDPA
-never returns them). The processor computes the layer output with the very same SDPA call as diffusers'
-`AttnProcessor2_0`, so traced outputs are bit-identical to untraced ones, and forms the probabilities
-only for the rows it records (the conditional half under CFG) and the prompt's tokens: on the CPU from the
-flash kernel's log-sum-exp (one small Q·Kᵀ, no softmax), elsewhere with an explicit softmax.
+Why observe the attention call and not replace the processor: every model family has its own processor
+(rotary embeddings, q/k norms, joint text+image sequences, added K/V, IP-Adapter branches), and a copy of
+"plain attention" would reach only the plainest. Instead the layer keeps its own processor; while it runs,
+a `TorchFunctionMode` (torch's public hook into every torch call) sees the final query, key, value and mask
+that reach `F.scaled_dot_product_attention`, lets that very call produce the layer's output (so traced
+outputs are bit-identical to untraced ones, by construction) and forms on the side the probabilities of
+the recorded rows' image queries on the prompt's text keys: on the CPU from the flash kernel's log-sum-exp
+(the same kernel SDPA would pick, called directly because it also returns the log-sum-exp), elsewhere with
+an explicit float32 softmax over all keys, chunked over heads.
 
 Memory: the recorder never stores per-step full-resolution maps. Per image it holds
-``time_bins × Σ_sites (h·w) × heads_kept × tokens × 4 bytes`` (a *site* is a (block, resolution) pair,
-or a single layer with ``per_layer=True``; ``heads_kept`` is 1 unless ``per_head=True``; ``tokens`` is the
-prompt's tokens up to and including the end token, not the padding), plus a coarse per-step trace of
-``steps × (≤ trace_size²) × tokens × 4 bytes`` at the lowest captured resolution.
+``time_bins × Σ_sites (h·w) × heads_kept × tokens × 4 bytes`` (a *site* is a group of layers summed
+together — (block, resolution) on a UNet, a block kind on a transformer — or a single layer with
+``per_layer=True``; ``heads_kept`` is 1 unless ``per_head=True``; ``tokens`` are the prompt's text positions
+up to its end token, never the padding), plus a coarse per-step trace of
+``steps × (≤ trace_size²) × tokens × 4 bytes``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+# How a layer's attention call lays out text and image positions (see `Layer.kind`).
+KINDS = ("cross", "text_first", "text_last")
 
 
 @dataclass(frozen=True)
 class Site:
-    """Where a map was captured: readable name, UNet block, resolution (h, w) in latent pixels."""
+    """Where a map was captured: readable name, block, resolution (h, w) in token pixels."""
 
     name: str
     block: str
     resolution: tuple[int, int]
 
 
-def block_of(layer: str) -> str:
-    """'up_blocks.1.attentions.0.transformer_blocks.0.attn2' -> 'up'; 'mid_block…' -> 'mid'."""
-    head = layer.split(".", 1)[0]
-    return {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}.get(head, head)
+@dataclass(frozen=True)
+class Layer:
+    """One traced attention layer, as its family describes it.
 
+    kind:
+        ``"cross"``: queries are all image positions, keys all text positions (UNet ``attn2``, PixArt, Sana).
+        ``"text_first"`` / ``"text_last"``: one joint sequence of text and image positions (Flux puts the
+        text first, SD3 last); the text is the denoiser's text input, the image the generated image's tokens.
+    """
 
-def depth_of(layer: str, n_down: int) -> int:
-    """How many times the latent was halved before this layer (UNet2DConditionModel layout); 0 if unknown."""
-    if m := re.match(r"down_blocks\.(\d+)\.", layer):
-        return int(m.group(1))
-    if layer.startswith("mid_block."):
-        return n_down - 1
-    if m := re.match(r"up_blocks\.(\d+)\.", layer):
-        return n_down - 1 - int(m.group(1))
-    return 0
+    name: str  # readable: "up_blocks.1.attentions.0.transformer_blocks.0.attn2", "double.3", "single.12", ...
+    block: str  # what `filter(blocks=...)` selects: "down", "mid", "up", "joint", "double", "single", ...
+    kind: str
+    trace: bool  # also feeds the per-step trace (the coarsest resolution)
 
 
 @dataclass
 class StepState:
     """What the tracer tells the recorder before each denoiser call."""
 
-    index: int  # denoiser call number within this generation (0-based)
-    total: int  # expected number of calls (the pipeline's step count)
+    index: int  # denoising step within this generation (0-based)
+    total: int  # expected number of steps
     timestep: float
-    rows: slice  # rows of the denoiser batch to record (the conditional half under CFG)
-    latent_hw: tuple[int, int]
+    rows: slice  # rows of the attention batch to record; empty: record nothing in this call
+    slot: slice  # where those rows go in the recorder's images axis
+    images: int  # size of the images axis (the call's images, and their negatives with capture_uncond)
+    grid: tuple[int, int]  # (h, w) of the generated image's finest token grid
+    text_len: int  # length of the denoiser's text input (joint layers)
+    kept: torch.Tensor  # text positions kept (the prompt's tokens up to its end token), long
 
 
 @dataclass
 class Recorder:
-    """Fixed-size accumulators of cross-attention probabilities, summed over heads, layers and steps.
+    """Fixed-size accumulators of text attention probabilities, summed over heads, layers and steps.
 
     ``sums[site]`` has shape (time_bins, images, heads_kept, h*w, tokens); ``counts[site][bin]`` is how many
     single-head maps were added into each head slot, so ``sums / counts`` is a mean attention probability.
+    ``coverage[layer]`` counts the calls each traced layer recorded, and the attention calls it skipped.
     """
 
     time_bins: int = 4
     per_head: bool = False
     per_layer: bool = False
     trace_size: int = 16
-    n_tokens: int = 77  # tokens kept per map: the tracer lowers it to the prompt's length
-    trace_depth: int = 0  # sites at this depth also feed the per-step trace
+    mass: str = "raw"  # "raw": probability on each token; "text": renormalised over the text positions
+    resolution_sites: bool = True  # site names carry the resolution ("up.16x16"); False: the block alone
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     counts: dict[str, list[int]] = field(default_factory=dict)
     sites: dict[str, Site] = field(default_factory=dict)
     trace: list[torch.Tensor | None] = field(default_factory=list)  # one (images, th, tw, tokens) per step
     trace_counts: list[int] = field(default_factory=list)
     timesteps: list[float] = field(default_factory=list)
+    coverage: dict[str, dict[str, int]] = field(default_factory=dict)
     step: StepState | None = None
-    _names: dict = field(default_factory=dict, repr=False)
     _views: dict = field(default_factory=dict, repr=False)
 
     def reset(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
-        self.sites.clear()
-        self.trace.clear()
-        self.trace_counts.clear()
-        self.timesteps.clear()
-        self._names.clear()
-        self._views.clear()
+        for part in (self.sums, self.counts, self.sites, self.trace, self.trace_counts, self.timesteps, self._views):
+            part.clear()
+        for counts in self.coverage.values():
+            counts.update(recorded=0, skipped=0)
         self.step = None
 
     def begin_step(self, step: StepState) -> None:
+        if self.step is None or step.index != self.step.index:
+            self.timesteps.append(step.timestep)
+            self.trace_counts.append(0)
+            self.trace.append(None)  # filled lazily by the trace layers
         self.step = step
-        self.timesteps.append(step.timestep)
-        self.trace_counts.append(0)
-        self.trace.append(None)  # filled lazily by the trace-depth sites
 
     def bin_of(self, index: int, total: int) -> int:
         """Time bin of a step: bins split the expected steps into equal, contiguous ranges."""
@@ -123,92 +133,218 @@ class Recorder:
     def nbytes(self) -> int:
         return self.accumulator_bytes + self.trace_bytes
 
-    def _site(self, layer: str, pixels: int) -> tuple[str, int, int]:
-        """(site name, h, w) of a layer's map with `pixels` positions; cached, it is asked every call."""
-        key = (layer, pixels, self.step.latent_hw)
-        if key not in self._names:
-            lh, lw = self.step.latent_hw
-            factor = math.sqrt(lh * lw / pixels)
-            h, w = round(lh / factor), round(lw / factor)
-            self._names[key] = (layer if self.per_layer else f"{block_of(layer)}.{h}x{w}", h, w)
-        return self._names[key]
+    # ---- the attention call ---------------------------------------------------------------------------
+    def observe(self, layer: Layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                scale=None, enable_gqa=False) -> torch.Tensor:
+        """Run one `scaled_dot_product_attention` call of `layer` unchanged; record its text attention."""
+        call = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+        if enable_gqa:
+            call["enable_gqa"] = True
+        step = self.step
+        if step is None:  # the denoiser runs outside a traced pipeline call
+            return F.scaled_dot_product_attention(query, key, value, **call)
+        counts = self.coverage.setdefault(layer.name, {"recorded": 0, "skipped": 0})
+        spans = self._spans(layer, query.shape[2], key.shape[2]) if query.ndim == 4 and dropout_p == 0 else None
+        if spans is None:
+            counts["skipped"] += 1
+        if spans is None or step.rows.start == step.rows.stop:
+            return F.scaled_dot_product_attention(query, key, value, **call)
+        images, text = spans
+        out, probs = _attention_and_probabilities(query, key, value, call, step.rows, images, text, step.kept,
+                                                  self.mass == "text")
+        counts["recorded"] += 1
+        h, w = self._grid(images.stop - images.start)
+        self.record(layer, probs, h, w)
+        return out
 
-    def record(self, layer: str, depth: int, probs: torch.Tensor) -> None:
+    def _spans(self, layer: Layer, n_queries: int, n_keys: int) -> tuple[slice, slice] | None:
+        """(image query positions, text key positions) of this call, or None when it is not text attention
+        (e.g. an IP-Adapter's image-prompt branch, whose keys are image tokens)."""
+        step = self.step
+        if layer.kind == "cross":
+            return (slice(0, n_queries), slice(0, n_keys)) if n_keys == step.text_len else None
+        pixels = step.grid[0] * step.grid[1]
+        if n_queries != n_keys or n_keys < step.text_len + pixels:
+            return None
+        if layer.kind == "text_first":
+            return slice(step.text_len, step.text_len + pixels), slice(0, step.text_len)
+        return slice(0, pixels), slice(n_keys - step.text_len, n_keys)
+
+    def _grid(self, pixels: int) -> tuple[int, int]:
+        """(h, w) of a layer working on `pixels` image positions: the image grid, downsampled evenly."""
+        gh, gw = self.step.grid
+        factor = math.sqrt(gh * gw / pixels)
+        return round(gh / factor), round(gw / factor)
+
+    # ---- accumulation ---------------------------------------------------------------------------------
+    def record(self, layer: Layer, probs: torch.Tensor, h: int, w: int) -> None:
         """Add one layer's probabilities (recorded rows, heads, h*w, kept tokens) for the current step.
 
-        This runs for every cross-attention call, so it keeps to two kernels (head sum, in-place add) and
+        This runs for every traced attention call, so it keeps to two kernels (head sum, in-place add) and
         cached views: on small models the cost of capture is the number of kernel launches.
         """
         step = self.step
-        heads, pixels = probs.shape[1], probs.shape[2]
-        name, h, w = self._site(layer, pixels)
+        # Counts are per images-axis row; a negatives-only call (slot not at 0) repeats the count of its twin.
+        heads = probs.shape[1] if step.slot.start == 0 else 0
+        if self.per_layer:
+            name = layer.name
+        else:
+            name = f"{layer.block}.{h}x{w}" if self.resolution_sites else layer.block
         b = self.bin_of(step.index, step.total)
-        target = self._views.get((name, b))
+        target = self._views.get((name, b, step.slot.start))
         if target is None:
-            sums = self.sums[name] if name in self.sums else self._allocate(name, layer, h, w, probs)
-            target = self._views[(name, b)] = sums[b] if self.per_head else sums[b, :, 0]
+            sums = self.sums[name] if name in self.sums else self._allocate(name, layer.block, h, w, probs)
+            view = sums[b, step.slot] if self.per_head else sums[b, step.slot, 0]
+            target = self._views[(name, b, step.slot.start)] = view
         if self.per_head:
             target.add_(probs)
-            self.counts[name][b] += 1
-        if depth == self.trace_depth or not self.per_head:
+            self.counts[name][b] += heads > 0
+        if layer.trace or not self.per_head:
             summed = probs.sum(dim=1)  # (images, pixels, tokens)
             if not self.per_head:
                 target.add_(summed)
                 self.counts[name][b] += heads
-            if depth == self.trace_depth:
+            if layer.trace:
                 self._trace(summed, h, w, heads)
 
-    def _allocate(self, name: str, layer: str, h: int, w: int, probs: torch.Tensor) -> torch.Tensor:
+    def _allocate(self, name: str, block: str, h: int, w: int, probs: torch.Tensor) -> torch.Tensor:
         bins = min(self.time_bins, max(self.step.total, 1))
-        self.sites[name] = Site(name, block_of(layer), (h, w))
-        images, heads, pixels, tokens = probs.shape
-        shape = (bins, images, heads if self.per_head else 1, pixels, tokens)
+        self.sites[name] = Site(name, block, (h, w))
+        _, heads, pixels, tokens = probs.shape
+        shape = (bins, self.step.images, heads if self.per_head else 1, pixels, tokens)
         self.sums[name] = torch.zeros(shape, dtype=torch.float32, device=probs.device)
         self.counts[name] = [0] * bins
         return self.sums[name]
 
     def _trace(self, summed: torch.Tensor, h: int, w: int, heads: int) -> None:
-        grid = summed.unflatten(1, (h, w))  # (images, h, w, tokens)
+        grid = summed.unflatten(1, (h, w))  # (rows, h, w, tokens)
         if max(h, w) > self.trace_size:  # keep the per-step trace coarse: it is the only part that grows
             scale = self.trace_size / max(h, w)
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             grid = F.adaptive_avg_pool2d(grid.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
         if self.trace[-1] is None:
-            self.trace[-1] = grid.clone()
-        else:
-            self.trace[-1].add_(grid)
+            self.trace[-1] = grid.new_zeros((self.step.images,) + grid.shape[1:])
+        if self.trace[-1].shape[1:] != grid.shape[1:]:  # a trace layer at another resolution: skip it
+            return
+        self.trace[-1][self.step.slot] += grid
         self.trace_counts[-1] += heads
 
 
-class CaptureProcessor:
-    """AttnProcessor2_0's computation, plus the attention probabilities of the recorded rows.
+class AttentionObserver(TorchFunctionMode):
+    """Active while one traced layer runs: passes every torch call through, and hands the layer's
+    `scaled_dot_product_attention` calls to the recorder (which runs them unchanged)."""
 
-    Honours the `Attention` contract: spatial/group norm, norm_cross, attention_mask, q/k norms,
-    residual_connection and rescale_output_factor. Probabilities are formed in float32 with SDPA's scale
-    (1/√head_dim) and mask: the weights the output is computed with.
-
-    ``exact=True`` keeps diffusers' SDPA call for the output (bit-identical to untraced) and forms the
-    probabilities of the recorded rows on the side. ``exact=False`` forms the probabilities once for the whole
-    batch and reuses them for the output (probs @ V): no second Q·Kᵀ, so cheaper where attention calls are
-    small and many, at the price of float rounding (~1e-6 relative) against SDPA's blocked kernel.
-    """
-
-    def __init__(self, recorder: Recorder, layer: str, depth: int, exact: bool = True):
+    def __init__(self, recorder: Recorder, layer: Layer):
+        super().__init__()
         self.recorder = recorder
         self.layer = layer
-        self.depth = depth
-        self.exact = exact
 
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args,
-        **kwargs,
-    ) -> torch.Tensor:
+    def switch_on(self, module, args) -> None:  # forward pre-hook of the layer (returns None: inputs untouched)
+        self.__enter__()
+
+    def switch_off(self, module, args, output) -> None:  # forward hook, registered with always_call=True
+        self.__exit__(None, None, None)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+        return self.recorder.observe(self.layer, **dict(zip(names, args)), **kwargs)
+
+
+def _attention_and_probabilities(query, key, value, call: dict, rows: slice, images: slice, text: slice,
+                                 kept: torch.Tensor, renormalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA's output, bit for bit, and the float32 probabilities (rows, heads, image queries, kept tokens).
+
+    On the CPU, when SDPA would pick its flash kernel anyway, that kernel is called directly: it also returns
+    each query's log-sum-exp over all keys, so the kept tokens' probabilities are exp(q·k·scale − lse): a
+    Q·Kᵀ over the prompt's few tokens instead of all keys, and no softmax. Elsewhere (CUDA, masks SDPA
+    routes to other kernels) the output comes from SDPA and the log-sum-exp from an explicit float32 pass.
+    """
+    mask, scale = call["attn_mask"], call["scale"]
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    q = query[rows, :, images].float()
+    k = key[rows].float()
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: each key head serves several query heads
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    wanted = text.start + kept.to(query.device) if not renormalise else torch.arange(text.start, text.stop,
+                                                                                       device=query.device)
+    m = None
+    if mask is not None:
+        m = mask.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])[rows][:, :, images]
+    lse = None
+    if query.device.type == "cpu" and not call.get("enable_gqa") and _flash_lse_available() and \
+            torch._fused_sdp_choice(query, key, value, mask, 0.0, call["is_causal"], scale=call["scale"]) == \
+            int(torch.backends.cuda.SDPBackend.FLASH_ATTENTION.value):
+        out, full_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, call["is_causal"], attn_mask=mask, scale=call["scale"])
+        lse = full_lse[rows, :, images].float()
+    else:
+        out = F.scaled_dot_product_attention(query, key, value, **call)
+    probs = torch.empty(q.shape[:3] + (len(wanted),), dtype=torch.float32, device=query.device)
+    chunk = max(1, 2**26 // max(1, q.shape[0] * q.shape[2] * k.shape[2]))  # heads per explicit pass
+    for h in range(0, q.shape[1], chunk if lse is None else q.shape[1]):
+        hs = slice(h, h + (chunk if lse is None else q.shape[1]))
+        if lse is None:  # explicit pass over all keys: the log-sum-exp the output was normalised with
+            scores = _masked(torch.matmul(q[:, hs], k[:, hs].transpose(-1, -2)) * scale, None if m is None else m[:, hs],
+                             call["is_causal"], images, query.shape[2])
+            row_lse = scores.logsumexp(-1, keepdim=True)
+            probs[:, hs] = (scores[..., wanted] - row_lse).exp_()
+        else:
+            scores = torch.matmul(q[:, hs], k[:, hs][:, :, wanted].transpose(-1, -2)) * scale
+            sub = None if m is None else m[:, hs][..., wanted]
+            scores = _masked(scores, sub, call["is_causal"], images, query.shape[2], wanted)
+            probs[:, hs] = (scores - lse[:, hs, :, None]).exp_()
+    if renormalise:  # share of the text attention: divide by each query's total on the text positions
+        probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
+        probs = probs[..., kept.to(query.device)]
+    return out, probs
+
+
+def _masked(scores: torch.Tensor, mask: torch.Tensor | None, causal: bool, images: slice, n_queries: int,
+            keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply SDPA's mask semantics (bool: True = attend; float: added) and causality to float32 scores."""
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask.float()
+    if causal:
+        qpos = torch.arange(images.start, images.stop, device=scores.device)[:, None]
+        kpos = keys[None, :] if keys is not None else torch.arange(scores.shape[-1], device=scores.device)[None]
+        scores = scores.masked_fill(kpos > qpos, float("-inf"))
+    return scores
+
+
+_FLASH_LSE: bool | None = None
+
+
+def _flash_lse_available() -> bool:
+    """Whether torch's CPU flash-attention op exists with the signature used above (a private op: probed
+    once on a tiny input and compared with SDPA; when missing or changed, the explicit path is used)."""
+    global _FLASH_LSE
+    if _FLASH_LSE is None:
+        try:
+            q = torch.randn(1, 2, 3, 8, generator=torch.Generator().manual_seed(0))
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, q, q, 0.0, False, attn_mask=None,
+                                                                                   scale=None)
+            reference = F.scaled_dot_product_attention(q, q, q)
+            expected = torch.logsumexp(q @ q.transpose(-1, -2) * 8**-0.5, -1)
+            _FLASH_LSE = torch.equal(out, reference) and torch.allclose(lse, expected, atol=1e-5)
+        except (AttributeError, RuntimeError, TypeError, ValueError):
+            _FLASH_LSE = False
+    return _FLASH_LSE
+
+
+class PlainSDPAProcessor:
+    """`AttnProcessor2_0`'s computation with the layer's own softmax scale, for cross-attention layers whose
+    processor computes plain attention without SDPA (`AttnProcessor`, `SlicedAttnProcessor`,
+    `XFormersAttnProcessor`): the trace puts this in their place, so their attention becomes observable.
+    Equal to theirs within float rounding (SDPA's blocked softmax); the originals come back on exit.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -223,72 +359,21 @@ class CaptureProcessor:
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
         query = attn.to_q(hidden_states)
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        key = attn.to_k(context)
-        value = attn.to_v(context)
+        key, value = attn.to_k(context), attn.to_v(context)
         head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        query, key, value = (x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-
-        step = self.recorder.step  # None when the denoiser runs outside a traced pipeline call
-        if step is None:
-            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        elif self.exact:
-            hidden_states, probs = _attention_and_probabilities(query, key, value, attention_mask, step.rows,
-                                                                self.recorder.n_tokens)
-            self.recorder.record(self.layer, self.depth, probs)
-        else:
-            probs = _probabilities(query, key, attention_mask)
-            hidden_states = torch.matmul(probs.to(value.dtype), value)
-            self.recorder.record(self.layer, self.depth, probs[step.rows, ..., : self.recorder.n_tokens])
-
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
+        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=attn.scale)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
-
-
-def _attention_and_probabilities(query, key, value, mask, rows: slice, n_tokens: int):
-    """SDPA's output, bit for bit, and the float32 probabilities of `rows` for the first `n_tokens` keys.
-
-    On the CPU, when SDPA would pick its flash kernel anyway, we call that kernel directly: it also returns
-    each query's log-sum-exp over all keys, so the kept tokens' probabilities are exp(q·k/√d − lse) — a
-    Q·Kᵀ over the prompt's ~10 tokens instead of all 77 and no softmax. Elsewhere (CUDA, masks SDPA
-    routes to other kernels) the output comes from SDPA and the probabilities from an explicit softmax.
-    """
-    flash = int(torch.backends.cuda.SDPBackend.FLASH_ATTENTION.value)
-    if query.device.type == "cpu" and torch._fused_sdp_choice(query, key, value, mask, 0.0, False) == flash:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, attn_mask=mask)
-        q, k = query[rows].float().flatten(0, 1), key[rows, :, :n_tokens].float().flatten(0, 1)
-        # one fused kernel for q·kᵀ/√d − lse; few kernels matter: on small models dispatch dominates
-        scores = torch.baddbmm(lse[rows].float().flatten(0, 1).unsqueeze(-1), q, k.transpose(-1, -2), beta=-1,
-                               alpha=q.shape[-1] ** -0.5).unflatten(0, lse[rows].shape[:2])
-        if mask is not None:
-            scores += mask[rows, ..., :n_tokens].float()
-        return out, scores.exp_()
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-    return out, _probabilities(query[rows], key[rows], None if mask is None else mask[rows])[..., :n_tokens]
-
-
-def _probabilities(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(Q·Kᵀ/√d + mask) in float32, as SDPA computes it (bool masks: True = attend)."""
-    scale = query.shape[-1] ** -0.5
-    scores = torch.matmul(query.float(), (key.float() * scale).transpose(-1, -2))
-    if mask is not None and mask.dtype == torch.bool:
-        scores.masked_fill_(~mask, float("-inf"))
-    elif mask is not None:
-        scores += mask.float()
-    return scores.softmax(dim=-1)

@@ -109,7 +109,8 @@ def cmd_train_shapes(args) -> None:
 
     # Every Recipe field that has a command-line option and was given on the command line.
     given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Recipe)}
-    recipe = Recipe(**{name: value for name, value in given.items() if value is not None})
+    given = {name: value for name, value in given.items() if value is not None}
+    recipe = Recipe.from_file(args.recipe, **given) if args.recipe else Recipe(**given)
     if args.export:
         path = Trainer(args.run, recipe, args.device).export(args.export)
         print(f"exported {path}")
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-shapes", help="train (or resume) the embedded shapes-world model")
     t.add_argument("--run", default="runs/shapes", help="run folder (checkpoints, log.txt, samples)")
+    t.add_argument("--recipe", help="a JSON recipe (recipes/*.json); options given here override its fields")
+    t.add_argument("--arch", choices=("unet", "mmdit"))
     # Unset options keep the defaults of shapes.train.Recipe.
     t.add_argument("--seed", type=int)
     t.add_argument("--vae-steps", type=int)
@@ -184,13 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=int)
     t.add_argument("--weighting", choices=("min-snr", "clamped"), help="loss weighting over noise levels")
     t.add_argument("--grounding-weight", type=float)
-    t.add_argument("--ground-placing-words", action="store_true", default=None,
-                   help="also ground position/relation words on the object they place")
-    t.add_argument("--pixel-grounding", action="store_true", default=None,
-                   help="add the per-pixel grounding term (object pixels attend to their object's words)")
-    t.add_argument("--reinit-placing-words", type=float, metavar="NORM",
-                   help="fine-tuning: fresh embedding rows of this norm for the position/relation words")
     t.add_argument("--ema-decay", type=float)
+    t.add_argument("--save-every", type=int)
+    t.add_argument("--sample-every", type=int)
     t.add_argument("--placing-share", type=float, help="share of each batch from captions that place objects")
     t.add_argument("--high-noise-share", type=float, help="share of each batch drawn at t >= --high-noise-from")
     t.add_argument("--high-noise-from", type=int)

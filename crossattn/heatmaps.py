@@ -35,17 +35,23 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import placement, render
+from . import render
 from .capture import Site
+from .errors import InputError
 from .words import Word, find_word
 
-FORMAT_VERSION = 1
+# heatmaps.json's format: 2 added per-source word positions and the model family (crossattn 0.2).
+FORMAT_VERSION = 2
+
+if TYPE_CHECKING:  # placement sits downstream of heat maps: the methods below only forward to it
+    from . import placement
 
 
 @dataclass
@@ -88,7 +94,7 @@ def _select_steps(steps, n_steps: int) -> list[int]:
     chosen = sorted({s + n_steps if s < 0 else s for s in steps})
     bad = [s for s in chosen if not 0 <= s < n_steps]
     if bad:
-        raise ValueError(f"steps {bad} out of range: this generation ran {n_steps} steps (0..{n_steps - 1})")
+        raise InputError(f"steps {bad} out of range: this generation ran {n_steps} steps (0..{n_steps - 1})")
     return chosen
 
 
@@ -166,33 +172,40 @@ class HeatMaps:
         """
         sites = dict(self.sites)
         if resolutions is not None:
+            if not self.meta.get("resolution_sites", True):
+                raise InputError(f"resolutions do not apply to {self.meta.get('family', 'this model')}: all its layers "
+                                 f"work at {self.resolutions[0][0]}x{self.resolutions[0][1]}; filter by blocks "
+                                 f"{self.blocks} or layers instead")
             sites = {k: s for k, s in sites.items() if _matches_resolution(s, resolutions)}
         if blocks is not None:
             unknown = set(blocks) - set(self.blocks)
             if unknown:
-                raise ValueError(f"unknown blocks {sorted(unknown)}; these maps have {self.blocks}")
+                raise InputError(f"unknown blocks {sorted(unknown)}; these maps have {self.blocks}")
             sites = {k: s for k, s in sites.items() if s.block in blocks}
         if layers is not None:
             if not self.per_layer:
-                raise ValueError("layers were summed during capture; use crossattn.trace(pipe, per_layer=True)")
-            sites = {k: s for k, s in sites.items() if any(pattern in k for pattern in layers)}
+                raise InputError("layers were summed during capture; use crossattn.trace(pipe, per_layer=True)")
+            unknown = [p for p in layers if not any(k == p or k.startswith(p + ".") for k in self.sites)]
+            if unknown:
+                raise InputError(f"no layer named {unknown}; these maps have {sorted(self.sites)}")
+            sites = {k: s for k, s in sites.items() if any(k == p or k.startswith(p + ".") for p in layers)}
         if not sites:
-            raise ValueError(
+            raise InputError(
                 f"no maps left after filtering; available resolutions {self.resolutions}, blocks {self.blocks}"
             )
         n_steps = len(self.trace_counts)
         chosen = set(_select_steps(steps, n_steps))
         keep_bins = [b for b, members in enumerate(self.bin_steps) if chosen & set(members)]
         if not keep_bins:
-            raise ValueError("no time bin covers the selected steps")
+            raise InputError("no time bin covers the selected steps")
         sums = {k: self.sums[k][keep_bins] for k in sites}
         if heads is not None:
             if not self.per_head:
-                raise ValueError("heads were summed during capture; use crossattn.trace(pipe, per_head=True)")
+                raise InputError("heads were summed during capture; use crossattn.trace(pipe, per_head=True)")
             heads = list(heads)
             for k, t in sums.items():
                 if max(heads) >= t.shape[1] or min(heads) < -t.shape[1]:
-                    raise ValueError(f"site {k} has {t.shape[1]} heads; asked for heads {heads}")
+                    raise InputError(f"site {k} has {t.shape[1]} heads; asked for heads {heads}")
             sums = {k: t[:, heads] for k, t in sums.items()}
         trace_keep = sorted(chosen)
         return replace(
@@ -220,10 +233,17 @@ class HeatMaps:
             self._cache["tokens"] = (total[0] / max(n, 1e-12)).permute(1, 2, 0)
         return self._cache["tokens"]
 
-    def word(self, word: str, occurrence: int = 0) -> WordHeatMap:
-        """One word's map (case-insensitive; several words, e.g. "red circle", are merged)."""
+    def word(self, word: str, occurrence: int = 0, source: str | None = None) -> WordHeatMap:
+        """One word's map (case-insensitive; several words, e.g. "red circle", are merged).
+
+        `source` picks one text encoder's positions where the model reads several ("clip", "t5": SD3);
+        by default all of them count (the word's whole share of the attention).
+        """
+        sources = self.meta.get("sources") or []
+        if source is not None and source not in sources:
+            raise InputError(f"unknown source {source!r}; these maps have {sources or 'one source'}")
         matched = find_word(self.word_info, word, occurrence)
-        positions = tuple(p for w in matched for p in w.positions)
+        positions = tuple(p for w in matched for p in w.in_source(source))
         latent = self.token_maps()[..., list(positions)].sum(-1).cpu().numpy().astype(np.float32)
         raw = render.upsample(latent, self.image_size)
         peak = float(raw.max())
@@ -250,6 +270,8 @@ class HeatMaps:
 
         Repeated words get keys "cat", "cat#1", ...; a multi-word entry ("red circle") merges its words.
         """
+        from . import placement
+
         if words is not None:
             return {w: placement.place(w, self.word(w).array, method, tau) for w in words}
         return {(w.text if w.occurrence == 0 else f"{w.text}#{w.occurrence}"):
@@ -259,20 +281,28 @@ class HeatMaps:
               min_iou: float = 0.3) -> placement.CheckResult:
         """Verdict on a layout statement: "circle left_of square" (right_of, above, below),
         "circle on the left" (right, top, bottom) or "circle in x0,y0,x1,y1" (normalised box)."""
+        from . import placement
+
         subject, relation, obj = placement.parse_statement(statement)
         named = [subject] + ([obj] if relation in placement.RELATIONS else [])
         return placement.judge(statement, self.placement(named, method, tau), self.image_size, margin, min_iou)
 
     def relations_from_prompt(self) -> list[str]:
         """Statements the prompt itself makes ("X left of Y", "X above Y", "X on the left"...)."""
+        from . import placement
+
         return placement.relations_in_prompt(self.words)
 
     def object_words(self) -> list[str]:
         """Words that can name objects: the prompt's words minus articles, relations and sizes (deduplicated)."""
+        from . import placement
+
         return list(dict.fromkeys(w for w in self.words if w.lower() not in placement.STOP_WORDS))
 
     def segmentation(self, words: list[str] | None = None, background: float = 0.3) -> tuple[np.ndarray, list[str]]:
         """Who owns each pixel: (labels (H, W), names); label 0 = background, k = names[k - 1]."""
+        from . import placement
+
         names = words or self.object_words()
         if not names:
             raise ValueError("no words to segment: pass words=[...]")
@@ -281,6 +311,8 @@ class HeatMaps:
     def placement_timeline(self, word: str, occurrence: int = 0, tau: float = 0.4,
                            tolerance: float = 0.1) -> placement.Timeline:
         """The word's centroid at every step and the step from which its position stays put."""
+        from . import placement
+
         text = " ".join(w.text for w in find_word(self.word_info, word, occurrence))
         return placement.timeline(text, self.timeline(word, occurrence), self.image_size, tau, tolerance)
 

@@ -8,13 +8,20 @@ present, else CPU + float32 (float16 matmuls are slow or unsupported on CPUs).
 from __future__ import annotations
 
 import re
+from importlib.resources import files
 from pathlib import Path
 
 import torch
 
-from .shapes.model import MODEL_DIR
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The models this package ships (package data under crossattn/assets), by the name users type.
+EMBEDDED = ("shapes-unet",)
+DEFAULT_MODEL = "shapes-unet"
+
+
+def asset_path(name: str) -> Path:
+    """A file or folder shipped inside the package (works from a checkout and from an installed wheel)."""
+    return Path(str(files("crossattn") / "assets" / name))
 
 
 def default_device() -> torch.device:
@@ -39,7 +46,8 @@ def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.de
     """
     from diffusers import DiffusionPipeline
 
-    source = Path(name_or_path) if name_or_path is not None else MODEL_DIR
+    name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path
+    source = asset_path(str(name_or_path)) if str(name_or_path) in EMBEDDED else Path(name_or_path)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     if source.exists():

@@ -1,18 +1,19 @@
-"""`crossattn.trace(pipe)`: capture cross-attention during ordinary pipeline calls, then read heat maps.
+"""`crossattn.trace(pipe)`: capture text attention during ordinary pipeline calls, then read heat maps.
 
-On entry the cross-attention layers of the denoiser (``attn2`` in UNet transformer blocks, found through
-``Attention.is_cross_attention``) get a `CaptureProcessor` through the public ``set_attn_processor``;
-self-attention keeps the pipeline's own processor (SDPA, xformers, ...). Two forward pre-hooks, which only
-read their inputs, tell the recorder what it needs:
+On entry, the pipeline's family (`crossattn.families`) names the denoiser's layers that attend to the prompt.
+Each keeps its own processor; a forward pre-hook and a forward hook (which always runs, exceptions included)
+switch an `AttentionObserver` on and off around it, so the layer's `scaled_dot_product_attention` call is
+seen and recorded as it happens (`crossattn.capture`). Only cross-attention processors that compute plain
+attention *without* SDPA (`AttnProcessor`, `SlicedAttnProcessor`, xformers) are swapped, for the trace's
+duration, for the same computation through SDPA (with the layer's own scale). More read-only pre-hooks:
 
-- on the text encoder: the token ids of each call (first call = prompts, second = negative prompts);
-- on the denoiser: the step, the timestep, the latent size and, under classifier-free guidance, which half
-  of the batch is conditional (``pipe.do_classifier_free_guidance``).
+- on the text encoders the family names: the token ids of each call (first call = prompts, second = negatives);
+- on the denoiser: the step, the timestep, the image's token grid, the text length and, under
+  classifier-free guidance, which rows (one batch: the second half) or which call (two calls per step:
+  the first) carry the prompt.
 
-On exit — normal, exception or Ctrl-C — the exact original processor objects are put back and the hooks
-removed. A new pipeline call inside the same `with` starts a fresh recording (maps of the latest call).
-SDXL: words are mapped through the first tokenizer (both tokenizers split the prompt identically; the
-second only pads differently).
+On exit — normal, exception or Ctrl-C — the hooks are removed and any swapped processor objects put back.
+A new pipeline call inside the same `with` starts a fresh recording (maps of the latest call).
 """
 
 from __future__ import annotations
@@ -22,43 +23,39 @@ import warnings
 import numpy as np
 import torch
 
-from .capture import CaptureProcessor, Recorder, StepState, depth_of
+from .capture import AttentionObserver, PlainSDPAProcessor, Recorder, StepState
+from .errors import InputError
+from .families import family_of
 from .heatmaps import HeatMaps
-from .words import tokenize_prompt, words_from_ids
+from .words import words_from_segments
 
-# Cross-attention processors that compute plain softmax attention: replacing them keeps the model's output.
-# Others (IP-Adapter, custom edits) change the computation, so tracing them would silently change the image.
-REPLACEABLE = {"AttnProcessor2_0", "AttnProcessor", "XFormersAttnProcessor", "SlicedAttnProcessor",
-               "FusedAttnProcessor2_0", "AttnProcessorNPU", "CaptureProcessor"}
-
-
-def _denoiser(pipe) -> torch.nn.Module:
-    for name in ("unet", "transformer"):
-        model = getattr(pipe, name, None)
-        if model is not None and hasattr(model, "attn_processors"):
-            return model
-    raise TypeError(
-        f"{type(pipe).__name__} has no `unet` or `transformer` with attention processors; crossattn.trace "
-        "works with diffusers pipelines such as StableDiffusionPipeline and StableDiffusionXLPipeline"
-    )
+# Cross-attention processors that compute plain softmax attention without SDPA: swapped for the trace.
+NON_SDPA_PLAIN = {"AttnProcessor", "SlicedAttnProcessor", "XFormersAttnProcessor"}
+MASSES = ("raw", "text")
 
 
 class Trace:
     """Recording state for one pipeline; use through `crossattn.trace`. Not thread-safe: one call at a time."""
 
     def __init__(self, pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool = False,
-                 trace_size: int = 16, capture_uncond: bool = False, exact: bool = True):
+                 trace_size: int = 16, capture_uncond: bool = False, mass: str = "raw"):
         if time_bins < 1:
-            raise ValueError(f"time_bins must be >= 1, got {time_bins}")
+            raise InputError(f"time_bins must be >= 1, got {time_bins}")
+        if mass not in MASSES:
+            raise InputError(f"mass must be one of {MASSES}, got {mass!r}")
         self.pipe = pipe
-        self.denoiser = _denoiser(pipe)
+        self.family = family_of(pipe)
+        self.denoiser = getattr(pipe, self.family.denoiser)
+        self.layers = self.family.layers(self.denoiser)
+        if not self.layers:
+            raise InputError(f"{type(self.denoiser).__name__} of {type(pipe).__name__} has no layers that attend to "
+                             "the prompt")
         self.capture_uncond = capture_uncond
-        self.exact = exact
-        self.recorder = Recorder(time_bins=time_bins, per_head=per_head, per_layer=per_layer,
-                                 trace_size=trace_size)
-        self.prompt_ids: list[list[list[int]]] = []  # per text-encoder call: one id list per prompt
+        self.recorder = Recorder(time_bins=time_bins, per_head=per_head, per_layer=per_layer, trace_size=trace_size,
+                                 mass=mass, resolution_sites=self.family.resolution_sites)
+        self.calls: dict[str, list[list[list[int]]]] = {name: [] for name in self.family.encoders}
         self._cfg = False
-        self._originals: dict | None = None
+        self._swapped: dict | None = None
         self._hooks: list = []
 
     # ---- install / restore --------------------------------------------------------------------------
@@ -70,88 +67,111 @@ class Trace:
         self.stop()
 
     def start(self) -> None:
-        if self._originals is not None:
+        if self._swapped is not None:
             raise RuntimeError("this trace is already active")
-        originals = dict(self.denoiser.attn_processors)
-        n_down = len(getattr(self.denoiser, "down_blocks", [])) or 1
-        processors, depths = {}, []
-        for name, proc in originals.items():
-            layer = name.removesuffix(".processor")
-            if getattr(self.denoiser.get_submodule(layer), "is_cross_attention", False):
-                if type(proc).__name__ not in REPLACEABLE:
-                    raise TypeError(
-                        f"{layer} uses {type(proc).__name__}, which computes more than plain attention; tracing "
-                        f"would replace it and change the output. Supported: {', '.join(sorted(REPLACEABLE))}"
-                    )
-                depth = depth_of(layer, n_down)
-                depths.append(depth)
-                processors[name] = CaptureProcessor(self.recorder, layer, depth, self.exact)
-            else:
-                processors[name] = proc
-        if not depths:
-            raise ValueError(f"{type(self.denoiser).__name__} has no cross-attention layers to trace")
-        self.recorder.trace_depth = max(depths)
-        self._originals = originals
+        processors = self.denoiser.attn_processors
+        swap = {f"{path}.processor": PlainSDPAProcessor() for path in self.layers
+                if type(processors.get(f"{path}.processor")).__name__ in NON_SDPA_PLAIN}
+        self._swapped = {name: processors[name] for name in swap}
         try:
-            self.denoiser.set_attn_processor(dict(processors))
+            if swap:
+                self.denoiser.set_attn_processor({**processors, **swap})
+            for path, layer in self.layers.items():
+                module = self.denoiser.get_submodule(path)
+                observer = AttentionObserver(self.recorder, layer)
+                self._hooks.append(module.register_forward_pre_hook(observer.switch_on))
+                self._hooks.append(module.register_forward_hook(observer.switch_off, always_call=True))
             self._hooks.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
-            encoder = getattr(self.pipe, "text_encoder", None)
-            if encoder is not None:
-                self._hooks.append(encoder.register_forward_pre_hook(self._on_text_encoder, with_kwargs=True))
+            for name in self.family.encoders:
+                encoder = getattr(self.pipe, name, None)
+                if encoder is not None:
+                    hook = encoder.register_forward_pre_hook(lambda m, a, k, n=name: self._on_text_encoder(n, a, k),
+                                                             with_kwargs=True)
+                    self._hooks.append(hook)
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """Put the original processors back and remove the hooks (safe to call twice)."""
+        """Remove the hooks and put back any swapped processors (safe to call twice)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        if self._originals is not None:
-            self.denoiser.set_attn_processor(dict(self._originals))  # set_attn_processor pops from its dict
-            self._originals = None
+        if self._swapped:
+            self.denoiser.set_attn_processor({**self.denoiser.attn_processors, **self._swapped})
+        self._swapped = None
 
     # ---- hooks (read-only on the inputs) ------------------------------------------------------------
     def _new_run(self) -> None:
         self.recorder.reset()
-        self.prompt_ids = []
+        for calls in self.calls.values():
+            calls.clear()
 
-    def _on_text_encoder(self, module, args, kwargs) -> None:
+    def _on_text_encoder(self, name: str, args, kwargs) -> None:
         if self.recorder.step is not None:  # the previous generation is over
             self._new_run()
         ids = args[0] if args else kwargs.get("input_ids")
         if ids is not None:
-            self.prompt_ids.append(ids.tolist())
+            self.calls[name].append(ids.tolist())
 
     def _on_denoiser(self, module, args, kwargs) -> None:
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        t = float(torch.as_tensor(timestep).flatten()[0]) if timestep is not None else 0.0
-        rec = self.recorder
+        family, rec = self.family, self.recorder
+        x = family.first_input(args, kwargs)
+        t = family.timestep(args, kwargs)
         if rec.step is not None and t > rec.step.timestep:  # timesteps only fall within one generation
             self._new_run()
+        repeat = rec.step is not None and t == rec.step.timestep
         if rec.step is None:
-            self._start_generation(args, kwargs)
-        index = 0 if rec.step is None else rec.step.index + 1
-        batch = sample.shape[0]
-        rows = slice(batch // 2, batch) if self._cfg and not self.capture_uncond else slice(0, batch)
-        rec.begin_step(StepState(index, max(self._expected_steps(), index + 1), t, rows, tuple(sample.shape[-2:])))
+            self._start_generation(x, args, kwargs)
+        index = 0 if rec.step is None else rec.step.index + (not repeat)
+        rows, slot = self._rows(x.shape[0], repeat)
+        rec.begin_step(StepState(index, max(self._expected_steps(), index + 1), t, rows, slot, self._images,
+                                 family.grid(module, args, kwargs), family.text_len(args, kwargs), self._kept))
 
-    def _start_generation(self, args, kwargs) -> None:
-        sample = args[0] if args else kwargs["sample"]
-        try:
-            cfg = bool(self.pipe.do_classifier_free_guidance)
-        except AttributeError:  # pipelines without CFG
-            cfg = False
-        self._cfg = cfg and sample.shape[0] % 2 == 0
-        context = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
-        calls = self.prompt_ids[: 2 if self.capture_uncond else 1]
-        if calls:  # keep the tokens up to the longest prompt's end token; padding carries no word
-            eos = getattr(getattr(self.pipe, "tokenizer", None), "eos_token_id", None)
-            ends = [row.index(eos) + 1 if eos in row else len(row) for call in calls for row in call]
-            self.recorder.n_tokens = max(ends)
+    def _rows(self, batch: int, repeat: bool) -> tuple[slice, slice]:
+        """(attention rows to record, their slot in the recorder's images axis) for this denoiser call.
+
+        The images axis holds the prompts' images, preceded by the negatives' with ``capture_uncond``.
+        """
+        n = self._images // 2 if self.capture_uncond and self._cfg else self._images
+        if self.family.cfg == "calls":  # one call for the prompts, then one for the negatives
+            if not repeat:
+                return slice(0, batch), slice(self._images - n, self._images)
+            return (slice(0, batch), slice(0, n)) if self.capture_uncond and self._cfg else (slice(0, 0), slice(0, 0))
+        if repeat:  # a further call at the same timestep (e.g. SD3's skip-layer guidance): not a new view
+            return slice(0, 0), slice(0, 0)
+        if self._cfg and not self.capture_uncond:
+            return slice(batch // 2, batch), slice(0, n)
+        return slice(0, batch), slice(0, batch)
+
+    def _start_generation(self, x: torch.Tensor, args, kwargs) -> None:
+        family = self.family
+        first = family.encoders[0]
+        if family.cfg == "calls":
+            self._cfg = len(self.calls[first]) >= 2  # the negatives were encoded: true CFG runs
+            batch_images = x.shape[0]
         else:
-            self.recorder.n_tokens = context.shape[1] if context is not None else 77
+            self._cfg = self._batch_cfg(x)
+            batch_images = x.shape[0] // 2 if self._cfg else x.shape[0]
+        self._images = batch_images * (2 if self._cfg and self.capture_uncond else 1)
+        text_len = family.text_len(args, kwargs)
+        self._text_len = text_len
+        kept: set[int] = set()
+        for call in range(min(len(self.calls[first]), 2 if self.capture_uncond else 1)):
+            for prompt in range(len(self.calls[first][call])):
+                for segment in family.segments(self.pipe, self.calls, call, prompt, text_len):
+                    kept.update(segment.kept_positions())
+        # nothing captured (the pipeline got prompt_embeds): keep every text position
+        self._kept = torch.tensor(sorted(kept) if kept else range(text_len), dtype=torch.long, device=x.device)
+
+    def _batch_cfg(self, x: torch.Tensor) -> bool:
+        """Is this denoiser batch [negatives, prompts] of classifier-free guidance?"""
+        flag = getattr(self.pipe, "do_classifier_free_guidance", None)
+        if isinstance(flag, bool):
+            return flag and x.shape[0] % 2 == 0
+        # No flag (PixArt, Sana, ...): under CFG the pipeline duplicates the latents into both halves.
+        half = x.shape[0] // 2
+        return x.shape[0] % 2 == 0 and half > 0 and torch.equal(x[:half], x[half:])
 
     def _expected_steps(self) -> int:
         try:
@@ -168,50 +188,73 @@ class Trace:
 
     @property
     def n_images(self) -> int:
-        rec = self.recorder
-        if not rec.sums:
+        if not self.recorder.sums:
             return 0
-        rows = next(iter(rec.sums.values())).shape[1]
-        return rows // 2 if self._cfg and self.capture_uncond else rows
+        return self._images // 2 if self._cfg and self.capture_uncond else self._images
+
+    def coverage(self) -> dict:
+        """Which layers were recorded and how often; which were watched but never seen attending to the text."""
+        counts = self.recorder.coverage
+        recorded = {self.layers[p].name: counts.get(self.layers[p].name, {}).get("recorded", 0) for p in self.layers}
+        silent = [name for name, n in recorded.items() if n == 0]
+        total = sum(1 for _ in self.denoiser.attn_processors)
+        return {
+            "family": self.family.name,
+            "recorded_calls": recorded,
+            "not_observed": {name: "its attention never reached torch's scaled_dot_product_attention (another "
+                             "attention backend or kernel?)" for name in silent},
+            "skipped_calls": {k: v["skipped"] for k, v in counts.items() if v.get("skipped")},
+            "other_attention_layers": total - len(self.layers),
+            "other_attention_layers_why": "they attend from image to image only (self-attention), not to the text",
+        }
 
     def heat_maps(self, image: int = 0, *, negative: bool = False, prompt: str | None = None) -> HeatMaps:
         """Heat maps of image `image` of the latest pipeline call.
 
-        `negative=True` gives the unconditional/negative half (needs ``capture_uncond=True`` and CFG).
-        `prompt` overrides the captured tokens (needed when the pipeline got `prompt_embeds`).
+        `negative=True` gives the negative prompt's half (needs ``capture_uncond=True`` and CFG).
+        `prompt` names the words when the pipeline got `prompt_embeds` instead of a prompt.
         """
         rec = self.recorder
         if not rec.sums:
+            silent = [n for n, v in self.coverage()["recorded_calls"].items() if not v]
+            if rec.step is not None and silent:
+                raise RuntimeError(
+                    f"nothing was captured: {len(silent)} layer(s) of {type(self.denoiser).__name__} ran, but their "
+                    "attention never reached torch's scaled_dot_product_attention; use the default ('native') "
+                    "attention backend / PyTorch SDPA processors while tracing")
             raise RuntimeError("nothing was captured: call the pipeline inside `with crossattn.trace(pipe):`")
         n = self.n_images
         if not -n <= image < n:
-            raise IndexError(f"image {image} out of range: the latest call generated {n} image(s)")
+            raise InputError(f"image {image} out of range: the latest call generated {n} image(s)")
         image %= n
         row = image
         if negative:
             if not (self.capture_uncond and self._cfg):
-                raise ValueError("negative maps need crossattn.trace(pipe, capture_uncond=True) and guidance > 1")
+                raise InputError("negative maps need crossattn.trace(pipe, capture_uncond=True) and guidance > 1")
         elif self.capture_uncond and self._cfg:
-            row = n + image  # the pipeline puts the unconditional half first
-        tokenizer = self.pipe.tokenizer
-        ids = self._ids_for(image, n, negative, prompt)
-        if prompt is None and ids[-1] == tokenizer.eos_token_id and tokenizer.pad_token_id not in ids[:-1]:
-            warnings.warn(f"the prompt fills all {len(ids)} token positions of the text encoder and may "
+            row = n + image  # negatives come first
+        segments = self._segments(image, n, negative, prompt)
+        column = {int(p): c for c, p in enumerate(self._kept.tolist())}
+        tokens = ["?"] * len(column)
+        for segment in segments:
+            strings = segment.tokenizer.convert_ids_to_tokens(segment.ids)
+            for i, p in enumerate(segment.positions):
+                if p in column:
+                    tokens[column[p]] = strings[i]
+        if prompt is None and any(s.truncated for s in segments[:1]):
+            warnings.warn(f"the prompt fills all {len(segments[0].ids)} token positions of the text encoder and may "
                           "have been cut: maps cover only what the model saw", stacklevel=2)
         total = rec.step.total if rec.step else 0
         bins = next(iter(rec.sums.values())).shape[0]
         members = [[] for _ in range(bins)]
         for s in range(total):
             members[rec.bin_of(s, total)].append(s)
-        sums = {}
-        for k, t in rec.sums.items():
-            h, w = rec.sites[k].resolution
-            sums[k] = t[:, row].unflatten(2, (h, w)).cpu()
+        sums = {k: t[:, row].unflatten(2, rec.sites[k].resolution).cpu() for k, t in rec.sums.items()}
         trace = None
         if rec.trace and all(t is not None for t in rec.trace):
             trace = torch.stack([t[row] for t in rec.trace]).cpu()
         scale = getattr(self.pipe, "vae_scale_factor", 8)
-        lh, lw = rec.step.latent_hw
+        gh, gw = rec.step.grid
         return HeatMaps(
             sums=sums,
             counts={k: np.asarray(c, dtype=np.int64) for k, c in rec.counts.items()},
@@ -219,51 +262,72 @@ class Trace:
             bin_steps=members,
             trace=trace,
             trace_counts=np.asarray(rec.trace_counts, dtype=np.int64),
-            word_info=words_from_ids(tokenizer, ids),
-            tokens=tokenizer.convert_ids_to_tokens(ids[: rec.n_tokens]),
-            image_size=(lh * scale, lw * scale),
+            word_info=words_from_segments(segments, column),
+            tokens=tokens,
+            image_size=self._image_size(scale, (gh, gw)),
             per_head=rec.per_head,
             per_layer=rec.per_layer,
             meta={
                 "model": getattr(self.pipe, "name_or_path", None) or type(self.pipe).__name__,
                 "pipeline": type(self.pipe).__name__,
-                "prompt": tokenizer.decode(ids, skip_special_tokens=True),
+                "family": self.family.name,
+                "resolution_sites": self.family.resolution_sites,
+                "sources": [s.source for s in segments],
+                "mass": rec.mass,
+                "prompt": prompt if prompt is not None else segments[0].tokenizer.decode(
+                    [t for i, t in enumerate(segments[0].ids) if i not in segments[0].skip], skip_special_tokens=True),
                 "image_index": image,
                 "negative": negative,
                 "steps": total,
                 "timesteps": list(rec.timesteps),
-                "guidance_scale": getattr(self.pipe, "_guidance_scale", None),
+                "guidance_scale": _guidance_scale(self.pipe),
+                "coverage": self.coverage(),
             },
         )
 
-    def _ids_for(self, image: int, n_images: int, negative: bool, prompt: str | None) -> list[int]:
+    def _image_size(self, scale: int, grid: tuple[int, int]) -> tuple[int, int]:
+        """The generated image's pixel size: token grid × patch × VAE factor (UNet: latent × VAE factor)."""
+        patch = self.family.patch(self.denoiser)
+        return grid[0] * patch * scale, grid[1] * patch * scale
+
+    def _segments(self, image: int, n_images: int, negative: bool, prompt: str | None):
+        family = self.family
         if prompt is not None:
-            return tokenize_prompt(self.pipe.tokenizer, prompt)
+            calls = {name: [[ids]] for name, ids in family.prompt_ids(self.pipe, prompt, self._text_len).items()}
+            return family.segments(self.pipe, calls, 0, 0, self._text_len)
         call = 1 if negative else 0
-        if len(self.prompt_ids) <= call:
-            raise ValueError(
-                "no prompt tokens were captured (was the pipeline given prompt_embeds?); pass "
-                "heat_maps(prompt=...) with the prompt that produced the embeddings"
-            )
-        prompts = self.prompt_ids[call]
-        return prompts[image // max(1, n_images // len(prompts))]
+        prompts = self.calls[family.encoders[0]]
+        if len(prompts) <= call:
+            raise InputError("no prompt tokens were captured (was the pipeline given prompt_embeds?); pass "
+                             "heat_maps(prompt=...) with the prompt that produced the embeddings")
+        per_prompt = max(1, n_images // len(prompts[call]))
+        return family.segments(self.pipe, self.calls, call, image // per_prompt, self._text_len)
+
+
+def _guidance_scale(pipe) -> float | None:
+    try:
+        value = pipe.guidance_scale
+    except AttributeError:
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool = False, trace_size: int = 16,
-          capture_uncond: bool = False, exact: bool = True) -> Trace:
-    """Capture per-word cross-attention while `pipe` generates; use as a context manager.
+          capture_uncond: bool = False, mass: str = "raw") -> Trace:
+    """Capture per-word attention to the prompt while `pipe` generates; use as a context manager.
 
     Args:
-        pipe: a diffusers pipeline with a UNet (StableDiffusion*, StableDiffusionXL*, img2img, inpaint).
+        pipe: a diffusers pipeline of a supported family: Stable Diffusion 1.x/2.x/XL (and img2img, inpaint,
+            ControlNet, IP-Adapter), SD3/3.5, Flux.1, PixArt-α/Σ, Sana, ... (``crossattn.families``).
         time_bins: full-resolution maps are kept per time bin (equal ranges of steps); memory ∝ bins.
         per_head: keep heads apart (memory × heads) so `filter(heads=...)` works.
-        per_layer: keep each layer apart instead of summing per (block, resolution).
+        per_layer: keep each layer apart instead of summing per site (block, resolution) so
+            `filter(layers=...)` works.
         trace_size: the per-step trace is avg-pooled to at most this many pixels per side.
-        capture_uncond: also record the unconditional/negative half of a CFG batch.
-        exact: keep diffusers' SDPA call for the layer output, so traced outputs are bit-identical to
-            untraced ones (the probabilities cost one extra Q·Kᵀ over 77 keys). ``exact=False`` computes the
-            probabilities once and reuses them for the output: cheaper on small models, equal to within
-            float rounding (~1e-6 relative).
+        capture_uncond: also record the negative prompt's half of classifier-free guidance.
+        mass: ``"raw"``: a token's map is the attention probability on it. ``"text"``: that probability
+            divided by the query's total on the text positions — in joint attention an image query also
+            attends to image keys, so its text slice does not sum to 1; this makes it (per layer and step).
 
     Example:
         >>> import torch, crossattn
@@ -278,4 +342,4 @@ def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool =
         (64, 64)
     """
     return Trace(pipe, time_bins=time_bins, per_head=per_head, per_layer=per_layer, trace_size=trace_size,
-                 capture_uncond=capture_uncond, exact=exact)
+                 capture_uncond=capture_uncond, mass=mass)

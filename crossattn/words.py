@@ -1,13 +1,17 @@
-"""Words ↔ token positions, through the pipeline's own tokenizer.
+"""Words ↔ token positions, through the pipeline's own tokenizers.
 
-A *word* is a run of tokens that the tokenizer marks as one word: CLIP BPE ends a word's last token with
-``</w>``, SentencePiece (T5) and byte-level GPT-2 tokenizers start a word with ``▁`` / ``Ġ``. Positions are
-indices into the text encoder's input sequence (position 0 is CLIP's start token). Start, end and padding
-tokens and pure punctuation are not words. A word's heat map is the *sum* of its tokens' maps, because a
-word's share of the attention is the sum of its tokens' shares.
+A *segment* is one text encoder's tokens for one prompt and where each sits in the denoiser's text sequence
+(a model family says that: `crossattn.families`). A *word* is a run of tokens that the tokenizer marks as one
+word: CLIP BPE ends a word's last token with ``</w>``; SentencePiece (T5, Gemma) and byte-level BPE (Qwen,
+Llama: ``Ġ``) start one with ``▁`` / ``Ġ``; WordPiece (BERT) continues one with ``##``. Special tokens,
+padding, template tokens and pure punctuation are not words. A word's heat map is the *sum* of its tokens'
+maps, because a word's share of the attention is the sum of its tokens' shares. Where a model reads the
+prompt through several encoders in one sequence (SD3: CLIP positions, then T5 positions), a word has
+positions in each *source*; by default its map sums them all (its whole share), ``source=`` picks one.
 
     >>> from transformers import CLIPTokenizer
-    >>> tok = CLIPTokenizer.from_pretrained("assets/clip-tokenizer")
+    >>> from crossattn.models import asset_path
+    >>> tok = CLIPTokenizer.from_pretrained(asset_path("clip-tokenizer"))
     >>> [(w.text, w.positions) for w in prompt_words(tok, "a cyan circle")]
     [('a', (1,)), ('cyan', (2, 3)), ('circle', (4,))]
 """
@@ -16,51 +20,133 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .errors import UnknownWordError
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One text encoder's tokens for one prompt, as they sit in the denoiser's text sequence."""
+
+    source: str  # "clip", "t5", "gemma", ...: what `maps.word(..., source=)` selects
+    tokenizer: object
+    ids: list[int]  # the ids the encoder saw
+    positions: list[int]  # text-sequence position of each id; -1 where the id does not reach the denoiser
+    skip: frozenset[int] = field(default_factory=frozenset)  # id indices that are never words (templates)
+
+    @property
+    def end(self) -> int:
+        """Index of the last id worth keeping: the end token after the prompt (padding is never kept)."""
+        eos, pad = getattr(self.tokenizer, "eos_token_id", None), getattr(self.tokenizer, "pad_token_id", None)
+        ends = [i for i, t in enumerate(self.ids) if i > 0 and t == eos and i not in self.skip]
+        if ends:
+            return ends[0]
+        content = [i for i, t in enumerate(self.ids) if t != pad]
+        return content[-1] if content else len(self.ids) - 1
+
+    def kept_positions(self) -> list[int]:
+        """Sequence positions of the ids up to the end token (what the recorder keeps)."""
+        return [p for p in self.positions[: self.end + 1] if p >= 0]
+
+    @property
+    def truncated(self) -> bool:
+        """The prompt filled every position: the encoder may have cut it."""
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return self.end == len(self.ids) - 1 and (pad == eos or pad not in self.ids)
+
+
+def whole(source: str, tokenizer, ids: list[int], offset: int = 0) -> Segment:
+    """A segment whose ids sit one after another from `offset` on (the common case)."""
+    return Segment(source, tokenizer, list(ids), list(range(offset, offset + len(ids))))
 
 
 @dataclass(frozen=True)
 class Word:
     text: str  # as the tokenizer decodes it (CLIP lower-cases)
-    positions: tuple[int, ...]  # token positions in the text encoder's input
+    positions: tuple[int, ...]  # columns of the kept tokens (all sources)
     occurrence: int  # 0 for the first "cat" of the prompt, 1 for the second, ...
+    sources: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (source, its columns), when there are several
 
-
-class UnknownWordError(KeyError, ValueError):
-    """A requested word is not in the prompt; the message lists the prompt's words."""
-
-    def __str__(self) -> str:  # KeyError would otherwise repr() the message
-        return str(self.args[0])
+    def in_source(self, source: str | None) -> tuple[int, ...]:
+        if source is None:
+            return self.positions
+        for name, cols in self.sources:
+            if name == source:
+                return cols
+        return () if self.sources else self.positions
 
 
 def _word_starts(tokens: list[str]) -> list[bool]:
     """For each content token: does a new word start here?"""
     if any(t.endswith("</w>") for t in tokens):  # CLIP BPE: a word *ends* with </w>
         return [i == 0 or tokens[i - 1].endswith("</w>") for i in range(len(tokens))]
-    return [i == 0 or t.startswith(("▁", "Ġ")) for i, t in enumerate(tokens)]
+    if any(t.startswith("##") for t in tokens):  # WordPiece: "##" continues a word
+        return [i == 0 or not t.startswith("##") for i, t in enumerate(tokens)]
+    return [i == 0 or t.startswith(("▁", "Ġ", " ")) for i, t in enumerate(tokens)]
+
+
+def segment_words(segment: Segment) -> list[tuple[str, list[int]]]:
+    """(text, sequence positions) of each word of one segment, in order."""
+    tok = segment.tokenizer
+    special = set(getattr(tok, "all_special_ids", []))
+    content = [i for i in range(segment.end + 1)
+               if segment.positions[i] >= 0 and i not in segment.skip and segment.ids[i] not in special]
+    if not content:
+        return []
+    strings = tok.convert_ids_to_tokens([segment.ids[i] for i in content])
+    # a run of content broken by a skipped/special token starts a new word too
+    breaks = [k == 0 or content[k] != content[k - 1] + 1 for k in range(len(content))]
+    groups: list[list[int]] = []
+    for k, start in enumerate(_word_starts(strings)):
+        if start or breaks[k]:
+            groups.append([])
+        groups[-1].append(content[k])
+    out = []
+    for group in groups:
+        text = tok.decode([segment.ids[i] for i in group]).strip()
+        if any(ch.isalnum() for ch in text):  # punctuation is not a word one asks about
+            out.append((text, [segment.positions[i] for i in group]))
+    return out
+
+
+def words_from_segments(segments: list[Segment], column: dict[int, int]) -> list[Word]:
+    """The prompt's words, their tokens given as columns (`column`: sequence position → kept column).
+
+    The words are those of the segment with the most words (the fullest view of the prompt); the same word
+    (same text, same occurrence) in another segment adds that segment's columns.
+    """
+    per_segment = [[(text, [column[p] for p in pos if p in column]) for text, pos in segment_words(s)]
+                   for s in segments]
+    if not any(per_segment):
+        return []
+    main = max(range(len(segments)), key=lambda k: len(per_segment[k]))
+    keyed: list[dict[tuple[str, int], list[int]]] = []
+    for words in per_segment:
+        seen: dict[str, int] = {}
+        table = {}
+        for text, cols in words:
+            key = text.lower()
+            table[(key, seen.get(key, 0))] = cols
+            seen[key] = seen.get(key, 0) + 1
+        keyed.append(table)
+    out, seen = [], {}
+    for text, _ in per_segment[main]:
+        key = text.lower()
+        occurrence = seen.get(key, 0)
+        seen[key] = occurrence + 1
+        by_source = [(segments[k].source, tuple(keyed[k].get((key, occurrence), ()))) for k in range(len(segments))]
+        by_source = [(name, cols) for name, cols in by_source if cols]
+        positions = tuple(c for _, cols in by_source for c in cols)
+        out.append(Word(text, positions, occurrence, tuple(by_source) if len(segments) > 1 else ()))
+    return out
 
 
 def words_from_ids(tokenizer, ids: list[int]) -> list[Word]:
-    """Group a tokenised prompt (with its special tokens, as the text encoder saw it) into words."""
-    special = set(tokenizer.all_special_ids)
-    content = [(i, t) for i, t in enumerate(ids) if t not in special]
-    if not content:
-        return []
-    strings = tokenizer.convert_ids_to_tokens([t for _, t in content])
-    groups: list[list[int]] = []
-    for k, start in enumerate(_word_starts(strings)):
-        if start:
-            groups.append([])
-        groups[-1].append(k)
-    words, seen = [], {}
-    for group in groups:
-        text = tokenizer.decode([content[k][1] for k in group]).strip()
-        if not any(ch.isalnum() for ch in text):
-            continue  # punctuation is not a word one asks about
-        key = text.lower()
-        words.append(Word(text, tuple(content[k][0] for k in group), seen.get(key, 0)))
-        seen[key] = seen.get(key, 0) + 1
-    return words
+    """Group one tokenised prompt (with its special tokens, as a CLIP-style encoder saw it) into words."""
+    segment = whole("text", tokenizer, ids)
+    return words_from_segments([segment], {p: p for p in range(len(ids))})
 
 
 def slug(word: str) -> str:
@@ -68,18 +154,25 @@ def slug(word: str) -> str:
     return re.sub(r"[^\w-]+", "_", word).strip("_") or "word"
 
 
-def tokenize_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids exactly as SD pipelines feed the text encoder; warns when the prompt is truncated."""
+def truncation(tokenizer, prompt: str) -> str | None:
+    """The words of `prompt` that the text encoder will not see (None when it sees them all)."""
     limit = tokenizer.model_max_length
+    if limit > 100_000:  # tokenizers without a real limit
+        return None
     full = tokenizer(prompt, truncation=False).input_ids
-    if len(full) > limit:
-        kept = tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(full[limit - 1 : -1]))
-        warnings.warn(
-            f"prompt is {len(full)} tokens but the text encoder reads {limit}: heat maps cover only what the "
-            f"model saw; this part was cut: {kept.strip()!r}",
-            stacklevel=2,
-        )
-    return tokenizer(prompt, padding="max_length", max_length=limit, truncation=True).input_ids
+    if len(full) <= limit:
+        return None
+    cut = full[limit - 1 : -1] if full[-1] == tokenizer.eos_token_id else full[limit:]
+    return tokenizer.decode(cut, skip_special_tokens=True).strip()
+
+
+def tokenize_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids exactly as SD pipelines feed a CLIP text encoder; warns when the prompt is truncated."""
+    cut = truncation(tokenizer, prompt)
+    if cut:
+        warnings.warn(f"the prompt is longer than the {tokenizer.model_max_length} tokens the text encoder reads: "
+                      f"heat maps cover only what the model saw; this part was cut: {cut!r}", stacklevel=2)
+    return tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
 
 
 def prompt_words(tokenizer, prompt: str) -> list[Word]:
@@ -95,7 +188,7 @@ def find_word(words: list[Word], query: str, occurrence: int = 0) -> list[Word]:
     wanted = query.lower().split()
     texts = [w.text.lower() for w in words]
     matches = [i for i in range(len(words) - len(wanted) + 1) if wanted and texts[i : i + len(wanted)] == wanted]
-    if occurrence < len(matches):
+    if 0 <= occurrence < len(matches):
         start = matches[occurrence]
         return words[start : start + len(wanted)]
     listing = ", ".join(repr(w.text) for w in words) or "(none)"

@@ -1,15 +1,15 @@
-"""Capture: exact outputs, exact numbers, restored processors, fixed memory, CFG and batch layouts."""
+"""Capture on UNet pipelines: exact outputs, exact numbers, restored state, fixed memory, CFG and batch layouts."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_sd, seeded
+from helpers import build_tiny_sd, seeded
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
 import crossattn
-from crossattn.capture import CaptureProcessor
+from crossattn import capture
 
 PROMPT = "a red circle left of a cyan square"
 
@@ -30,19 +30,14 @@ def test_output_equals_unpatched_fp32(tiny_sd, guidance):
     assert (lat_traced - lat_plain).abs().max().item() < 1e-5
 
 
-def test_only_cross_attention_is_replaced_and_everything_restored(tiny_sd):
+def test_processors_are_untouched_and_hooks_removed(tiny_sd):
     before = dict(tiny_sd.unet.attn_processors)
     with crossattn.trace(tiny_sd):
-        during = tiny_sd.unet.attn_processors
-        for name, proc in during.items():
-            if ".attn2." in name:
-                assert isinstance(proc, CaptureProcessor)
-            else:
-                assert proc is before[name]  # self-attention keeps the pipeline's own processor object
+        assert all(tiny_sd.unet.attn_processors[k] is v for k, v in before.items())  # observed, not replaced
         latents(tiny_sd)
-    after = tiny_sd.unet.attn_processors
-    assert all(after[k] is v for k, v in before.items())
+    assert all(tiny_sd.unet.attn_processors[k] is v for k, v in before.items())
     assert not tiny_sd.unet._forward_pre_hooks and not tiny_sd.text_encoder._forward_pre_hooks
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in tiny_sd.unet.modules())
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
@@ -58,7 +53,8 @@ def test_restored_after_exception_mid_generation(tiny_sd, error):
         with crossattn.trace(tiny_sd):
             latents(tiny_sd, callback_on_step_end=explode)
     assert all(tiny_sd.unet.attn_processors[k] is v for k, v in before.items())
-    assert not tiny_sd.unet._forward_pre_hooks
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in tiny_sd.unet.modules())
+    assert latents(tiny_sd).shape == (1, 4, 16, 16)  # the pipeline still works after the interruption
 
 
 def test_nested_traces_restore_in_order(tiny_sd):
@@ -158,7 +154,7 @@ def test_batch_of_two_prompts_times_two_images(tiny_sd):
     assert words[2] == words[3] == ["a", "blue", "square", "above", "a", "green", "triangle"]
     # different noise per image -> different maps; same prompt tokens
     assert not np.allclose(tr.heat_maps(0).word("a").raw, tr.heat_maps(1).word("a").raw)
-    with pytest.raises(IndexError, match="4 image"):
+    with pytest.raises(crossattn.InputError, match="4 image"):
         tr.heat_maps(4)
 
 
@@ -260,14 +256,16 @@ def test_new_call_starts_a_fresh_recording_and_maps_survive_exit():
     assert tr.heat_maps().meta["steps"] == 4
 
 
-def test_fast_mode_reuses_probabilities_within_float_rounding(tiny_sd):
+def test_explicit_path_when_the_private_flash_op_is_unavailable(tiny_sd, monkeypatch):
+    """The CPU fast path uses a private torch op; without it the explicit softmax gives the same maps."""
     plain = latents(tiny_sd, guidance_scale=7.5)
-    with crossattn.trace(tiny_sd) as exact:
-        assert torch.equal(latents(tiny_sd, guidance_scale=7.5), plain)  # exact mode: bit-identical
-    with crossattn.trace(tiny_sd, exact=False) as fast:
-        fast_latents = latents(tiny_sd, guidance_scale=7.5)
-    assert ((fast_latents - plain).abs().max() / plain.abs().max()).item() < 1e-5
-    assert torch.allclose(fast.heat_maps().token_maps(), exact.heat_maps().token_maps(), atol=1e-5)
+    with crossattn.trace(tiny_sd) as fast:
+        assert torch.equal(latents(tiny_sd, guidance_scale=7.5), plain)
+    assert capture._flash_lse_available()  # this torch has the op with the expected signature
+    monkeypatch.setattr(capture, "_FLASH_LSE", False)
+    with crossattn.trace(tiny_sd) as explicit:
+        assert torch.equal(latents(tiny_sd, guidance_scale=7.5), plain)
+    assert torch.allclose(fast.heat_maps().token_maps(), explicit.heat_maps().token_maps(), atol=1e-6)
 
 
 def test_float16_is_bit_identical_and_maps_are_float32():
@@ -280,20 +278,58 @@ def test_float16_is_bit_identical_and_maps_are_float32():
     assert maps.token_maps().dtype == torch.float32 and maps.word("circle").array.dtype == np.float32
 
 
-def test_refuses_to_replace_processors_that_change_the_computation():
+def test_an_editing_processor_is_observed_as_it_computes():
+    """A processor that changes the attention (here: sharper, x2 logits) keeps running; the maps show its
+    attention, and the output is still the untraced one."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    class Edited(AttnProcessor2_0):  # e.g. an attention-editing processor
-        pass
+    class Sharper(AttnProcessor2_0):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
+            scale = attn.scale
+            attn.scale = 2 * scale
+            try:
+                return _sdpa_with_scale(attn, hidden_states, encoder_hidden_states)
+            finally:
+                attn.scale = scale
 
     pipe = build_tiny_sd(seed=4)
-    procs = {k: (Edited() if ".attn2." in k else v) for k, v in pipe.unet.attn_processors.items()}
-    pipe.unet.set_attn_processor(procs)
-    before = dict(pipe.unet.attn_processors)
-    with pytest.raises(TypeError, match="Edited, which computes more than plain attention"):
-        crossattn.trace(pipe).start()
-    assert all(pipe.unet.attn_processors[k] is v for k, v in before.items())
-    pipe.enable_attention_slicing()  # sliced attention is plain attention: traceable
-    with crossattn.trace(pipe) as tr:
+    with crossattn.trace(pipe) as plain_trace:
         latents(pipe, steps=2)
-    assert tr.heat_maps().words[-1] == "square"
+    pipe.unet.set_attn_processor({k: (Sharper() if ".attn2." in k else v) for k, v in pipe.unet.attn_processors.items()})
+    plain = latents(pipe, steps=2)
+    with crossattn.trace(pipe) as tr:
+        assert torch.equal(latents(pipe, steps=2), plain)
+    sharp, base = tr.heat_maps().token_maps(), plain_trace.heat_maps().token_maps()
+    assert not torch.allclose(sharp, base, atol=1e-3)
+    assert sharp.max() > base.max()  # sharper attention peaks higher
+
+
+def _sdpa_with_scale(attn, hidden_states, context):
+    """Cross-attention through SDPA with the layer's `scale` (what the editing processor above computes)."""
+    batch = hidden_states.shape[0]
+    q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+    q, k, v = (x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2) for x in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))
+
+
+def test_non_sdpa_processors_with_their_own_scale_are_traced_exactly():
+    """AttnProcessor / sliced attention scale by attn.scale: the trace's SDPA stand-in must too."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe = build_tiny_sd(seed=6)
+    for module in pipe.unet.modules():
+        if getattr(module, "is_cross_attention", False):
+            module.scale = 0.9  # as with Attention(scale_qk=False): not 1/sqrt(head_dim)
+    pipe.unet.set_attn_processor(AttnProcessor())
+    plain = latents(pipe, steps=2)
+    before = dict(pipe.unet.attn_processors)
+    with crossattn.trace(pipe) as tr:
+        traced = latents(pipe, steps=2)
+    assert ((traced - plain).abs().max() / plain.abs().max()).item() < 1e-5  # float rounding only
+    assert all(pipe.unet.attn_processors[k] is v for k, v in before.items())  # the originals are back
+    assert torch.allclose(tr.heat_maps().token_maps().sum(-1)[0, 0], torch.tensor(1.0), atol=0.2)
+    pipe.enable_attention_slicing()  # sliced attention: also plain attention without SDPA
+    with crossattn.trace(pipe) as sliced:
+        assert ((latents(pipe, steps=2) - plain).abs().max() / plain.abs().max()).item() < 1e-5
+    assert torch.allclose(sliced.heat_maps().token_maps(), tr.heat_maps().token_maps(), atol=1e-5)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import seeded
+from helpers import seeded
 from PIL import Image
 
 import crossattn

@@ -22,10 +22,24 @@ from ..words import words_from_ids
 from .world import Scene
 
 
-class GroundingProcessor:
-    """Training-time cross-attention with explicit probabilities kept (with gradients) in `store`."""
+class AttentionStore:
+    """Image→text attention probabilities of one training forward pass, kept with their gradients.
 
-    def __init__(self, store: list[torch.Tensor]):
+    Each entry is (rows, heads, pixels, 77): for every image position, its attention on each of the 77 CLIP
+    positions, for the first `rows` items of the batch (all when None). Processors add to it only while
+    `active` (the grounding loss is on from a given step).
+    """
+
+    def __init__(self, rows: int | None = None) -> None:
+        self.probs: list[torch.Tensor] = []
+        self.active = False
+        self.rows = rows
+
+
+class GroundingProcessor:
+    """Training-time UNet cross-attention with explicit probabilities, kept in the store while it is active."""
+
+    def __init__(self, store: AttentionStore):
         self.store = store
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
@@ -37,34 +51,81 @@ class GroundingProcessor:
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(query, key, attention_mask)  # (batch*heads, pixels, tokens)
-        self.store.append(probs.unflatten(0, (batch, attn.heads)))
+        if self.store.active:
+            self.store.probs.append(probs.unflatten(0, (batch, attn.heads))[: self.store.rows])
         out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, value))))
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
 
 
-def install(unet) -> list[torch.Tensor]:
-    """Give the UNet's cross-attention layers a GroundingProcessor; returns the shared store."""
-    store: list[torch.Tensor] = []
-    processors = {name: (GroundingProcessor(store) if ".attn2." in name else proc)
-                  for name, proc in unet.attn_processors.items()}
-    unet.set_attn_processor(processors)
+class JointTrainingProcessor:
+    """Training-time SD3 joint attention (diffusers' JointAttnProcessor2_0) on a shortened text sequence.
+
+    Without T5 the pipeline's text sequence is 77 CLIP rows followed by 256 rows of zeros. Those zero rows are
+    identical, and stay identical through every block (the text stream has no position embedding and works
+    per token), so their 256 equal keys and values weigh exactly as much as one such key whose logit is
+    raised by ln 256. Training feeds one zero row and adds that offset (`sink_logit`): the same function as
+    the pipeline's, for 334 instead of 589 tokens. While the store is active, the attention of the store's
+    first `rows` items is formed explicitly (SDPA keeps no probabilities, and explicit attention costs twice
+    as much) and their image rows' probabilities on the 77 CLIP positions are kept for the grounding loss.
+    """
+
+    def __init__(self, store: AttentionStore, sink_logit: float):
+        self.store = store
+        self.sink_logit = sink_logit
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        batch, pixels = hidden_states.shape[:2]
+
+        def heads(x):
+            return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(
+            attn.to_v(hidden_states))
+        text_q, text_k = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
+        text_v = heads(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_q is not None:
+            query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.norm_added_q is not None:
+            text_q, text_k = attn.norm_added_q(text_q), attn.norm_added_k(text_k)
+        query, key, value = (torch.cat(pair, dim=2) for pair in ((query, text_q), (key, text_k), (value, text_v)))
+        bias = torch.zeros(key.shape[2], dtype=query.dtype, device=query.device)
+        bias[-1] = self.sink_logit  # the last text row stands for all the zero rows (see the class doc)
+        n = (self.store.rows or batch) if self.store.active else 0
+        out = F.scaled_dot_product_attention(query[n:], key[n:], value[n:], attn_mask=bias.expand(query.shape[2], -1))
+        if n:
+            probs = (query[:n] @ key[:n].transpose(-1, -2) * key.shape[-1] ** -0.5 + bias).softmax(-1)
+            self.store.probs.append(probs[:, :, :pixels, pixels : pixels + 77])
+            out = torch.cat([probs @ value[:n], out])
+        out = out.transpose(1, 2).flatten(2).to(query.dtype)
+        image, text = out[:, :pixels], out[:, pixels:]
+        if not attn.context_pre_only:
+            text = attn.to_add_out(text)
+        return attn.to_out[1](attn.to_out[0](image)), text
+
+
+def install(denoiser, sink_logit: float | None = None, rows: int | None = None) -> AttentionStore:
+    """Give the denoiser's text-attending layers a training processor; returns the shared store.
+
+    UNet: the cross-attention layers (``attn2``) get a `GroundingProcessor`. SD3 transformer (`sink_logit`
+    given): every joint attention layer gets a `JointTrainingProcessor`.
+    """
+    store = AttentionStore(rows)
+    processors = {}
+    for name, proc in denoiser.attn_processors.items():
+        if sink_logit is not None:
+            processors[name] = JointTrainingProcessor(store, sink_logit)
+        else:
+            processors[name] = GroundingProcessor(store) if ".attn2." in name else proc
+    denoiser.set_attn_processor(processors)
     return store
 
 
-# Position and relation words ("a red circle on the left", "a red circle left of a blue square") can be
-# grounded on the object they place: the only object, or the first one. Why: CLIP's text encoder is causal,
-# so the first object's own tokens never see the relation that follows them; the relation word is the
-# first token that knows both the object and where it goes.
-PLACING_WORDS = {"left", "right", "top", "bottom", "above", "below"}
-
-
-def token_masks(scenes: list[Scene], captions: list[str], tokenizer, placing: bool = False) -> torch.Tensor:
+def token_masks(scenes: list[Scene], captions: list[str], tokenizer) -> torch.Tensor:
     """(batch, 77, H, W) masks: token t of caption b gets the mask of the object its word names (else 0).
 
-    Objects appear in captions in scene order; a repeated shape word belongs to the objects in turn. With
-    `placing`, position and relation words get the mask of the object they place (see PLACING_WORDS).
+    Objects appear in captions in scene order; a repeated shape word belongs to the objects in turn.
     Captions dropped for classifier-free guidance ("") get no masks.
     """
     size = scenes[0].image.shape[0]
@@ -82,37 +143,27 @@ def token_masks(scenes: list[Scene], captions: list[str], tokenizer, placing: bo
             owned += [w for w in words if w.text == obj.shape and w.occurrence == occurrence]
             for word in owned:
                 out[b, list(word.positions)] = torch.from_numpy(mask).float()
-        if placing and len(scene.objects) <= 2:
-            for word in words:
-                if word.text in PLACING_WORDS:
-                    out[b, list(word.positions)] = torch.from_numpy(scene.masks[0]).float()
     return out
 
 
-def grounding_loss(store: list[torch.Tensor], masks: torch.Tensor, coverage: bool = False,
-                   pixel: bool = False) -> torch.Tensor:
+def grounding_loss(probs: list[torch.Tensor], masks: torch.Tensor, coverage: bool = False) -> torch.Tensor:
     """Mean over object tokens and layers of 1 - (attention mass inside the token's object).
 
-    With `coverage`, the total-variation distance between the token's attention distribution and the
-    uniform distribution over its object instead: 1 - Σ min(a, u). It also penalises attention piled on
-    part of the object (a map peaked at the centre satisfies the mass term but covers the object badly).
-
-    With `pixel`, plus a per-pixel term (TokenCompose's pixel loss, summed over an object's tokens): a pixel
-    inside an object should give most of its attention to that object's tokens, a background pixel little
-    to any object token. Why: the token term only says where a token's attention goes, not how much of a
-    pixel's attention it gets, and the base model (stage 1 of the README's recipe) sent ~95 % of every pixel's
-    attention to the padding tokens, about the same everywhere, so no single word can steer where anything is drawn.
+    `probs`: (batch, heads, pixels, 77) per layer. With `coverage`, the total-variation distance between the
+    token's attention distribution and the uniform distribution over its object instead: 1 - Σ min(a, u).
+    It also penalises attention piled on part of the object (a map peaked at the centre satisfies the mass
+    term but covers the object badly).
     """
     has_object = masks.flatten(2).amax(-1) > 0  # (batch, 77)
     if not has_object.any():
         return masks.new_zeros(())
     pooled: dict[int, torch.Tensor] = {}
-    terms, pixel_terms = [], []
-    for probs in store:  # (batch, heads, pixels, 77)
-        side = round(probs.shape[2] ** 0.5)
+    terms = []
+    for layer in probs:
+        side = round(layer.shape[2] ** 0.5)
         if side not in pooled:
             pooled[side] = F.adaptive_avg_pool2d(masks, side).flatten(2).transpose(1, 2)  # (batch, pixels, 77)
-        spread = probs.mean(1)
+        spread = layer.mean(1)
         spread = spread / spread.sum(1, keepdim=True).clamp_min(1e-8)  # each token's distribution over pixels
         mask = pooled[side]
         if coverage:
@@ -121,13 +172,4 @@ def grounding_loss(store: list[torch.Tensor], masks: torch.Tensor, coverage: boo
         else:
             inside = (spread * mask).sum(1)
         terms.append(1 - inside[has_object])
-        if pixel:
-            rows = has_object.any(1)  # captions with objects
-            per_pixel, mask, any_object = probs.mean(1)[rows], mask[rows], has_object[rows].float()
-            covered = mask.amax(-1)  # (batch', pixels): share of the pixel inside some object
-            own = (per_pixel * mask).sum(-1)  # attention the pixel gives to its own object's tokens
-            on_objects = (per_pixel * any_object[:, None, :]).sum(-1)  # ... and to any object's tokens
-            bce = -(covered * own.clamp_min(1e-6).log() + (1 - covered) * (1 - on_objects).clamp_min(1e-6).log())
-            pixel_terms.append(bce.flatten())
-    loss = torch.cat(terms).mean()
-    return loss + torch.cat(pixel_terms).mean() if pixel_terms else loss
+    return torch.cat(terms).mean()

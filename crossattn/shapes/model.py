@@ -1,27 +1,44 @@
-"""The shapes-world pipeline's architecture: a Stable Diffusion in miniature.
+"""The shapes-world pipelines' architectures: Stable Diffusion 1.x and Stable Diffusion 3 in miniature.
 
-Same component classes as SD 1.x (AutoencoderKL, UNet2DConditionModel, CLIPTextModel, CLIPTokenizer),
-so everything that works here works on a hub model. Sizes:
+Both use the same component classes as the real models, so everything that works here works on a hub model,
+the same VAE (factor 4: 64×64 images → 4×16×16 latents) and the real CLIP BPE vocabulary
+(``crossattn/assets/clip-tokenizer``: token ids match real CLIP, 77 positions).
 
-- images 64×64, VAE factor 4 → latents 4×16×16 (SD: factor 8, 4×64×64);
-- UNet channels 64/128/128, cross-attention at 16×16, 8×8 and 4×4 (SD: 64, 32, 16, 8), 4 heads;
-- text encoder: real CLIP BPE vocabulary (assets/clip-tokenizer), width 64, 3 layers, 77 tokens.
+- ``unet`` (`StableDiffusionPipeline`): UNet channels 64/128/128, cross-attention at 16×16, 8×8 and 4×4,
+  4 heads; one CLIP text encoder of width 64, 3 layers. v-prediction on a cosine schedule.
+- ``mmdit`` (`StableDiffusion3Pipeline`): an `SD3Transformer2DModel` of width 128 (4 heads of 32), 8 joint
+  blocks, patch size 1 (so its text→image maps are 16×16, like the UNet's finest), q/k RMS norms; two CLIP
+  text encoders (widths 64 and 32; the first starts from the UNet model's trained one) and no T5, which
+  diffusers allows: the pipeline then feeds 256 rows of zeros where T5's tokens would be. Flow matching.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-TOKENIZER_DIR = ASSETS / "clip-tokenizer"
-MODEL_DIR = ASSETS / "shapes-model"
+from ..models import asset_path
+
+TOKENIZER_DIR = asset_path("clip-tokenizer")
+MODEL_DIR = asset_path("shapes-unet")
+MMDIT_DIR = asset_path("shapes-mmdit")
 LATENT_SIZE = 16
 PREDICTION_TYPE = "v_prediction"
 BETA_SCHEDULE = "squaredcos_cap_v2"
+# StableDiffusion3Pipeline's default max_sequence_length: without T5 the text sequence ends in this many zero rows.
+T5_SLOTS = 256
 
 
 def build_vae() -> AutoencoderKL:
@@ -47,19 +64,36 @@ def build_unet() -> UNet2DConditionModel:
     )
 
 
+def clip_config(width: int, layers: int, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                          num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                          pad_token_id=49407, **extra)
+
+
 def build_text_encoder() -> CLIPTextModel:
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=3,
+    return CLIPTextModel(clip_config(64, 3))
+
+
+def build_transformer() -> SD3Transformer2DModel:
+    return SD3Transformer2DModel(
+        sample_size=LATENT_SIZE,
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=8,
+        attention_head_dim=32,
         num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
+        joint_attention_dim=96,  # the two CLIPs' widths, 64 + 32, concatenated
+        caption_projection_dim=128,
+        pooled_projection_dim=96,
+        pos_embed_max_size=LATENT_SIZE,
+        qk_norm="rms_norm",
     )
-    return CLIPTextModel(config)
+
+
+def build_text_encoder_pair() -> tuple[CLIPTextModelWithProjection, CLIPTextModelWithProjection]:
+    return (CLIPTextModelWithProjection(clip_config(64, 3, projection_dim=64)),
+            CLIPTextModelWithProjection(clip_config(32, 2, projection_dim=32)))
 
 
 def load_tokenizer() -> CLIPTokenizer:
@@ -88,7 +122,54 @@ def assemble_pipeline(
     )
 
 
-def untrained_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """The shapes architecture with random weights: for tests and for building before training."""
+def assemble_mmdit_pipeline(vae: AutoencoderKL, transformer: SD3Transformer2DModel,
+                            text_encoder: CLIPTextModelWithProjection,
+                            text_encoder_2: CLIPTextModelWithProjection) -> StableDiffusion3Pipeline:
+    """A StableDiffusion3Pipeline from trained parts, without T5 (diffusers feeds zeros in its place)."""
+    if vae.config.shift_factor is None:  # SD3 decodes latents / scale + shift
+        vae.register_to_config(shift_factor=0.0)
+    tokenizer = load_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer,
+        text_encoder_3=None, tokenizer_3=None,
+    )
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the trainer needs to know about one architecture: its parts and how they make a pipeline."""
+
+    name: str
+    denoiser: str  # the pipeline attribute of the trained denoiser: "unet" or "transformer"
+    text_encoders: tuple[str, ...]  # pipeline attributes of the trained text encoders
+
+    def build(self) -> dict[str, torch.nn.Module]:
+        if self.name == "unet":
+            return {"unet": build_unet(), "text_encoder": build_text_encoder()}
+        first, second = build_text_encoder_pair()
+        return {"transformer": build_transformer(), "text_encoder": first, "text_encoder_2": second}
+
+    def assemble(self, vae: AutoencoderKL, parts: dict[str, torch.nn.Module]):
+        if self.name == "unet":
+            return assemble_pipeline(vae, parts["unet"], parts["text_encoder"])
+        return assemble_mmdit_pipeline(vae, parts["transformer"], parts["text_encoder"], parts["text_encoder_2"])
+
+
+ARCHITECTURES = {
+    "unet": Architecture("unet", "unet", ("text_encoder",)),
+    "mmdit": Architecture("mmdit", "transformer", ("text_encoder", "text_encoder_2")),
+}
+
+
+def untrained_pipeline(seed: int = 0, arch: str = "unet"):
+    """A shapes architecture with random weights: for tests and for building before training."""
     torch.manual_seed(seed)
-    return assemble_pipeline(build_vae(), build_unet(), build_text_encoder())
+    architecture = ARCHITECTURES[arch]
+    return architecture.assemble(build_vae(), architecture.build())
+
+
+def sink_logit() -> float:
+    """Attention logit offset that stands for the T5 slots' identical zero rows when they are trained as one
+    (see `grounding.JointTrainingProcessor`): 256 equal keys weigh as much as one key with logit + ln 256."""
+    return math.log(T5_SLOTS)

@@ -1,23 +1,26 @@
-"""Train the shapes-world pipeline from scratch on the CPU (or CUDA when present), resumably.
+"""Train a shapes-world pipeline from scratch on the CPU (or CUDA when present), resumably.
 
-Two phases, both reproducible from one seed (batch k is always drawn from seed + k, so a resumed run sees
-the same data as an uninterrupted one):
+Two architectures (`model.ARCHITECTURES`): ``unet`` (a StableDiffusionPipeline) and ``mmdit`` (a
+StableDiffusion3Pipeline). Two phases, both reproducible from one seed (batch k is always drawn from
+seed + k, see `world`'s seed ranges, so a resumed run sees the same data as an uninterrupted one):
 
-1. the VAE (factor 4) learns to reconstruct 64×64 scenes (MSE + a tiny KL term);
-2. the UNet and the text encoder learn to denoise VAE latents given the caption: v-prediction on a cosine
-   schedule, min-SNR-5 loss weighting, 10 % caption dropout (for classifier-free guidance), AdamW with
-   warm-up, EMA of the weights (the EMA weights are the ones exported).
+1. the VAE (factor 4) learns to reconstruct 64×64 scenes (MSE + a tiny KL term) — skipped when the run
+   starts from a pipeline folder (`init_from`), whose VAE it reuses;
+2. the denoiser and its text encoder(s) learn to denoise VAE latents given the caption, with 10 % caption
+   dropout (for classifier-free guidance), AdamW with warm-up and an EMA of the weights (the EMA weights are
+   the ones exported). UNet: v-prediction on a cosine schedule, min-SNR-5 or clamped weighting. MMDiT: flow
+   matching (x_t = (1 − σ)·x0 + σ·ε, target ε − x0) with logit-normal σ, as SD3 is trained.
 
-A run can instead start from an exported pipeline (`init_from`, e.g. the shipped model): the VAE phase is
-skipped and phase 2 continues from those weights, with its own step count and schedule.
+`init_from` names a diffusers folder whose parts the run starts from: all of them for a fine-tune, or, for a
+new MMDiT, the UNet model's folder, which lends its VAE and its trained text encoder (the MMDiT's first one).
 
 Checkpoints are safetensors + JSON in the run folder, written every `save_every` steps; a run that is
-stopped resumes where its last checkpoint left off. `export` writes a standard diffusers folder.
+stopped resumes where its last checkpoint left off. Every invocation appends its options to
+``stages.jsonl``. `export` writes a standard diffusers folder. The README lists the recipes that made the
+shipped models (``recipes/*.json``, given with ``--recipe``).
 
-    crossattn train-shapes --run runs/shapes --unet-steps 12000   # resumable; poll runs/shapes/log.txt
-    crossattn train-shapes --run runs/shapes --export assets/shapes-model
-    crossattn train-shapes --run runs/tune --init-from assets/shapes-model --grounding-start 0 --coverage-start 0 \
-        --weighting clamped --placing-share 0.8 --high-noise-share 0.6 --high-noise-from 950 --reference-layouts 4
+    crossattn train-shapes --run runs/base --recipe recipes/unet-base.json      # resumable; poll log.txt
+    crossattn train-shapes --run runs/base --export runs/base-export
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +40,20 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ..models import EMBEDDED, asset_path
 from . import grounding
-from .model import (
-    BETA_SCHEDULE,
-    PREDICTION_TYPE,
-    assemble_pipeline,
-    build_text_encoder,
-    build_unet,
-    build_vae,
-    load_tokenizer,
+from .model import ARCHITECTURES, BETA_SCHEDULE, PREDICTION_TYPE, build_vae, load_tokenizer, sink_logit
+from .world import (
+    HELD_OUT_SEED,
+    PLACING_SEED,
+    SCALING_SEED,
+    Scene,
+    denoiser_batch_seed,
+    position_phrase,
+    resample_layout,
+    training_scene,
+    vae_batch_seed,
 )
-from .world import Scene, position_phrase, resample_layout, sample_scene
 
 SAMPLE_PROMPTS = [
     "a red circle left of a blue square",
@@ -63,12 +69,13 @@ SAMPLE_PROMPTS = [
 
 @dataclass
 class Recipe:
+    arch: str = "unet"  # "unet" or "mmdit" (see model.ARCHITECTURES)
     seed: int = 0
     vae_steps: int = 2000
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 12000
+    unet_steps: int = 12000  # steps of the denoiser phase (UNet or MMDiT)
     batch: int = 32
     lr: float = 5e-4
     warmup: int = 300
@@ -76,29 +83,24 @@ class Recipe:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
-    # "min-snr": min(snr, γ)/(snr+1), min-SNR weighting of the v loss; its weight on the noisiest steps, where
-    # the layout is chosen, is ≈ snr ≈ 0. "clamped": min(snr+1, γ)/(snr+1), the plain v loss on noisy steps
-    # and min-SNR's cap on clean ones.
+    # UNet only. "min-snr": min(snr, γ)/(snr+1), min-SNR weighting of the v loss; its weight on the noisiest
+    # steps, where the layout is chosen, is ≈ snr ≈ 0. "clamped": min(snr+1, γ)/(snr+1), the plain v loss on
+    # noisy steps and min-SNR's cap on clean ones. (The MMDiT's flow loss is unweighted, as SD3's.)
     weighting: str = "min-snr"
-    init_from: str | None = None  # a diffusers folder whose VAE, UNet and text encoder the run starts from
+    init_from: str | None = None  # a diffusers folder whose parts the run starts from (see module doc)
     grounding_weight: float = 0.05  # weight of the grounding loss (see grounding.py); 0 turns it off
     grounding_start: int = 3750  # step from which it applies (the base run added it at this step)
+    grounding_batch: int = 0  # items of each batch the grounding term is computed on (0: all)
     coverage_start: int = 7000  # step from which the grounding term also asks for coverage (see grounding.py)
-    ground_placing_words: bool = False  # also ground "left", "above", ... on the object they place
-    pixel_grounding: bool = False  # add the per-pixel grounding term (see grounding.grounding_loss)
-    # Fine-tuning: give the position/relation words fresh embedding rows of this norm (0 keeps them). The base
-    # model's text encoder broadcasts the colour words into every later position (hidden norm ~40) while "left" and
-    # "right" enter ~0.3 apart, so its outputs for them differ by ~0.5 % (benchmarks/position_probe.py).
-    reinit_placing_words: float = 0.0
-    # Where the layout is chosen. Sampling starts from pure noise (t = 999, SNR 2e-9), where the best v-prediction
-    # is minus the caption's *mean* image; the base model instead drew a sharp object wherever the noise
-    # suggested, the same for "left" and "right" (benchmarks/position_probe.py), because min-SNR gave those steps
-    # weight ~0 and one training image per caption is a very noisy estimate of that mean. So a share of each
-    # batch gets timesteps from [high_noise_from, 999], and with reference_layouts = K > 0 every such item's
-    # target uses K other layouts of its caption (world.resample_layout): the posterior mean of the clean latent
-    # given the noisy one, estimated by self-normalised importance weights over the K + 1 layouts (the "stable
-    # target field" of Xu et al. 2023, here per caption). At high noise that is the caption's mean image; as the
-    # noise falls the weights collapse onto the true layout and the target becomes the usual one.
+    # Where the layout is chosen. Sampling starts from pure noise, where the best prediction is the caption's
+    # *mean* image; the UNet base model instead drew a sharp object wherever the noise suggested, the same for
+    # "left" and "right" (benchmarks/position_probe.py), because min-SNR gave those steps weight ~0 and one
+    # training image per caption is a very noisy estimate of that mean. So a share of each batch gets
+    # timesteps from [high_noise_from, 999] (flow matching: σ = t / 1000), and with reference_layouts = K > 0
+    # every such item's target uses K other layouts of its caption (world.resample_layout): the posterior mean
+    # of the clean latent given the noisy one, estimated by self-normalised importance weights over the K + 1
+    # layouts (the "stable target field" of Xu et al. 2023, here per caption). At high noise that is the
+    # caption's mean image; as the noise falls the weights collapse onto the true layout.
     high_noise_share: float = 0.0
     high_noise_from: int = 700
     reference_layouts: int = 0
@@ -109,6 +111,8 @@ class Recipe:
     sample_every: int = 1000
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, not {self.arch!r}")
         if self.weighting not in ("min-snr", "clamped"):
             raise ValueError(f"weighting must be 'min-snr' or 'clamped', not {self.weighting!r}")
         if not 0 <= self.high_noise_share <= 1 or not 0 <= self.placing_share <= 1:
@@ -116,6 +120,15 @@ class Recipe:
                              f"and {self.placing_share}")
         if not 0 <= self.high_noise_from < 1000:
             raise ValueError(f"high_noise_from must be a timestep in [0, 999], not {self.high_noise_from}")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> Recipe:
+        """A recipe from a JSON file (``recipes/*.json``), with some fields overridden."""
+        data = json.loads(Path(path).read_text())
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown recipe fields {sorted(unknown)}")
+        return cls(**(data | overrides))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -131,13 +144,13 @@ def places_objects(scene: Scene) -> bool:
 def scene_batch(start_seed: int, n: int, placing_share: float = 0.0) -> tuple[torch.Tensor, list[str], list[Scene]]:
     """n scenes as a (n, 3, 64, 64) tensor in [-1, 1], their captions, and the scenes themselves; about
     `placing_share` of them drawn among scenes whose caption places its objects."""
-    scenes = [sample_scene(start_seed + i) for i in range(n)]
+    scenes = [training_scene(start_seed + i) for i in range(n)]
     if placing_share > 0:
         rng = np.random.default_rng(start_seed)
         for i in np.nonzero(rng.random(n) < placing_share)[0]:
-            seed = 500_000_000 + (start_seed + i) * 8  # its own seed range, below the held-out 10⁹
+            seed = PLACING_SEED + (start_seed + i) * 8
             while not places_objects(scenes[i]):
-                scenes[i] = sample_scene(seed)
+                scenes[i] = training_scene(seed)
                 seed += 1
     return to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes], scenes
 
@@ -145,9 +158,8 @@ def scene_batch(start_seed: int, n: int, placing_share: float = 0.0) -> tuple[to
 def reference_batch(scenes: list[Scene], captions: list[str], k: int, seed: int) -> torch.Tensor:
     """(n, k, 3, 64, 64) images in [-1, 1]: k other layouts of each caption (random scenes for a dropped one)."""
     rng = np.random.default_rng(seed)
-    # A dropped caption's "layouts" are any scenes; their seeds stay below the held-out ones (evaluate.py).
-    refs = [[resample_layout(scene, rng) if caption else sample_scene(int(rng.integers(10**9))) for _ in range(k)]
-            for scene, caption in zip(scenes, captions)]
+    refs = [[resample_layout(scene, rng) if caption else training_scene(int(rng.integers(HELD_OUT_SEED)))
+             for _ in range(k)] for scene, caption in zip(scenes, captions)]
     return to_tensor(np.stack([[s.image for s in row] for row in refs]))
 
 
@@ -180,47 +192,57 @@ def _load(path: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Opti
 
 
 class Trainer:
-    """Holds the models and the run folder; `train_vae` then `train_unet`, each resumable."""
+    """Holds the models and the run folder; `train_vae` then `train_denoiser`, each resumable."""
 
     def __init__(self, run_dir: str | Path, recipe: Recipe, device: str | None = None):
         self.run = Path(run_dir)
         self.recipe = recipe
+        self.arch = ARCHITECTURES[recipe.arch]
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.manual_seed(recipe.seed)
         self.vae = build_vae().to(self.device)
-        self.unet = build_unet().to(self.device)
-        self.text_encoder = build_text_encoder().to(self.device)
+        self.parts = {name: m.to(self.device) for name, m in self.arch.build().items()}
         self.tokenizer = load_tokenizer()
-        self.attention_store: list[torch.Tensor] = []  # filled by grounding processors, if installed
-        self.last_grounding = torch.zeros(())
-        self.step = 0  # the UNet step being trained (the grounding term depends on it)
+        self.store = grounding.AttentionStore()  # replaced by the training processors' store when installed
+        self.step = 0  # the denoiser step being trained (the grounding term depends on it)
         self.noise_sched = DDPMScheduler(beta_schedule=BETA_SCHEDULE, prediction_type=PREDICTION_TYPE)
         alphas = self.noise_sched.alphas_cumprod.to(self.device)
         self.snr = alphas / (1 - alphas)
         self.log_file = self.run / "log.txt"
         self.run.mkdir(parents=True, exist_ok=True)
-        saved = self.run / "recipe.json"
-        started_from = json.loads(saved.read_text()).get("init_from") if saved.exists() else recipe.init_from
-        if started_from != recipe.init_from:  # else a resumed fine-tune would train a fresh VAE under its UNet
-            raise ValueError(f"{self.run} was started with init_from={started_from!r}; resume or export it with the "
-                             f"same (got {recipe.init_from!r})")
-        saved.write_text(json.dumps(asdict(recipe), indent=1))
+        saved = self.run / "recipe.json"  # the run's first options: what it is (architecture, starting point)
+        first = json.loads(saved.read_text()) if saved.exists() else asdict(recipe)
+        for key in ("init_from", "arch"):
+            if first.get(key, "unet" if key == "arch" else None) != getattr(recipe, key):
+                raise ValueError(f"{self.run} was started with {key}={first.get(key)!r}; resume or export it with "
+                                 f"the same (got {getattr(recipe, key)!r})")
+        if not saved.exists():
+            saved.write_text(json.dumps(first, indent=1))
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.parts[self.arch.denoiser]
 
     def log(self, msg: str) -> None:
         with open(self.log_file, "a") as f:
             f.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
 
+    def log_stage(self) -> None:
+        """Append this invocation's options to stages.jsonl: the run's full history of options."""
+        with open(self.run / "stages.jsonl", "a") as f:
+            f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), **asdict(self.recipe)}) + "\n")
+
     # ---- phase 1: VAE -------------------------------------------------------------------------------
     def train_vae(self) -> None:
         r, ckpt = self.recipe, self.run / "vae"
-        if r.init_from:  # fine-tuning: the VAE comes trained with the initial weights
+        if r.init_from:  # the VAE comes trained with the initial weights
             return
         opt = torch.optim.AdamW(self.vae.parameters(), lr=r.vae_lr)
         step = _load(ckpt, {"vae": self.vae}, opt)["step"] if (ckpt / "state.json").exists() else 0
         self.vae.train()
         bar = tqdm(range(step, r.vae_steps), initial=step, total=r.vae_steps, desc="vae", mininterval=10)
         for step in bar:
-            x, _, _ = scene_batch(r.seed * 10_000_019 + step * r.vae_batch, r.vae_batch)
+            x, _, _ = scene_batch(vae_batch_seed(r.seed, step, r.vae_batch), r.vae_batch)
             x = x.to(self.device)
             for group in opt.param_groups:  # cosine decay: a constant 1e-3 made the loss spike late in training
                 group["lr"] = r.vae_lr * 0.5 * (1 + math.cos(math.pi * step / r.vae_steps))
@@ -243,7 +265,7 @@ class Trainer:
     @torch.no_grad()
     def _set_scaling_factor(self, ckpt: Path) -> None:
         # As in SD: scale latents to unit variance so the noise schedule sees the intended SNRs.
-        x, _, _ = scene_batch(123_456_789, 256)
+        x, _, _ = scene_batch(SCALING_SEED, 256)
         z = self.vae.encode(x.to(self.device)).latent_dist.sample()
         factor = float(1.0 / z.std())
         self.vae.register_to_config(scaling_factor=factor)
@@ -259,65 +281,73 @@ class Trainer:
             self.vae.register_to_config(scaling_factor=state["scaling_factor"])
         self.vae.eval().requires_grad_(False)
 
-    @torch.no_grad()
-    def _reinit_placing_words(self, norm: float) -> None:
-        table = self.text_encoder.get_input_embeddings().weight
-        gen = torch.Generator().manual_seed(self.recipe.seed)
-        for word in sorted(grounding.PLACING_WORDS):
-            (token,) = self.tokenizer(word, add_special_tokens=False).input_ids
-            row = torch.randn(table.shape[1], generator=gen)
-            table[token] = (row / row.norm() * norm).to(table)
+    def _load_initial_weights(self, part: str, module: torch.nn.Module) -> bool:
+        """Copy `part` of the `init_from` pipeline into `module` (in fp32); False if that folder lacks it.
 
-    def _load_initial_weights(self, part: str, module: torch.nn.Module) -> None:
-        """Copy `part` ("vae", "unet", "text_encoder") of the `init_from` pipeline into `module` (in fp32)."""
-        folder = Path(self.recipe.init_from) / part
+        A CLIPTextModel's weights may start a CLIPTextModelWithProjection: only the projection stays new.
+        """
+        name = self.recipe.init_from
+        root = asset_path(name) if name in EMBEDDED else Path(name)
+        if not (root / "model_index.json").exists():
+            raise FileNotFoundError(f"init_from: {root} is missing or not a diffusers pipeline folder; "
+                                    "expected a diffusers pipeline folder")
+        folder = root / part
         if not folder.is_dir():
-            raise FileNotFoundError(f"init_from: {folder} is missing; expected a diffusers pipeline folder")
+            return False
         weights = next(folder.glob("*.safetensors"), None)
         if weights is None:
             raise FileNotFoundError(f"init_from: no .safetensors weights in {folder} (only safetensors are loaded)")
-        module.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
+        state = {k: v.float() for k, v in load_file(weights).items()}
+        if hasattr(module, "text_model") and not any(k.startswith("text_model.") for k in state):
+            state = {f"text_model.{k}": v for k, v in state.items()}  # a CLIPTextModel saved by transformers 5
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("text_projection.") for k in missing):
+            raise ValueError(f"init_from: {folder} does not fit {type(module).__name__} (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
         if part == "vae":
             config = json.loads((folder / "config.json").read_text())
             module.register_to_config(scaling_factor=config["scaling_factor"])
+        self.log(f"{part} starts from {folder}" + (f" (new: {', '.join(missing)})" if missing else ""))
+        return True
 
-    # ---- phase 2: UNet + text encoder ---------------------------------------------------------------
+    # ---- phase 2: denoiser + text encoder(s) --------------------------------------------------------
     def load_starting_weights(self) -> None:
-        """The trained VAE, and the `init_from` pipeline's UNet and text encoder when fine-tuning."""
-        r = self.recipe
+        """The trained VAE, and whichever trained parts the `init_from` pipeline has."""
         self._load_trained_vae()
-        if r.init_from:
-            self._load_initial_weights("unet", self.unet)
-            self._load_initial_weights("text_encoder", self.text_encoder)
-            if r.reinit_placing_words > 0:
-                self._reinit_placing_words(r.reinit_placing_words)
+        if self.recipe.init_from:
+            for name, module in self.parts.items():
+                self._load_initial_weights(name, module)
 
-    def train_unet(self) -> None:
+    def train_denoiser(self) -> None:
         r, ckpt = self.recipe, self.run / "unet"
         self.load_starting_weights()  # before the EMA copies, so they start from the initial weights too
-        params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        params = [p for m in self.parts.values() for p in m.parameters()]
         opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
-        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
-        self.ema_text_encoder = copy.deepcopy(self.text_encoder).requires_grad_(False)
-        modules = self._unet_modules()
+        self.ema = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.parts.items()}
+        modules = self._checkpoint_modules()
         step = _load(ckpt, modules, opt)["step"] if (ckpt / "state.json").exists() else 0
-        if r.grounding_weight > 0:  # after the EMA copies: they keep the plain processors for sampling
-            self.attention_store = grounding.install(self.unet)
-        self.unet.train()
-        self.text_encoder.train()
-        bar = tqdm(range(step, r.unet_steps), initial=step, total=r.unet_steps, desc="unet", mininterval=10)
+        # after the EMA copies: they keep the plain processors for sampling
+        rows = r.grounding_batch or None
+        if self.recipe.arch == "mmdit":
+            self.store = grounding.install(self.denoiser, sink_logit(), rows)
+        elif r.grounding_weight > 0:
+            self.store = grounding.install(self.denoiser, rows=rows)
+        self.live = self.arch.assemble(self.vae, self.parts)  # shares the live modules: encodes captions
+        for m in self.parts.values():
+            m.train()
+        bar = tqdm(range(step, r.unet_steps), initial=step, total=r.unet_steps, desc=self.arch.denoiser,
+                   mininterval=10)
         for step in bar:
             gen = torch.Generator(self.device).manual_seed(r.seed * 1_000_003 + step)
-            x, captions, scenes = scene_batch(r.seed * 10_000_019 + 7_777_777 + step * r.batch, r.batch,
-                                              r.placing_share)
+            x, captions, scenes = scene_batch(denoiser_batch_seed(r.seed, step, r.batch), r.batch, r.placing_share)
             drop = torch.rand(len(captions), generator=gen, device=self.device) < r.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
             masks = None
             if r.grounding_weight > 0 and step >= r.grounding_start:
-                masks = grounding.token_masks(scenes, captions, self.tokenizer, r.ground_placing_words)
-                masks = masks.to(self.device)
+                rows = r.grounding_batch or len(scenes)
+                masks = grounding.token_masks(scenes[:rows], captions[:rows], self.tokenizer).to(self.device)
             self.step = step
-            loss = self.unet_loss(x, captions, gen, masks, scenes)
+            loss, ground = self.denoiser_loss(x, captions, gen, masks, scenes)
             lr = r.lr * min(1.0, (step + 1) / r.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -328,91 +358,121 @@ class Trainer:
             self._ema_update(step)
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             if (step + 1) % 50 == 0:
-                extra = f" grounding {self.last_grounding.item():.4f}" if masks is not None else ""
-                self.log(f"unet step {step + 1} loss {loss.item():.5f} lr {lr:.2e}{extra}")
+                extra = f" grounding {ground.item():.4f}" if masks is not None else ""
+                self.log(f"{self.arch.denoiser} step {step + 1} loss {loss.item():.5f} lr {lr:.2e}{extra}")
             if (step + 1) % r.save_every == 0 or step + 1 == r.unet_steps:
                 _save(ckpt, modules, opt, {"step": step + 1})
             if (step + 1) % r.sample_every == 0:
                 self.sample_grid(self.run / "samples" / f"step_{step + 1:06d}.png")
 
     def sample_timesteps(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """n training timesteps: uniform, except a `high_noise_share` drawn from [high_noise_from, 999]."""
+        """n training timesteps in [0, 999] (float for flow matching): uniform for the UNet, logit-normal
+        for flow matching, except a `high_noise_share` drawn from [high_noise_from, 999]."""
         r, top = self.recipe, self.noise_sched.config.num_train_timesteps
-        t = torch.randint(0, top, (n,), generator=gen, device=self.device)
-        if r.high_noise_share == 0:  # draw nothing more, so the default recipe's random stream is unchanged
-            return t
-        high = torch.randint(r.high_noise_from, top, (n,), generator=gen, device=self.device)
+        if r.arch == "mmdit":
+            t = torch.sigmoid(torch.randn(n, generator=gen, device=self.device)) * top
+            high = r.high_noise_from + torch.rand(n, generator=gen, device=self.device) * (top - r.high_noise_from)
+        else:
+            t = torch.randint(0, top, (n,), generator=gen, device=self.device)
+            if r.high_noise_share == 0:  # draw nothing more, so the default recipe's random stream is unchanged
+                return t
+            high = torch.randint(r.high_noise_from, top, (n,), generator=gen, device=self.device)
         pick = torch.rand(n, generator=gen, device=self.device) < r.high_noise_share
         return torch.where(pick, high, t)
 
-    def unet_loss(self, x: torch.Tensor, captions: list[str], gen: torch.Generator,
-                  masks: torch.Tensor | None = None, scenes: list[Scene] | None = None) -> torch.Tensor:
-        """Weighted v-prediction loss on one batch (images in [-1, 1], captions), plus the grounding loss
-        (weighted) when per-token object masks are given (see `grounding`). Given the batch's `scenes` and
+    def encode_captions(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """The denoiser's text inputs, computed exactly as the pipeline computes them (with gradients)."""
+        if self.recipe.arch == "unet":
+            ids = self.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
+                                 return_tensors="pt").input_ids.to(self.device)
+            return {"encoder_hidden_states": self.parts["text_encoder"](ids)[0]}
+        # One zero row where the pipeline puts 256 (T5's place): the training processors weigh it 256 times.
+        context, _, pooled, _ = self.live.encode_prompt(captions, None, None, device=self.device,
+                                                        do_classifier_free_guidance=False, max_sequence_length=1)
+        return {"encoder_hidden_states": context, "pooled_projections": pooled}
+
+    def denoiser_loss(self, x: torch.Tensor, captions: list[str], gen: torch.Generator,
+                      masks: torch.Tensor | None = None,
+                      scenes: list[Scene] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, grounding term) on one batch (images in [-1, 1], captions). The grounding term counts
+        when per-token object masks are given (see `grounding`). Given the batch's `scenes` and
         `reference_layouts` > 0, the items drawn at t ≥ high_noise_from get the posterior-mean target."""
         r = self.recipe
-        ids = self.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
-                             return_tensors="pt").input_ids.to(self.device)
         latents = self.encode(x, gen)
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
         t = self.sample_timesteps(len(captions), gen)
-        noisy = self.noise_sched.add_noise(latents, noise, t)
-        target = self.noise_sched.get_velocity(latents, noise, t)
+        if r.arch == "mmdit":
+            sigma = (t / self.noise_sched.config.num_train_timesteps).view(-1, 1, 1, 1)
+            noisy = (1 - sigma) * latents + sigma * noise
+            target = noise - latents
+        else:
+            noisy = self.noise_sched.add_noise(latents, noise, t)
+            target = self.noise_sched.get_velocity(latents, noise, t)
         rows = (t >= r.high_noise_from).nonzero().flatten().tolist() if r.reference_layouts > 0 else []
         if scenes is not None and rows:  # only noisy items: at lower noise the weights pick the true layout anyway
             references = reference_batch([scenes[i] for i in rows], [captions[i] for i in rows],
                                          r.reference_layouts, r.seed * 1_000_003 + self.step)
-            target[rows] = self._posterior_mean_v(latents[rows], noisy[rows], t[rows], references, gen)
-        self.attention_store.clear()
-        pred = self.unet(noisy, t, self.text_encoder(ids)[0]).sample
-        snr = self.snr[t]
-        if r.weighting == "clamped":
+            target[rows] = self._posterior_mean_target(latents[rows], noisy[rows], t[rows], references, gen)
+        self.store.probs.clear()
+        self.store.active = masks is not None
+        pred = self.denoiser(noisy, timestep=t, **self.encode_captions(captions)).sample
+        if r.arch == "mmdit":
+            weight = torch.ones_like(t, dtype=torch.float32)
+        elif r.weighting == "clamped":
+            snr = self.snr[t]
             weight = (snr + 1).clamp(max=r.min_snr_gamma) / (snr + 1)
         else:  # "min-snr": min-SNR-γ for v-prediction
+            snr = self.snr[t]
             weight = snr.clamp(max=r.min_snr_gamma) / (snr + 1)
         loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        ground = torch.zeros(())
         if masks is not None:
-            coverage = self.step >= r.coverage_start
-            self.last_grounding = grounding.grounding_loss(self.attention_store, masks, coverage, r.pixel_grounding)
-            loss = loss + r.grounding_weight * self.last_grounding
-        self.attention_store.clear()
-        return loss
+            ground = grounding.grounding_loss(self.store.probs, masks, self.step >= r.coverage_start)
+            loss = loss + r.grounding_weight * ground
+        self.store.probs.clear()
+        return loss, ground
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Scaled VAE latents sampled from the posterior, as the UNet is trained on."""
+        """Scaled VAE latents sampled from the posterior, as the denoiser is trained on."""
         return self.vae.encode(images.to(self.device)).latent_dist.sample(gen) * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def _posterior_mean_v(self, latents: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor,
-                          references: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """v targets with E[z0 | z_t, caption] in place of the z0 drawn, estimated from `references`, (n, K, 3,
+    def _posterior_mean_target(self, latents: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor,
+                               references: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Targets with E[z0 | z_t, caption] in place of the z0 drawn, estimated from `references`, (n, K, 3,
         H, W) images of K other layouts of each caption, plus the true one."""
         refs = self.encode(references.flatten(0, 1), gen).unflatten(0, references.shape[:2])
         z0 = torch.cat([latents[:, None], refs], dim=1)  # (n, K + 1, C, h, w)
-        a = self.noise_sched.alphas_cumprod.to(self.device)[t].view(-1, 1, 1, 1, 1)
         zt = noisy[:, None]
-        # z_t ~ N(√a z0, (1 − a) I): each layout's weight is the likelihood of the noisy latent under it.
-        log_w = -((zt - a.sqrt() * z0) ** 2).flatten(2).sum(-1) / (2 * (1 - a.flatten(1)))
+        if self.recipe.arch == "mmdit":  # z_t ~ N((1 − σ) z0, σ² I)
+            scale = 1 - t.float().view(-1, 1, 1, 1, 1) / self.noise_sched.config.num_train_timesteps
+            var = (1 - scale) ** 2
+        else:  # z_t ~ N(√ᾱ z0, (1 − ᾱ) I)
+            a = self.noise_sched.alphas_cumprod.to(self.device)[t].view(-1, 1, 1, 1, 1)
+            scale, var = a.sqrt(), 1 - a
+        # each layout's weight is the likelihood of the noisy latent under it
+        log_w = -((zt - scale * z0) ** 2).flatten(2).sum(-1) / (2 * var.flatten(1))
         mean = (log_w.softmax(1)[..., None, None, None] * z0).sum(1)
-        a = a[:, 0]
-        return (a.sqrt() * noisy - mean) / (1 - a).sqrt()  # v = (√a z_t − z0) / √(1 − a)
+        if self.recipe.arch == "mmdit":
+            return (noisy - mean) / (1 - scale[:, 0])  # E[ε − z0 | z_t] = (z_t − E[z0]) / σ
+        a = var[:, 0].neg().add(1)
+        return (a.sqrt() * noisy - mean) / (1 - a).sqrt()  # v = (√ᾱ z_t − z0) / √(1 − ᾱ)
 
-    def _unet_modules(self) -> dict[str, torch.nn.Module]:
-        return {"unet": self.unet, "text_encoder": self.text_encoder,
-                "ema_unet": self.ema_unet, "ema_text_encoder": self.ema_text_encoder}
+    def _checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        return dict(self.parts) | {f"ema_{n}": m for n, m in self.ema.items()}
 
     @torch.no_grad()
     def _ema_update(self, step: int) -> None:
         decay = min(self.recipe.ema_decay, (1 + step) / (10 + step))
-        for ema, live in ((self.ema_unet, self.unet), (self.ema_text_encoder, self.text_encoder)):
-            for e, p in zip(ema.parameters(), live.parameters()):
+        for name, live in self.parts.items():
+            for e, p in zip(self.ema[name].parameters(), live.parameters()):
                 e.lerp_(p, 1 - decay)
 
     # ---- outputs --------------------------------------------------------------------------------------
     def pipeline(self):
-        """The EMA weights as a StableDiffusionPipeline (shares modules with the trainer)."""
-        return assemble_pipeline(self.vae, self.ema_unet, self.ema_text_encoder)
+        """The EMA weights as a pipeline (shares modules with the trainer)."""
+        return self.arch.assemble(self.vae, self.ema)
 
     @torch.no_grad()
     def sample_grid(self, path: Path, steps: int = 20, guidance: float = 4.0) -> None:
@@ -429,9 +489,8 @@ class Trainer:
     def export(self, out_dir: str | Path) -> Path:
         """Write the EMA pipeline as a diffusers folder, weights in fp16 safetensors (≈ half the bytes)."""
         self._load_trained_vae()
-        self.ema_unet = copy.deepcopy(self.unet)
-        self.ema_text_encoder = copy.deepcopy(self.text_encoder)
-        _load(self.run / "unet", self._unet_modules(), None)
+        self.ema = {name: copy.deepcopy(m) for name, m in self.parts.items()}
+        _load(self.run / "unet", self._checkpoint_modules(), None)
         pipe = self.pipeline().to(torch.float16)
         pipe.save_pretrained(out_dir, safe_serialization=True)
         return Path(out_dir)
@@ -441,8 +500,10 @@ def train(run_dir: str | Path, recipe: Recipe | None = None, device: str | None 
     """Run (or resume) both phases; returns the trainer, whose `.pipeline()` is the EMA model."""
     torch.set_flush_denormal(True)  # denormals made CPU training ~10x slower when scoping this
     trainer = Trainer(run_dir, recipe or Recipe(), device)
+    trainer.log_stage()
     start = time.time()
     trainer.train_vae()
-    trainer.train_unet()
+    trainer.train_denoiser()
     trainer.log(f"done in {math.ceil(time.time() - start)} s of this invocation")
     return trainer
+

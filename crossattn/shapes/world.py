@@ -34,6 +34,33 @@ RELATIONS = {"left_of": "left of", "right_of": "right of", "above": "above", "be
 # Single-object position phrases, and the region of the image they promise.
 POSITIONS = {"on the left": (0, 0.4), "on the right": (0.6, 1), "at the top": (0, 0.4), "at the bottom": (0.6, 1)}
 
+# Seed ranges. Every scene comes from one integer seed. Evaluation draws from HELD_OUT_SEED up; training only
+# below it, in these streams (per run seed r, step k, batch size b, item i of a batch starting at seed s):
+#   VAE batches        r·10,000,019 + k·b                 (+ the scaling-factor batch at 123,456,789)
+#   denoiser batches   r·10,000,019 + 7,777,777 + k·b
+#   placing redraws    500,000,000 + 8·(s + i) + j         (j-th redraw until the caption places its objects)
+#   dropped captions' reference scenes: uniform below HELD_OUT_SEED
+# `training_scene` refuses any seed at or above HELD_OUT_SEED, so no option can train on a held-out scene.
+HELD_OUT_SEED = 1_000_000_000
+SCALING_SEED = 123_456_789
+PLACING_SEED = 500_000_000
+
+
+def vae_batch_seed(run_seed: int, step: int, batch: int) -> int:
+    return run_seed * 10_000_019 + step * batch
+
+
+def denoiser_batch_seed(run_seed: int, step: int, batch: int) -> int:
+    return run_seed * 10_000_019 + 7_777_777 + step * batch
+
+
+def training_scene(seed: int) -> Scene:
+    """`sample_scene` for training: refuses the held-out seeds that `crossattn eval-shapes` scores on."""
+    if not 0 <= seed < HELD_OUT_SEED:
+        raise ValueError(f"training would draw scene seed {seed:,}, in the held-out range (>= {HELD_OUT_SEED:,}); "
+                         "use a smaller run seed or fewer steps")
+    return sample_scene(seed)
+
 
 @dataclass(frozen=True)
 class ShapeObject:

@@ -1,0 +1,81 @@
+"""What differs between model families, in one small place per family.
+
+The recorder, heat maps and everything above them are family-blind. A `Family` answers four questions:
+
+1. which attention layers attend to the prompt, and how each lays out text and image positions (`layers`);
+2. how large the generated image's token grid is, from the denoiser's inputs (`grid`);
+3. how long the denoiser's text input is (`text_len`) and how classifier-free guidance batches it (`cfg`);
+4. which text encoders made the text positions, and where each of their tokens sits (`segments`).
+
+Each family lives in its own module (``unet.py``, ``sd3.py``, ``flux.py``, ``pixart.py``, ...); `family_of`
+(in the package) picks one by the pipeline's class.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..capture import Layer
+from ..words import Segment, whole
+
+__all__ = ["Family", "Segment", "whole"]
+
+
+class Family:
+    """Defaults fit a diffusers transformer whose text-attending layers are listed by `layers`."""
+
+    name = "?"
+    pipelines: tuple[str, ...] = ()  # pipeline class names (or prefixes ending in "*") it covers
+    denoiser = "transformer"  # pipeline attribute of the denoiser
+    encoders: tuple[str, ...] = ("text_encoder",)  # text encoders whose calls are watched (prompt, negative)
+    cfg = "batch"  # "batch": [negative, prompt] halves of one call; "calls": prompt call, then negative call
+    resolution_sites = False  # one resolution throughout: sites are named by block ("joint"), not "up.16x16"
+
+    def layers(self, denoiser: torch.nn.Module) -> dict[str, Layer]:
+        """Module path → how that attention layer is traced."""
+        raise NotImplementedError
+
+    def patch(self, denoiser: torch.nn.Module) -> int:
+        """Latent pixels per image token along a side."""
+        return getattr(denoiser.config, "patch_size", 1) or 1
+
+    def grid(self, denoiser: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, int]:
+        """(h, w) of the generated image's token grid; default: a (B, C, H, W) latent cut in patches."""
+        latent = self.first_input(args, kwargs)
+        return latent.shape[-2] // self.patch(denoiser), latent.shape[-1] // self.patch(denoiser)
+
+    def timestep(self, args: tuple, kwargs: dict) -> float:
+        value = kwargs.get("timestep")
+        return float(torch.as_tensor(value).flatten()[0]) if value is not None else 0.0
+
+    def text_len(self, args: tuple, kwargs: dict) -> int:
+        context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        return int(context.shape[1])
+
+    def first_input(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The noisy latent the denoiser gets (for the batch size and the CFG duplicate check)."""
+        return kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
+
+    def segments(self, pipe, calls: dict[str, list[list[list[int]]]], call: int, prompt: int,
+                 text_len: int) -> list[Segment]:
+        """The text segments of prompt `prompt` of text-encoder call `call` (0: prompts, 1: negatives), given
+        the denoiser's text length."""
+        raise NotImplementedError
+
+    def prompt_ids(self, pipe, prompt: str, text_len: int) -> dict[str, list[int]]:
+        """Encoder → the ids the pipeline would give it for `prompt` (for maps of a call given embeddings).
+        Default: each watched encoder's tokenizer, padded to the text length."""
+        out = {}
+        for name in self.encoders:
+            tokenizer = self.tokenizer(pipe, name)
+            if tokenizer is not None and getattr(pipe, name, None) is not None:
+                out[name] = tokenizer(prompt, padding="max_length", max_length=text_len, truncation=True).input_ids
+        return out
+
+    def tokenizer(self, pipe, encoder: str):
+        """The tokenizer that feeds a text encoder (text_encoder_2 → tokenizer_2, ...)."""
+        return getattr(pipe, encoder.replace("text_encoder", "tokenizer"), None)
+
+    def word_tokenizer(self, pipe):
+        """The tokenizer whose words the maps are named by (for checking words before generating)."""
+        return self.tokenizer(pipe, self.encoders[0])

@@ -1,0 +1,48 @@
+"""Flux.1 (dev, schnell, Kontext, Fill, ...) and Chroma-style double/single-stream transformers.
+
+Layers: the double-stream blocks' joint attention (``transformer_blocks.N.attn``: text stream and image stream,
+text first) and the single-stream blocks' attention (``single_transformer_blocks.N.attn``: one sequence, text
+first). Both attend image→text, so both are traced: sites "double" and "single". The image grid comes from
+``img_ids`` (row and column of each packed latent token; a Kontext reference image has its own ids, marked 1 in
+the first column, and comes after the generated image). Text: T5's positions (CLIP only gives the pooled
+vector). True CFG (``true_cfg_scale``) runs the prompt and the negative as two calls per step, prompt first.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..capture import Layer
+from .base import Family, Segment, whole
+
+_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.attn$")
+
+
+class FluxFamily(Family):
+    name = "Flux.1"
+    pipelines = ("Flux*",)
+    encoders = ("text_encoder_2",)
+    cfg = "calls"
+
+    def layers(self, denoiser) -> dict[str, Layer]:
+        out = {}
+        for n, _ in denoiser.named_modules():
+            if m := _BLOCK.match(n):
+                block = "double" if m.group(1) == "transformer_blocks" else "single"
+                out[n] = Layer(f"{block}.{m.group(2)}", block, "text_first", True)
+        return out
+
+    def patch(self, denoiser) -> int:
+        return 2  # the pipeline packs 2×2 latent pixels into one token
+
+    def grid(self, denoiser, args, kwargs) -> tuple[int, int]:
+        ids = kwargs["img_ids"]
+        ids = ids[0] if ids.ndim == 3 else ids
+        own = ids[ids[:, 0] == 0]  # the generated image's tokens (a reference image is marked 1)
+        return int(own[:, 1].max()) + 1, int(own[:, 2].max()) + 1
+
+    def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
+        return [whole("t5", pipe.tokenizer_2, calls["text_encoder_2"][call][prompt])]
+
+
+FLUX = FluxFamily()

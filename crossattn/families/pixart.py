@@ -1,0 +1,56 @@
+"""PixArt-α / PixArt-Σ (T5) and Sana (Gemma 2): transformers with a separate cross-attention layer per block.
+
+Layers: ``transformer_blocks.N.attn2``, queries = the image tokens, keys = the text tokens (padding masked by
+the pipeline). Sites "blocks" (or "blocks.N"). PixArt: T5's positions as they are. Sana prepends a "complex
+human instruction" to the prompt and keeps the first token and the last 299 of the encoder's output, so
+where each prompt token sits is read from that selection, and the instruction's tokens are never words.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+from ..capture import Layer
+from .base import Family, Segment, whole
+
+_CROSS = re.compile(r"^transformer_blocks\.(\d+)\.attn2$")
+
+
+class PixArtFamily(Family):
+    name = "PixArt-α / PixArt-Σ"
+    pipelines = ("PixArt*",)
+
+    def layers(self, denoiser) -> dict[str, Layer]:
+        return {n: Layer(f"blocks.{m.group(1)}", "blocks", "cross", True)
+                for n, _ in denoiser.named_modules() if (m := _CROSS.match(n))}
+
+    def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
+        return [whole("t5", pipe.tokenizer, calls["text_encoder"][call][prompt])]
+
+
+class SanaFamily(PixArtFamily):
+    name = "Sana"
+    pipelines = ("Sana*",)
+
+    def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
+        ids = calls["text_encoder"][call][prompt]
+        length = text_len  # the pipeline's max_sequence_length
+        # the pipeline keeps output rows [0] + [-(length - 1):] of the encoder
+        positions = [-1] * len(ids)
+        positions[0] = 0
+        for j, i in enumerate(range(len(ids) - (length - 1), len(ids))):
+            positions[i] = j + 1
+        prefix = _instruction_tokens(pipe)
+        skip = frozenset(range(1, len(prefix))) if ids[: len(prefix)] == prefix and len(prefix) > 1 else frozenset()
+        return [Segment("gemma", pipe.tokenizer, ids, positions, skip)]
+
+
+def _instruction_tokens(pipe) -> list[int]:
+    """Token ids of the pipeline's default complex human instruction (what Sana puts before every prompt)."""
+    default = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
+    return pipe.tokenizer.encode("\n".join(default)) if default else []
+
+
+PIXART = PixArtFamily()
+SANA = SanaFamily()

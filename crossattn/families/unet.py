@@ -1,0 +1,72 @@
+"""Stable Diffusion 1.x / 2.x / XL and every pipeline built on their UNet (img2img, inpaint, ControlNet,
+IP-Adapter, the embedded shapes model).
+
+Layers: the UNet's cross-attention layers (``attn2`` in its transformer blocks), queries = the latent's pixels
+at that level, keys = the 77 text positions (an IP-Adapter's extra image-prompt branch is a second attention
+call with other keys: not recorded). Sites are (block, resolution) pairs ("up.16x16"); the per-step trace
+comes from the coarsest level. Words: the first CLIP tokenizer (SDXL's two split a prompt identically; the
+second only pads differently).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..capture import Layer
+from ..words import tokenize_prompt
+from .base import Family, Segment, whole
+
+
+def block_of(layer: str) -> str:
+    """'up_blocks.1.attentions.0.transformer_blocks.0.attn2' -> 'up'; 'mid_block…' -> 'mid'."""
+    head = layer.split(".", 1)[0]
+    return {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}.get(head, head)
+
+
+def depth_of(layer: str, n_down: int) -> int:
+    """How many times the latent was halved before this layer (UNet2DConditionModel layout); 0 if unknown."""
+    if m := re.match(r"down_blocks\.(\d+)\.", layer):
+        return int(m.group(1))
+    if layer.startswith("mid_block."):
+        return n_down - 1
+    if m := re.match(r"up_blocks\.(\d+)\.", layer):
+        return n_down - 1 - int(m.group(1))
+    return 0
+
+
+class UNetFamily(Family):
+    name = "Stable Diffusion 1.x / 2.x / XL (UNet)"
+    pipelines = ("StableDiffusion*",)  # 1.x, 2.x, XL; text2img, img2img, inpaint, ControlNet, IP-Adapter, PAG
+    denoiser = "unet"
+    resolution_sites = True
+
+    def layers(self, denoiser: torch.nn.Module) -> dict[str, Layer]:
+        names = [n for n, m in denoiser.named_modules() if getattr(m, "is_cross_attention", False)]
+        n_down = len(getattr(denoiser, "down_blocks", [])) or 1
+        deepest = max((depth_of(n, n_down) for n in names), default=0)
+        return {n: Layer(n, block_of(n), "cross", depth_of(n, n_down) == deepest) for n in names}
+
+    def grid(self, denoiser, args, kwargs) -> tuple[int, int]:
+        return tuple(self.first_input(args, kwargs).shape[-2:])
+
+    def patch(self, denoiser) -> int:
+        return 1
+
+    def timestep(self, args, kwargs) -> float:
+        value = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        return float(torch.as_tensor(value).flatten()[0]) if value is not None else 0.0
+
+    def prompt_ids(self, pipe, prompt, text_len) -> dict[str, list[int]]:
+        return {"text_encoder": tokenize_prompt(pipe.tokenizer, prompt)}
+
+    def text_len(self, args, kwargs) -> int:
+        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        return int(context.shape[1])
+
+    def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
+        return [whole("clip", pipe.tokenizer, calls["text_encoder"][call][prompt])]
+
+
+UNET = UNetFamily()
