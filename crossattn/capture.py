@@ -33,6 +33,9 @@ from torch.overrides import TorchFunctionMode
 
 # How a layer's attention call lays out text and image positions (see `Layer.kind`).
 KINDS = ("cross", "text_first", "text_last")
+# The attention function the observer watches for, bound once: a library that wraps
+# `F.scaled_dot_product_attention` later still reaches this builtin, and is then seen through it.
+_SDPA = F.scaled_dot_product_attention
 
 
 @dataclass(frozen=True)
@@ -142,13 +145,13 @@ class Recorder:
             call["enable_gqa"] = True
         step = self.step
         if step is None:  # the denoiser runs outside a traced pipeline call
-            return F.scaled_dot_product_attention(query, key, value, **call)
+            return _SDPA(query, key, value, **call)
         counts = self.coverage.setdefault(layer.name, {"recorded": 0, "skipped": 0})
         spans = self._spans(layer, query.shape[2], key.shape[2]) if query.ndim == 4 and dropout_p == 0 else None
         if spans is None:
             counts["skipped"] += 1
         if spans is None or step.rows.start == step.rows.stop:
-            return F.scaled_dot_product_attention(query, key, value, **call)
+            return _SDPA(query, key, value, **call)
         images, text = spans
         out, probs = _attention_and_probabilities(query, key, value, call, step.rows, images, text, step.kept,
                                                   self.mass == "text")
@@ -247,7 +250,7 @@ class AttentionObserver(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention:
+        if func is not _SDPA:
             return func(*args, **kwargs)
         names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
         return self.recorder.observe(self.layer, **dict(zip(names, args)), **kwargs)
@@ -281,7 +284,7 @@ def _attention_and_probabilities(query, key, value, call: dict, rows: slice, ima
             query, key, value, 0.0, call["is_causal"], attn_mask=mask, scale=call["scale"])
         lse = full_lse[rows, :, images].float()
     else:
-        out = F.scaled_dot_product_attention(query, key, value, **call)
+        out = _SDPA(query, key, value, **call)
     probs = torch.empty(q.shape[:3] + (len(wanted),), dtype=torch.float32, device=query.device)
     chunk = max(1, 2**26 // max(1, q.shape[0] * q.shape[2] * k.shape[2]))  # heads per explicit pass
     for h in range(0, q.shape[1], chunk if lse is None else q.shape[1]):
@@ -328,7 +331,7 @@ def _flash_lse_available() -> bool:
             q = torch.randn(1, 2, 3, 8, generator=torch.Generator().manual_seed(0))
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, q, q, 0.0, False, attn_mask=None,
                                                                                    scale=None)
-            reference = F.scaled_dot_product_attention(q, q, q)
+            reference = _SDPA(q, q, q)
             expected = torch.logsumexp(q @ q.transpose(-1, -2) * 8**-0.5, -1)
             _FLASH_LSE = torch.equal(out, reference) and torch.allclose(lse, expected, atol=1e-5)
         except (AttributeError, RuntimeError, TypeError, ValueError):

@@ -25,7 +25,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -59,13 +59,20 @@ def clip_tokenizer() -> CLIPTokenizer:
 
 @functools.cache
 def t5_tokenizer() -> T5TokenizerFast:
-    """A SentencePiece-style Unigram tokenizer ("▁" starts a word), ending every sequence with </s>."""
-    tok = Tokenizer(models.Unigram())
+    """A SentencePiece-style Unigram tokenizer ("▁" starts a word), ending every sequence with </s>.
+
+    Most corpus words are one piece; "square" and "triangle" are two ("▁squ" + "are", "▁tri" + "angle"), and any
+    other word falls back to letters: multi-piece words as real T5 makes them.
+    """
+    words = sorted({w for line in CORPUS for w in line.replace(",", " ").split()} - {"square", "triangle"})
+    letters = sorted(set("".join(CORPUS).replace(" ", "")) | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0), (",", -3.0)]
+    vocab += [(f"▁{w}", -2.0) for w in words] + [("▁squ", -2.5), ("are", -2.5), ("▁tri", -2.5), ("angle", -2.5)]
+    vocab += [(f"▁{c}", -8.0) for c in letters] + [(c, -9.0) for c in letters]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(CORPUS * 10, trainers.UnigramTrainer(
-        vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
 

@@ -328,7 +328,6 @@ def test_non_sdpa_processors_with_their_own_scale_are_traced_exactly():
         traced = latents(pipe, steps=2)
     assert ((traced - plain).abs().max() / plain.abs().max()).item() < 1e-5  # float rounding only
     assert all(pipe.unet.attn_processors[k] is v for k, v in before.items())  # the originals are back
-    assert torch.allclose(tr.heat_maps().token_maps().sum(-1)[0, 0], torch.tensor(1.0), atol=0.2)
     pipe.enable_attention_slicing()  # sliced attention: also plain attention without SDPA
     with crossattn.trace(pipe) as sliced:
         assert ((latents(pipe, steps=2) - plain).abs().max() / plain.abs().max()).item() < 1e-5
