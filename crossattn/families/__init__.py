@@ -12,8 +12,11 @@ from .pixart import PIXART, SANA
 from .sd3 import SD3
 from .unet import UNET
 
-# Checked in order: SD3 before the UNet family, whose "StableDiffusion*" would also match it.
-REGISTRY: tuple[Family, ...] = (SD3, FLUX, PIXART, SANA, UNET)
+# Checked in order: the UNet family last, as its "StableDiffusion*" would also match "StableDiffusion3...".
+REGISTRY: tuple[Family, ...] = (
+    SD3, FLUX, PIXART, SANA,
+    UNET,
+)
 VIDEO_WORDS = ("Video", "AnimateDiff", "Wan", "CogVideoX", "Mochi", "LTX", "Latte", "Allegro", "SkyReels")
 
 __all__ = ["REGISTRY", "Family", "family_of", "supported_list"]
