@@ -36,9 +36,10 @@ import numpy as np
 import torch
 
 import crossattn
-from crossattn.shapes.evaluate import HELD_OUT_SEED, centroid, colour_masks, largest_blob, relation_holds
+from crossattn.placement import relation_gap
+from crossattn.shapes.evaluate import centroid, colour_masks, largest_blob
 from crossattn.shapes.train import reference_batch, scene_batch, to_tensor
-from crossattn.shapes.world import COLOURS, parse_caption, sample_scene
+from crossattn.shapes.world import COLOURS, HELD_OUT_SEED, parse_caption, sample_scene
 
 SWAPS = {  # (caption, the same caption with one word swapped)
     "position word": ("a red circle on the left", "a red circle on the right"),
@@ -105,7 +106,7 @@ def relation_share(images: torch.Tensor, captions: list[str]) -> float:
     for image, caption in zip(images, captions):
         pairs, relation = parse_caption(caption)
         (ax, ay), (bx, by) = (colour_centroid(image[None], colour) for colour, _ in pairs)
-        hits.append(relation_holds((float(ax), float(ay)), (float(bx), float(by)), relation))
+        hits.append(relation_gap((float(ax), float(ay)), (float(bx), float(by)), relation) > 0)
     return float(np.mean(hits))
 
 

@@ -286,18 +286,19 @@ def _attention_and_probabilities(query, key, value, call: dict, rows: slice, ima
     else:
         out = _SDPA(query, key, value, **call)
     probs = torch.empty(q.shape[:3] + (len(wanted),), dtype=torch.float32, device=query.device)
-    chunk = max(1, 2**26 // max(1, q.shape[0] * q.shape[2] * k.shape[2]))  # heads per explicit pass
-    for h in range(0, q.shape[1], chunk if lse is None else q.shape[1]):
-        hs = slice(h, h + (chunk if lse is None else q.shape[1]))
+    # heads per pass: the explicit path forms (rows, heads, queries, all keys) scores, kept under 2^26 floats
+    step = q.shape[1] if lse is not None else max(1, 2**26 // max(1, q.shape[0] * q.shape[2] * k.shape[2]))
+    for h in range(0, q.shape[1], step):
+        hs = slice(h, h + step)
+        mask_h = None if m is None else m[:, hs]
         if lse is None:  # explicit pass over all keys: the log-sum-exp the output was normalised with
-            scores = _masked(torch.matmul(q[:, hs], k[:, hs].transpose(-1, -2)) * scale, None if m is None else m[:, hs],
-                             call["is_causal"], images, query.shape[2])
-            row_lse = scores.logsumexp(-1, keepdim=True)
-            probs[:, hs] = (scores[..., wanted] - row_lse).exp_()
+            scores = torch.matmul(q[:, hs], k[:, hs].transpose(-1, -2)) * scale
+            scores = _masked(scores, mask_h, call["is_causal"], images)
+            probs[:, hs] = (scores[..., wanted] - scores.logsumexp(-1, keepdim=True)).exp_()
         else:
             scores = torch.matmul(q[:, hs], k[:, hs][:, :, wanted].transpose(-1, -2)) * scale
-            sub = None if m is None else m[:, hs][..., wanted]
-            scores = _masked(scores, sub, call["is_causal"], images, query.shape[2], wanted)
+            scores = _masked(scores, None if mask_h is None else mask_h[..., wanted], call["is_causal"], images,
+                             wanted)
             probs[:, hs] = (scores - lse[:, hs, :, None]).exp_()
     if renormalise:  # share of the text attention: divide by each query's total on the text positions
         probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
@@ -305,7 +306,7 @@ def _attention_and_probabilities(query, key, value, call: dict, rows: slice, ima
     return out, probs
 
 
-def _masked(scores: torch.Tensor, mask: torch.Tensor | None, causal: bool, images: slice, n_queries: int,
+def _masked(scores: torch.Tensor, mask: torch.Tensor | None, causal: bool, images: slice,
             keys: torch.Tensor | None = None) -> torch.Tensor:
     """Apply SDPA's mask semantics (bool: True = attend; float: added) and causality to float32 scores."""
     if mask is not None and mask.dtype == torch.bool:

@@ -1,4 +1,4 @@
-"""One traced generation with validated inputs: what the CLI, the demo and the evaluations call.
+"""One traced generation with validated inputs: what the CLI, the demo, sweeps and the evaluations call.
 
     >>> import crossattn
     >>> from crossattn.generation import generate
@@ -10,28 +10,41 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 from PIL import Image
 
+from .errors import InputError
+from .families import family_of
 from .heatmaps import HeatMaps
 from .tracing import trace
-from .words import find_word, prompt_words
+from .words import find_word, prompt_words, truncation
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
+MAX_SEED = 2**63 - 1  # torch generators take a signed 64-bit seed
+MAX_STEPS = 1000
+MAX_PIXELS = 4096 * 4096
+
+
+def denoiser(pipe) -> torch.nn.Module:
+    return getattr(pipe, family_of(pipe).denoiser)
 
 
 def size_multiple(pipe) -> int:
-    """Image sides must be multiples of this: VAE factor × the UNet's total downsampling."""
-    levels = len(getattr(pipe.unet.config, "block_out_channels", (0,)))
-    return pipe.vae_scale_factor * 2 ** (levels - 1)
+    """Image sides must be multiples of this: VAE factor × the UNet's total downsampling (or × the patch)."""
+    model = denoiser(pipe)
+    if family_of(pipe).denoiser == "unet":
+        levels = len(getattr(model.config, "block_out_channels", (0,)))
+        return pipe.vae_scale_factor * 2 ** (levels - 1)
+    return pipe.vae_scale_factor * family_of(pipe).patch(model)
 
 
 def native_size(pipe) -> tuple[int, int]:
     """(width, height) the model was built for."""
-    side = pipe.unet.config.sample_size
+    side = getattr(pipe, "default_sample_size", None) or denoiser(pipe).config.sample_size
     side = side if isinstance(side, int) else side[0]
     return side * pipe.vae_scale_factor, side * pipe.vae_scale_factor
 
@@ -41,28 +54,37 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"bad size {text!r}: write WIDTHxHEIGHT, e.g. 512x512") from None
+        raise InputError(f"bad size {text!r}: write WIDTHxHEIGHT, e.g. 512x512") from None
     return w, h
 
 
 def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance: float,
-                 words: list[str] | None = None) -> None:
-    """Raise ValueError (UnknownWordError for words) with a specific message before any compute is spent."""
-    if not prompt or not prompt.strip():
-        raise ValueError("the prompt is empty: type what the image should show")
+                 words: list[str] | None = None, seed: int = 0, max_pixels: int = MAX_PIXELS,
+                 max_steps: int = MAX_STEPS) -> list[str]:
+    """Raise `InputError` with a specific message before any compute is spent; return notes for the user
+    (e.g. which words of an over-long prompt the model will not see)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("the prompt is empty: type what the image should show")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be a whole number from 0 to {MAX_SEED} (2**63 - 1), got {seed}")
     m = size_multiple(pipe)
     w, h = size
     if w <= 0 or h <= 0 or w % m or h % m:
-        raise ValueError(f"bad size {w}x{h}: width and height must be positive multiples of {m} for this model")
-    if w * h > 4096 * 4096:
-        raise ValueError(f"bad size {w}x{h}: at most 4096x4096 pixels")
-    if not 1 <= steps <= 1000:
-        raise ValueError(f"steps must be between 1 and 1000, got {steps}")
+        raise InputError(f"bad size {w}x{h}: width and height must be positive multiples of {m} for this model")
+    if w * h > max_pixels:
+        side = int(max_pixels**0.5) // m * m
+        raise InputError(f"bad size {w}x{h}: at most {max_pixels:,} pixels here (e.g. {side}x{side})")
+    if not 1 <= steps <= max_steps:
+        raise InputError(f"steps must be between 1 and {max_steps}, got {steps}")
     if not 0 <= guidance <= 50:
-        raise ValueError(f"guidance must be between 0 and 50, got {guidance}")
-    known = prompt_words(pipe.tokenizer, prompt)
+        raise InputError(f"guidance must be between 0 and 50, got {guidance}")
+    tokenizer = family_of(pipe).word_tokenizer(pipe)
+    known = prompt_words(tokenizer, prompt)
     for word in words or []:
         find_word(known, word)
+    cut = truncation(tokenizer, prompt)
+    return [f"The prompt is longer than the {tokenizer.model_max_length} tokens the text encoder reads; the model "
+            f"does not see: “{cut}”"] if cut else []
 
 
 def generate(
@@ -80,30 +102,24 @@ def generate(
     """Generate one image of `prompt` under `crossattn.trace` and return it with its heat maps.
 
     `size` is (width, height), default the model's native size; `on_step(done, total)` is called after
-    every denoising step (progress bars); `trace_options` go to `crossattn.trace`.
+    every denoising step (progress bars, cancellation: it may raise); `trace_options` go to `crossattn.trace`.
     """
     size = size or native_size(pipe)
-    check_inputs(pipe, prompt, size, steps, guidance)
-
-    def callback(pipeline, i, t, kwargs):
-        if on_step is not None:
-            on_step(i + 1, steps)
-        return kwargs
-
-    device = pipe.device if pipe.device.type != "mps" else "cpu"
-    generator = torch.Generator(device).manual_seed(seed)
+    notes = check_inputs(pipe, prompt, size, steps, guidance, seed=seed)
+    options = dict(num_inference_steps=steps, guidance_scale=guidance, width=size[0], height=size[1],
+                   generator=torch.Generator(pipe.device if pipe.device.type != "mps" else "cpu").manual_seed(seed))
+    if negative_prompt:
+        options["negative_prompt"] = negative_prompt
+    accepted = inspect.signature(pipe.__call__).parameters
+    if on_step is not None and "callback_on_step_end" in accepted:
+        options["callback_on_step_end"] = lambda pipeline, i, t, kwargs: (on_step(i + 1, steps), kwargs)[1]
+    elif on_step is not None and "callback" in accepted:  # older pipelines (PixArt): callback(step, t, latents)
+        options["callback"] = lambda i, t, latents: on_step(i + 1, steps)
+    if "use_resolution_binning" in accepted:  # PixArt/Sana would silently resize to a trained aspect ratio
+        options["use_resolution_binning"] = False
     with trace(pipe, **trace_options) as tr:
-        image = pipe(
-            prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            width=size[0],
-            height=size[1],
-            generator=generator,
-            callback_on_step_end=callback,
-        ).images[0]
+        image = pipe(prompt, **options).images[0]
     maps = tr.heat_maps()
     maps.meta.update(prompt=prompt, negative_prompt=negative_prompt, seed=seed, guidance_scale=guidance,
-                     size=list(size))
+                     size=list(size), notes=notes)
     return image, maps

@@ -83,6 +83,16 @@ class WordHeatMap:
         """The overlay with the word as a title and a colour bar."""
         return render.with_colorbar(self.overlay(image, alpha, cmap, size=tile), self.word, cmap, tile)
 
+    def __repr__(self) -> str:
+        h, w = self.array.shape
+        return (f"WordHeatMap({self.word!r}, {w}x{h}, tokens {list(self.positions)}, "
+                f"peak mean probability {float(self.raw.max()):.4g})")
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows the map itself with the word as title and a colour bar."""
+        return render.png_bytes(render.with_colorbar(Image.fromarray(render.colorize(self.array)), self.word,
+                                                     tile=256))
+
 
 def _select_steps(steps, n_steps: int) -> list[int]:
     if steps is None:
@@ -125,6 +135,18 @@ class HeatMaps:
     per_layer: bool = False
     meta: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        steps = len(self.trace_counts)
+        heads = f", {self.heads} heads" if self.per_head else ""
+        return (f"HeatMaps({len(self.word_info)} words {self.words}, {len(self.sites)} sites {sorted(self.sites)}, "
+                f"{steps} steps in {len(self.bin_steps)} bins{heads}, image {self.image_size[1]}x{self.image_size[0]}, "
+                f"{self.meta.get('family', 'UNet')})")
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows the labelled grid of every word's map (on a grey canvas: no image is stored here)."""
+        canvas = np.full((*self.image_size, 3), 128, np.uint8)
+        return render.png_bytes(self.grid(canvas, tile=160))
 
     # ---- what is in here ------------------------------------------------------------------------------
     @property
@@ -257,64 +279,57 @@ class HeatMaps:
     def timeline(self, word: str, occurrence: int = 0) -> np.ndarray:
         """The word's coarse map at every step, (steps, th, tw) mean probabilities; zeros for unselected steps."""
         if self.trace is None:
-            raise ValueError("no per-step trace was recorded")
+            raise InputError("no per-step trace was recorded")
         positions = [p for w in find_word(self.word_info, word, occurrence) for p in w.positions]
         per_step = self.trace[..., positions].sum(-1).cpu().numpy()
         counts = np.maximum(self.trace_counts, 1)[:, None, None]
         return np.where(self.trace_counts[:, None, None] > 0, per_step / counts, 0).astype(np.float32)
 
-    # ---- placement --------------------------------------------------------------------------------------
+    # ---- placement (forwarded: `crossattn.placement` sits downstream of the maps) -------------------------
     def placement(self, words: list[str] | None = None, method: str = "relative",
-                  tau: float = 0.4) -> dict[str, placement.Placement]:
+                  tau: float | None = None) -> dict[str, placement.Placement]:
         """word -> Placement (centroid, bbox, area, region); all words by default.
 
         Repeated words get keys "cat", "cat#1", ...; a multi-word entry ("red circle") merges its words.
         """
         from . import placement
 
-        if words is not None:
-            return {w: placement.place(w, self.word(w).array, method, tau) for w in words}
-        return {(w.text if w.occurrence == 0 else f"{w.text}#{w.occurrence}"):
-                placement.place(w.text, self.word(w.text, w.occurrence).array, method, tau) for w in self.word_info}
+        return placement.placements(self, words, method, placement.DEFAULT_TAU if tau is None else tau)
 
-    def check(self, statement: str, method: str = "relative", tau: float = 0.4, margin: float = 0.05,
+    def check(self, statement: str, method: str = "relative", tau: float | None = None, margin: float = 0.05,
               min_iou: float = 0.3) -> placement.CheckResult:
         """Verdict on a layout statement: "circle left_of square" (right_of, above, below),
         "circle on the left" (right, top, bottom) or "circle in x0,y0,x1,y1" (normalised box)."""
         from . import placement
 
-        subject, relation, obj = placement.parse_statement(statement)
-        named = [subject] + ([obj] if relation in placement.RELATIONS else [])
-        return placement.judge(statement, self.placement(named, method, tau), self.image_size, margin, min_iou)
+        return placement.check(self, statement, method, placement.DEFAULT_TAU if tau is None else tau, margin,
+                               min_iou)
 
     def relations_from_prompt(self) -> list[str]:
-        """Statements the prompt itself makes ("X left of Y", "X above Y", "X on the left"...)."""
+        """Statements the prompt itself makes ("cat left_of dog", "moon at the top", ...)."""
         from . import placement
 
-        return placement.relations_in_prompt(self.words)
+        return placement.prompt_relations(self)[0]
 
-    def object_words(self) -> list[str]:
-        """Words that can name objects: the prompt's words minus articles, relations and sizes (deduplicated)."""
+    def objects(self) -> list[str]:
+        """The objects the prompt names, as phrases ("red circle", "cat#1")."""
         from . import placement
 
-        return list(dict.fromkeys(w for w in self.words if w.lower() not in placement.STOP_WORDS))
+        return placement.objects(self)
 
     def segmentation(self, words: list[str] | None = None, background: float = 0.3) -> tuple[np.ndarray, list[str]]:
         """Who owns each pixel: (labels (H, W), names); label 0 = background, k = names[k - 1]."""
         from . import placement
 
-        names = words or self.object_words()
-        if not names:
-            raise ValueError("no words to segment: pass words=[...]")
-        return placement.segment([self.word(w).array for w in names], background), names
+        return placement.segmentation(self, words, background)
 
-    def placement_timeline(self, word: str, occurrence: int = 0, tau: float = 0.4,
+    def placement_timeline(self, word: str, occurrence: int = 0, tau: float | None = None,
                            tolerance: float = 0.1) -> placement.Timeline:
         """The word's centroid at every step and the step from which its position stays put."""
         from . import placement
 
-        text = " ".join(w.text for w in find_word(self.word_info, word, occurrence))
-        return placement.timeline(text, self.timeline(word, occurrence), self.image_size, tau, tolerance)
+        name = word if occurrence == 0 else f"{word}#{occurrence}"
+        return placement.placement_timeline(self, name, placement.DEFAULT_TAU if tau is None else tau, tolerance)
 
     # ---- pictures ---------------------------------------------------------------------------------------
     def grid(self, image: Image.Image | np.ndarray, words: list[str] | None = None, alpha: float = 0.5,
@@ -339,15 +354,16 @@ class HeatMaps:
             from safetensors.torch import save_file
 
             save_file(arrays, out / "maps.safetensors")
+            (out / "maps.safetensors").chmod(0o644)  # safetensors writes 0600; keep both files alike
         elif fmt == "npz":
             np.savez_compressed(out / "maps.npz", **{k: v.numpy() for k, v in arrays.items()})
         else:
-            raise ValueError(f"unknown format {fmt!r}; use 'safetensors' or 'npz'")
+            raise InputError(f"unknown format {fmt!r}; use 'safetensors' or 'npz'")
         info = {
             "format_version": FORMAT_VERSION,
             "maps_file": f"maps.{'npz' if fmt == 'npz' else 'safetensors'}",
-            "words": [{"text": w.text, "token_indices": list(w.positions), "occurrence": w.occurrence}
-                      for w in self.word_info],
+            "words": [{"text": w.text, "token_indices": list(w.positions), "occurrence": w.occurrence,
+                       "sources": {name: list(cols) for name, cols in w.sources}} for w in self.word_info],
             "tokens": self.tokens,
             "image_size": list(self.image_size),
             "per_head": self.per_head,
@@ -365,8 +381,12 @@ def load_heat_maps(directory: str | Path) -> HeatMaps:
     folder = Path(directory)
     info_file = folder / "heatmaps.json"
     if not info_file.exists():
-        raise FileNotFoundError(f"{info_file} not found: not a folder written by HeatMaps.save")
+        raise InputError(f"{info_file} not found: not a folder written by HeatMaps.save")
     info = json.loads(info_file.read_text())
+    version = info.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise InputError(f"{info_file} has format version {version}; this crossattn reads versions 1 and "
+                         f"{FORMAT_VERSION} (upgrade crossattn to read newer files)")
     path = folder / info["maps_file"]
     if path.suffix == ".npz":
         with np.load(path) as data:
@@ -384,7 +404,8 @@ def load_heat_maps(directory: str | Path) -> HeatMaps:
         bin_steps=info["bin_steps"],
         trace=arrays.get("trace"),
         trace_counts=arrays["trace_counts"].numpy(),
-        word_info=[Word(w["text"], tuple(w["token_indices"]), w["occurrence"]) for w in info["words"]],
+        word_info=[Word(w["text"], tuple(w["token_indices"]), w["occurrence"],
+                        tuple((k, tuple(v)) for k, v in w.get("sources", {}).items())) for w in info["words"]],
         tokens=info["tokens"],
         image_size=tuple(info["image_size"]),
         per_head=info["per_head"],

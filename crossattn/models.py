@@ -1,21 +1,28 @@
-"""Loading pipelines: the embedded shapes-world model by default, any diffusers pipeline by hub id or folder.
+"""Loading pipelines: the embedded shapes-world models by name, any diffusers pipeline by hub id or folder.
 
 Weights are read from safetensors only (``use_safetensors=True``: a folder with only pickled ``.bin``
 weights is refused rather than unpickled). Device and dtype default to CUDA + float16 when a GPU is
-present, else CPU + float32 (float16 matmuls are slow or unsupported on CPUs).
+present, else CPU + float32 (float16 matmuls are slow or unsupported on CPUs). The embedded models ship
+inside the package (``crossattn/assets``), so they load from a wheel in any working directory.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from importlib.resources import files
 from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # The models this package ships (package data under crossattn/assets), by the name users type.
-EMBEDDED = ("shapes-unet",)
+EMBEDDED = {
+    "shapes-unet": "shapes world, Stable Diffusion 1.x architecture in miniature (UNet, 64 px)",
+    "shapes-mmdit": "shapes world, Stable Diffusion 3 architecture in miniature (MMDiT, 64 px)",
+}
 DEFAULT_MODEL = "shapes-unet"
 
 
@@ -32,11 +39,37 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def resolve(name_or_path: str | Path | None) -> str:
+    """Where a model comes from: an embedded model's folder, a local pipeline folder or a hub id."""
+    name = DEFAULT_MODEL if name_or_path is None else str(name_or_path).strip()
+    if name in EMBEDDED:
+        return str(asset_path(name))
+    source = Path(name).expanduser()
+    if source.exists():
+        if not (source / "model_index.json").exists():
+            raise InputError(f"{name} is not a diffusers pipeline folder (no model_index.json in it)")
+        return str(source)
+    if _HUB_ID.match(name) and not name.startswith("."):
+        return name  # a hub id such as "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    raise InputError(f"model not found: {name!r} is not an embedded model ({', '.join(EMBEDDED)}), a local "
+                     "pipeline folder or a hub id (org/name)")
+
+
+def _absent_parts(where: str) -> dict[str, None]:
+    """Components a local folder lists as absent ([null, null]: SD3 without T5): passed as None, since
+    diffusers would otherwise insist on loading them."""
+    index = Path(where) / "model_index.json"
+    if not index.exists():
+        return {}
+    entries = json.loads(index.read_text())
+    return {k: None for k, v in entries.items() if isinstance(v, list) and v == [None, None]}
+
+
 def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None):
-    """Load a diffusers pipeline (SD 1.x/2.x, SDXL, ...) from a local folder or a Hugging Face hub id.
+    """Load a diffusers pipeline (any supported family) from a local folder or a Hugging Face hub id.
 
-    With no argument, the shipped shapes-world model in ``assets/shapes-model``.
+    With no argument, the embedded shapes-world UNet model; ``"shapes-mmdit"`` is the embedded MMDiT.
 
     Example:
         >>> import crossattn
@@ -46,18 +79,13 @@ def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.de
     """
     from diffusers import DiffusionPipeline
 
-    name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path
-    source = asset_path(str(name_or_path)) if str(name_or_path) in EMBEDDED else Path(name_or_path)
+    where = resolve(name_or_path)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    if source.exists():
-        if not (source / "model_index.json").exists():
-            raise FileNotFoundError(f"{source} is not a diffusers pipeline folder (no model_index.json in it)")
-        where = str(source)
-    elif name_or_path is not None and _HUB_ID.match(str(name_or_path)) and not str(name_or_path).startswith("."):
-        where = str(name_or_path)  # a hub id such as "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    else:
-        raise FileNotFoundError(f"model not found: {source} is neither a local folder nor a hub id (org/name)")
-    pipe = DiffusionPipeline.from_pretrained(where, dtype=dtype, use_safetensors=True)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(where, dtype=dtype, use_safetensors=True, **_absent_parts(where))
+    except (OSError, ValueError) as exc:  # offline hub, missing safetensors, broken folder: say it in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"could not load {name_or_path or DEFAULT_MODEL!s}: {first}") from exc
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)

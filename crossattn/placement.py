@@ -1,16 +1,19 @@
 """Where did each word land, when was that decided, and does it match the intended layout?
 
-Works on plain arrays (a word's normalised map, (H, W) in [0, 1]); `HeatMaps.placement`, `.check`,
-`.segmentation` and `.placement_timeline` call in here.
+Downstream of the heat maps: functions here take a `HeatMaps` (or plain arrays) and never the other way round;
+`HeatMaps.placement`, `.check`, `.segmentation`, ... only forward here.
 
 - Mask: ``method="relative"`` keeps pixels ≥ ``tau`` × the word's peak (DAAM's choice, tau = 0.4);
   ``method="otsu"`` picks the threshold that best splits the map's histogram in two.
 - Centroid: the heat-weighted mean (x, y) over the mask, in image pixels; bbox (x0, y0, x1, y1) with x1, y1
   exclusive; area: mask share of the image; region: the centroid's cell in a 3×3 grid
   (left/centre/right × top/middle/bottom, e.g. "top-left", "left", "centre").
-- Relations (``"circle left_of square"``): compare centroids; pass when the difference along the axis
-  exceeds ``margin`` × the image side (default 0.05). Boxes (``"circle in 0,0,0.5,1"``, normalised
-  x0,y0,x1,y1): pass when IoU(mask, box) ≥ ``min_iou`` (default 0.3).
+- Relations (``"circle left_of square"``): compare centroids; pass when the gap along the axis exceeds
+  ``margin`` × the image side (default 0.05). Boxes (``"circle in 0,0,0.5,1"``, normalised x0,y0,x1,y1):
+  pass when IoU(mask, box) ≥ ``min_iou`` (default 0.3). A name may carry ``#k`` for the k-th repeat of a
+  word or phrase ("cat left_of cat#1").
+- Objects and relations read from the prompt: noun phrases and the relations between them
+  (`crossattn.phrases`); what cannot be read is skipped with a note.
 - Timeline: the centroid at every step of the coarse trace; "decided at step k" is the first step from
   which the centroid stays within ``tolerance`` × the image side (default 0.1) of its final position.
 """
@@ -19,29 +22,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import render
+from . import phrases, render
+from .errors import InputError, UnknownWordError
 
+if TYPE_CHECKING:
+    from .heatmaps import HeatMaps
+
+DEFAULT_TAU = 0.4
 RELATIONS = ("left_of", "right_of", "above", "below")
 SIDES = ("left", "right", "top", "bottom")
-# Words that name no object: left out of the default segmentation and of phrases parsed from prompts.
-STOP_WORDS = frozenset(
-    "a an the of and or with in on at to is are left right above below under over top bottom beside next "
-    "near small large big tiny huge middle center centre side".split()
-)
-# Relation phrases as they appear in prompts (longest first), with the relation they state.
-_PROMPT_RELATIONS = [
-    (("to", "the", "left", "of"), "left_of"), (("to", "the", "right", "of"), "right_of"),
-    (("on", "top", "of"), "above"), (("left", "of"), "left_of"), (("right", "of"), "right_of"),
-    (("above",), "above"), (("over",), "above"), (("below",), "below"), (("under",), "below"),
-    (("beneath",), "below"),
-]
-_PROMPT_SIDES = [(("on", "the", "left"), "left"), (("on", "the", "right"), "right"), (("at", "the", "top"), "top"),
-                 (("at", "the", "bottom"), "bottom")]
 
 
 @dataclass
@@ -61,16 +56,16 @@ class Placement:
                 "region": self.region, "threshold": round(self.threshold, 4)}
 
 
-def threshold_of(array: np.ndarray, method: str = "relative", tau: float = 0.4) -> float:
+def threshold_of(array: np.ndarray, method: str = "relative", tau: float = DEFAULT_TAU) -> float:
     """The cut-off above which a pixel belongs to the word (array normalised to [0, 1])."""
     if method == "relative":
         if not 0 < tau < 1:
-            raise ValueError(f"tau must be in (0, 1), got {tau}")
+            raise InputError(f"tau must be in (0, 1), got {tau}")
         return float(tau * array.max())
     if method == "otsu":
         level, _ = cv2.threshold((array * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         return float(level) / 255
-    raise ValueError(f"unknown threshold method {method!r}; use 'relative' or 'otsu'")
+    raise InputError(f"unknown threshold method {method!r}; use 'relative' or 'otsu'")
 
 
 def region_name(x: float, y: float, width: int, height: int) -> str:
@@ -91,7 +86,7 @@ def weighted_centroid(array: np.ndarray, mask: np.ndarray) -> tuple[float, float
     return float((weights * (xs + 0.5)).sum() / total), float((weights * (ys + 0.5)).sum() / total)
 
 
-def place(word: str, array: np.ndarray, method: str = "relative", tau: float = 0.4) -> Placement:
+def place(word: str, array: np.ndarray, method: str = "relative", tau: float = DEFAULT_TAU) -> Placement:
     """Mask, centroid, bbox, area share and region of one word's normalised map."""
     h, w = array.shape
     if array.max() <= 0:
@@ -104,38 +99,34 @@ def place(word: str, array: np.ndarray, method: str = "relative", tau: float = 0
     return Placement(word, centroid, bbox, float(mask.mean()), region_name(*centroid, w, h), level, mask)
 
 
-def segment(arrays: list[np.ndarray], background: float = 0.3) -> np.ndarray:
-    """Argmax over words of their normalised maps; 0 = background (no word ≥ `background`), k = word k-1."""
-    stack = np.stack(arrays)
-    labels = stack.argmax(0) + 1
-    labels[stack.max(0) < background] = 0
-    return labels
+def relation_gap(a: tuple[float, float], b: tuple[float, float], relation: str) -> float:
+    """Signed gap between points a and b along the relation's axis: positive when "a <relation> b" holds.
+
+    The one relation test of the project: placement checks, the shapes world and its evaluation use it.
+    """
+    return {"left_of": b[0] - a[0], "right_of": a[0] - b[0], "above": b[1] - a[1], "below": a[1] - b[1]}[relation]
 
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (245, 130, 48),
-           (70, 240, 240), (240, 50, 230), (128, 128, 0), (0, 0, 128)]
+def word_ref(name: str) -> tuple[str, int]:
+    """'cat#1' -> ('cat', 1): a word or phrase and which of its repeats."""
+    if m := re.fullmatch(r"(.+?)#(\d+)", name.strip()):
+        return m.group(1), int(m.group(2))
+    return name.strip(), 0
 
 
-def segmentation_picture(image: Image.Image | np.ndarray, labels: np.ndarray, names: list[str], alpha: float = 0.55,
-                         tile: int = 384) -> Image.Image:
-    """Labels coloured over the image (background left as is) with a legend underneath."""
-    base = render.scale_to(Image.fromarray(render.as_rgb(image)), tile)
-    big = cv2.resize(labels.astype(np.uint8), base.size, interpolation=cv2.INTER_NEAREST)
-    colours = np.array([(0, 0, 0)] + [PALETTE[k % len(PALETTE)] for k in range(len(names))], np.float32)
-    pixels = np.asarray(base).astype(np.float32)
-    painted = np.where(big[..., None] > 0, (1 - alpha) * pixels + alpha * colours[big], pixels)
-    row_h = max(18, tile // 16)
-    out = Image.new("RGB", (base.width, base.height + row_h * (len(names) + 1)), "white")
-    out.paste(Image.fromarray(painted.round().astype(np.uint8)), (0, 0))
-    draw = ImageDraw.Draw(out)
-    label_font = render.font(int(row_h * 0.7))
-    for k, name in enumerate(["background"] + names):
-        y = base.height + k * row_h + row_h // 2
-        colour = (255, 255, 255) if k == 0 else PALETTE[(k - 1) % len(PALETTE)]
-        draw.rectangle([6, y - row_h // 3, 6 + row_h // 1.5, y + row_h // 3], fill=colour, outline="black")
-        share = float((labels == k).mean())
-        draw.text((12 + row_h, y), f"{name}  {share:.0%}", fill="black", font=label_font, anchor="lm")
-    return out
+def word_map(maps: HeatMaps, name: str):
+    """The map of a word or phrase named as in statements ("red circle", "cat#1")."""
+    text, occurrence = word_ref(name)
+    return maps.word(text, occurrence)
+
+
+# ---- per-word placement ------------------------------------------------------------------------------------
+def placements(maps: HeatMaps, words: list[str] | None = None, method: str = "relative",
+               tau: float = DEFAULT_TAU) -> dict[str, Placement]:
+    """word -> Placement; all the prompt's words by default (repeats as "cat#1", ...)."""
+    if words is None:
+        words = [w.text if w.occurrence == 0 else f"{w.text}#{w.occurrence}" for w in maps.word_info]
+    return {w: place(word_map(maps, w).word, word_map(maps, w).array, method, tau) for w in words}
 
 
 # ---- layout checks ---------------------------------------------------------------------------------------
@@ -153,6 +144,9 @@ class CheckResult:
 
 
 _BOX = re.compile(r"^(.+?)\s+(?:in|at|inside)\s*\(?\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*\)?$")
+_SIDE = re.compile(r"^(.+?)\s+(?:on|at|in) the (left|right|top|bottom)(?: side| half)?$")
+STATEMENT_HELP = ("write 'X left_of Y' (also right_of, above, below), 'X on the left' (right, top, bottom) or "
+                  "'X in x0,y0,x1,y1' with a normalised box; 'X#1' names the second X")
 
 
 def parse_statement(statement: str) -> tuple[str, str, str | tuple[float, ...]]:
@@ -162,37 +156,31 @@ def parse_statement(statement: str) -> tuple[str, str, str | tuple[float, ...]]:
     if m := _BOX.match(text):
         box = tuple(float(v) for v in m.groups()[1:])
         if not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
-            raise ValueError(f"bad box in {statement!r}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
-        return m.group(1), "in", box
+            raise InputError(f"bad box in {statement!r}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        return m.group(1).lower(), "in", box
     normal = re.sub(r"\b(left|right) of\b", r"\1_of", text.lower())
     for rel in RELATIONS:
         parts = re.split(rf"\s+{rel}\s+", normal)
         if len(parts) == 2 and all(parts):
             return parts[0], rel, parts[1]
-    for words, side in _PROMPT_SIDES:
-        suffix = " " + " ".join(words)
-        if normal.endswith(suffix) and normal[: -len(suffix)]:
-            return normal[: -len(suffix)], "side", side
-    raise ValueError(
-        f"cannot read {statement!r}: write 'X left_of Y' (also right_of, above, below), 'X on the left' "
-        "(right, top, bottom) or 'X in x0,y0,x1,y1' with a normalised box"
-    )
+    if m := _SIDE.match(normal):
+        return m.group(1), "side", m.group(2)
+    raise InputError(f"cannot read {statement!r}: {STATEMENT_HELP}")
 
 
-def box_iou(mask: np.ndarray, box: tuple[float, ...]) -> float:
-    h, w = mask.shape
-    target = np.zeros_like(mask, dtype=bool)
-    target[round(box[1] * h) : round(box[3] * h), round(box[0] * w) : round(box[2] * w)] = True
-    union = np.logical_or(mask, target).sum()
-    return float(np.logical_and(mask, target).sum() / union) if union else 0.0
-
-
-def judge(statement: str, placements: dict[str, Placement], size: tuple[int, int], margin: float = 0.05,
-          min_iou: float = 0.3) -> CheckResult:
-    """Verdict on one parsed statement given the placements of the words it names."""
+def statement_words(statement: str) -> list[str]:
+    """The words or phrases a statement names (to check they are in the prompt before generating)."""
     subject, relation, obj = parse_statement(statement)
-    h, w = size
-    a = placements[subject]
+    return [subject] + ([obj] if relation in RELATIONS else [])
+
+
+def check(maps: HeatMaps, statement: str, method: str = "relative", tau: float = DEFAULT_TAU,
+          margin: float = 0.05, min_iou: float = 0.3) -> CheckResult:
+    """Verdict on a layout statement (see module doc) from the maps of the words it names."""
+    subject, relation, obj = parse_statement(statement)
+    places = placements(maps, statement_words(statement), method, tau)
+    h, w = maps.image_size
+    a = places[subject]
     if a.centroid is None:
         return CheckResult(statement, False, {subject: None}, f"{subject!r} has no attention anywhere")
     ax, ay = a.centroid
@@ -206,62 +194,131 @@ def judge(statement: str, placements: dict[str, Placement], size: tuple[int, int
         passed = sign * (value - limit) > margin * (w if obj in ("left", "right") else h)
         return CheckResult(statement, passed, {"centroid": a.centroid},
                            f"centroid {'x' if obj in ('left', 'right') else 'y'} = {value:.1f} of {2 * limit:.0f}")
-    b = placements[obj]
+    b = places[obj]
     if b.centroid is None:
         return CheckResult(statement, False, {obj: None}, f"{obj!r} has no attention anywhere")
-    bx, by = b.centroid
-    delta = {"left_of": bx - ax, "right_of": ax - bx, "above": by - ay, "below": ay - by}[relation]
-    side = w if relation in ("left_of", "right_of") else h
-    passed = delta > margin * side
+    delta = relation_gap(a.centroid, b.centroid, relation)
     axis = "x" if relation in ("left_of", "right_of") else "y"
-    return CheckResult(
-        statement, passed, {subject: a.centroid, obj: b.centroid, f"d{axis}": round(delta, 2)},
-        f"{subject} {axis}={ax if axis == 'x' else ay:.1f}, {obj} {axis}={bx if axis == 'x' else by:.1f}",
-    )
+    passed = delta > margin * (w if axis == "x" else h)
+    k = 0 if axis == "x" else 1
+    return CheckResult(statement, passed, {subject: a.centroid, obj: b.centroid, f"d{axis}": round(delta, 2)},
+                       f"{subject} {axis}={a.centroid[k]:.1f}, {obj} {axis}={b.centroid[k]:.1f}")
 
 
-def _phrase(words: list[str]) -> list[str]:
-    return [w for w in words if w not in ("a", "an", "the")]
+def box_iou(mask: np.ndarray, box: tuple[float, ...]) -> float:
+    h, w = mask.shape
+    target = np.zeros_like(mask, dtype=bool)
+    target[round(box[1] * h) : round(box[3] * h), round(box[0] * w) : round(box[2] * w)] = True
+    union = np.logical_or(mask, target).sum()
+    return float(np.logical_and(mask, target).sum() / union) if union else 0.0
 
 
-def relations_in_prompt(words: list[str]) -> list[str]:
-    """Statements a prompt makes, e.g. ['a', 'red', 'circle', 'left', 'of', 'a', 'blue', 'square'] ->
-    ['red circle left_of blue square']. Phrases are the words between boundaries minus articles."""
-    lower = [w.lower() for w in words]
-    found, i, last_end = [], 0, 0
-    boundaries = {"and", ","}
-    while i < len(lower):
-        for pattern, rel in _PROMPT_RELATIONS + _PROMPT_SIDES:
-            n = len(pattern)
-            if tuple(lower[i : i + n]) != pattern:
-                continue
-            left = _phrase(lower[last_end:i])
-            if rel in SIDES:
-                if left:
-                    found.append(f"{' '.join(left)} on the {rel}" if rel in ("left", "right") else
-                                 f"{' '.join(left)} at the {rel}")
-            else:
-                j = i + n
-                while j < len(lower) and lower[j] not in boundaries and not _starts_relation(lower, j):
-                    j += 1
-                right = _phrase(lower[i + n : j])
-                if left and right:
-                    found.append(f"{' '.join(left)} {rel} {' '.join(right)}")
-            last_end = i + n
-            i += n - 1
-            break
+# ---- what the prompt says ---------------------------------------------------------------------------------
+def _prompt(maps: HeatMaps) -> str:
+    return maps.meta.get("prompt") or " ".join(maps.words)
+
+
+def _known(maps: HeatMaps, name: str) -> bool:
+    try:
+        word_map(maps, name)
+    except UnknownWordError:
+        return False
+    return True
+
+
+def prompt_relations(maps: HeatMaps) -> tuple[list[str], list[str]]:
+    """(statements the prompt makes, notes on what was skipped): "cat left_of dog", "moon at the top", ..."""
+    parse = phrases.parse_prompt(_prompt(maps))
+    statements, notes = [], list(parse.notes)
+    for relation in parse.relations:
+        statement = relation.statement()
+        missing = [n for n in statement_words(statement) if not _known(maps, n)]
+        if missing:
+            notes.append(f"skipped {statement!r}: {', '.join(map(repr, missing))} not among the mapped words")
         else:
-            if lower[i] in boundaries:
-                last_end = i + 1
-        i += 1
-    return found
+            statements.append(statement)
+    return statements, notes
 
 
-def _starts_relation(words: list[str], i: int) -> bool:
-    return any(tuple(words[i : i + len(p)]) == p for p, _ in _PROMPT_RELATIONS + _PROMPT_SIDES)
+# Words that name no object, for prompts in which no noun phrase can be read.
+_FUNCTION_WORDS = frozenset(
+    "a an the of and or with in on at to is are left right above below under over top bottom beside next "
+    "near small large big tiny huge middle center centre side".split()
+)
 
 
-# ---- timeline -------------------------------------------------------------------------------------------
+def objects(maps: HeatMaps) -> list[str]:
+    """The objects the prompt names, as phrases ("red circle", "cat#1"), in prompt order. A prompt with
+    no readable noun phrase gives its content words (not articles or relation words) instead."""
+    parse = phrases.parse_prompt(_prompt(maps))
+    names = [p.text + (f"#{p.occurrence}" if p.occurrence else "") for p in parse.objects]
+    names = [n for n in names if _known(maps, n)]
+    if names:
+        return names
+    return list(dict.fromkeys(w for w in maps.words if w.lower() not in _FUNCTION_WORDS))
+
+
+def segment(arrays: list[np.ndarray], background: float = 0.3) -> np.ndarray:
+    """Argmax over words of their normalised maps; 0 = background (no word ≥ `background`), k = word k-1."""
+    stack = np.stack(arrays)
+    labels = stack.argmax(0) + 1
+    labels[stack.max(0) < background] = 0
+    return labels
+
+
+def segmentation(maps: HeatMaps, names: list[str] | None = None,
+                 background: float = 0.3) -> tuple[np.ndarray, list[str]]:
+    """Who owns each pixel: (labels (H, W), names); 0 = background, k = names[k - 1]. One region per object
+    phrase by default ("red circle" is one region, its words merged)."""
+    names = names or objects(maps)
+    if not names:
+        raise InputError("there are no words to map in this prompt (no letters or digits)")
+    return segment([word_map(maps, n).array for n in names], background), names
+
+
+# Colours for regions and paths, each with a name, so that a region is never painted in a colour the prompt
+# names for another object (the yellow square painted green): those are left out of the palette.
+PALETTE = {"red": (230, 25, 75), "green": (60, 180, 75), "blue": (0, 130, 200), "yellow": (255, 225, 25),
+           "purple": (145, 30, 180), "orange": (245, 130, 48), "cyan": (70, 240, 240), "magenta": (240, 50, 230),
+           "olive": (128, 128, 0), "navy": (0, 0, 128), "teal": (0, 128, 128), "brown": (170, 110, 40),
+           "pink": (250, 190, 212), "lime": (210, 245, 60), "maroon": (128, 0, 0), "grey": (128, 128, 128)}
+
+
+def palette_for(names: list[str]) -> list[tuple[int, int, int]]:
+    """One colour per name, avoiding colours the names mention ("yellow square" never gets yellow)."""
+    said = {w for n in names for w in re.findall(r"[a-z]+", n.lower())}
+    usable = [rgb for colour, rgb in PALETTE.items() if colour not in said] or list(PALETTE.values())
+    return [usable[k % len(usable)] for k in range(len(names))]
+
+
+def segmentation_picture(image: Image.Image | np.ndarray, labels: np.ndarray, names: list[str], alpha: float = 0.55,
+                         tile: int = 384) -> Image.Image:
+    """Labels coloured over the image, each region named in place, with a legend underneath."""
+    base = render.scale_to(Image.fromarray(render.as_rgb(image)), tile)
+    big = cv2.resize(labels.astype(np.uint8), base.size, interpolation=cv2.INTER_NEAREST)
+    palette = palette_for(names)
+    colours = np.array([(0, 0, 0)] + palette, np.float32)
+    pixels = np.asarray(base).astype(np.float32)
+    painted = np.where(big[..., None] > 0, (1 - alpha) * pixels + alpha * colours[big], pixels)
+    row_h = max(18, tile // 16)
+    out = Image.new("RGB", (base.width, base.height + row_h * (len(names) + 1) + 4), "white")
+    out.paste(Image.fromarray(painted.round().astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(out)
+    label_font = render.font(int(row_h * 0.7))
+    for k, name in enumerate(names, start=1):  # the name at the region's centre, on a white box
+        ys, xs = np.nonzero(big == k)
+        if len(xs):
+            render.text_box(draw, (float(xs.mean()), float(ys.mean())), name, label_font)
+    for k, name in enumerate(["background"] + names):
+        y = base.height + k * row_h + row_h // 2 + 2
+        colour = (255, 255, 255) if k == 0 else palette[k - 1]
+        draw.rectangle([6, y - row_h // 3, 6 + row_h // 1.5, y + row_h // 3], fill=colour, outline="black")
+        share = float((labels == k).mean())
+        draw.text((12 + row_h, y), f"{name}  {share:.0%}", fill="black", font=label_font, anchor="lm")
+    return out
+
+
+# ---- timeline ---------------------------------------------------------------------------------------------
 @dataclass
 class Timeline:
     """A word's centroid per step (image pixels; NaN where the step was not recorded) and when it settled."""
@@ -288,7 +345,7 @@ def settle_step(centroids: np.ndarray, tolerance: float) -> int | None:
     return int(np.nonzero(far)[0][-1] + 1) if far.any() else int(np.nonzero(valid)[0][0])
 
 
-def timeline(word: str, per_step: np.ndarray, image_size: tuple[int, int], tau: float = 0.4,
+def timeline(word: str, per_step: np.ndarray, image_size: tuple[int, int], tau: float = DEFAULT_TAU,
              tolerance: float = 0.1) -> Timeline:
     """Centroids of per-step coarse maps (steps, th, tw), scaled to image pixels, and the settle step."""
     h, w = image_size
@@ -303,13 +360,19 @@ def timeline(word: str, per_step: np.ndarray, image_size: tuple[int, int], tau: 
     return Timeline(word, centroids, settle_step(centroids, tol), steps, tol)
 
 
+def placement_timeline(maps: HeatMaps, name: str, tau: float = DEFAULT_TAU, tolerance: float = 0.1) -> Timeline:
+    """A word's or phrase's centroid at every step and the step from which its position stays put."""
+    text, occurrence = word_ref(name)
+    return timeline(word_map(maps, name).word, maps.timeline(text, occurrence), maps.image_size, tau, tolerance)
+
+
 def timeline_picture(image: Image.Image | np.ndarray, lines: list[Timeline], tile: int = 384) -> Image.Image:
     """Each word's centroid path over the image: dots from dark (early) to bright (late), a ring at the end."""
     base = render.scale_to(Image.fromarray(render.as_rgb(image)), tile)
     scale = base.width / render.as_rgb(image).shape[1]
     canvas = np.asarray(base).copy()
-    for k, line in enumerate(lines):
-        colour = PALETTE[k % len(PALETTE)]
+    palette = palette_for([line.word for line in lines])
+    for line, colour in zip(lines, palette):
         pts = [(int(x * scale), int(y * scale)) for x, y in line.centroids if not np.isnan(x)]
         for i in range(1, len(pts)):
             cv2.line(canvas, pts[i - 1], pts[i], colour, 1, cv2.LINE_AA)
@@ -318,59 +381,73 @@ def timeline_picture(image: Image.Image | np.ndarray, lines: list[Timeline], til
             cv2.circle(canvas, p, 3, tuple(int(c * shade) for c in colour), -1, cv2.LINE_AA)
         if pts:
             cv2.circle(canvas, pts[-1], 7, colour, 2, cv2.LINE_AA)
-    out = Image.new("RGB", (base.width, base.height + 22 * len(lines) + 6), "white")
+    label_font = render.font(14)
+    texts = [f"{line.word}: " + (f"position decided at step {line.decided_at + 1} of {line.steps}"
+                                 if line.decided_at is not None else "never settled") for line in lines]
+    width = max([base.width] + [int(label_font.getlength(t)) + 36 for t in texts])  # the legend is never cut
+    out = Image.new("RGB", (width, base.height + 22 * len(lines) + 10), "white")
     out.paste(Image.fromarray(canvas), (0, 0))
     draw = ImageDraw.Draw(out)
-    label_font = render.font(14)
-    for k, line in enumerate(lines):
+    for k, (text, colour) in enumerate(zip(texts, palette)):
         y = base.height + 6 + 22 * k + 8
-        draw.rectangle([6, y - 6, 18, y + 6], fill=PALETTE[k % len(PALETTE)])
-        when = f"position decided at step {line.decided_at} of {line.steps}" if line.decided_at is not None \
-            else "never settled"
-        draw.text((26, y), f"{line.word}: {when}", fill="black", font=label_font, anchor="lm")
+        draw.rectangle([6, y - 6, 18, y + 6], fill=colour)
+        draw.text((26, y), text, fill="black", font=label_font, anchor="lm")
     return out
 
 
-# ---- reports --------------------------------------------------------------------------------------------
-def report(maps, statements: list[str] | None = None, from_prompt: bool = False, method: str = "relative",
-           tau: float = 0.4) -> dict:
-    """Everything about placement for one image's `HeatMaps`, as plain JSON-ready data.
+# ---- reports ----------------------------------------------------------------------------------------------
+def report(maps: HeatMaps, statements: list[str] | None = None, from_prompt: bool = False,
+           method: str = "relative", tau: float = DEFAULT_TAU) -> dict:
+    """Everything about placement for one image's maps, as plain JSON-ready data.
 
-    Covers the object words (see `HeatMaps.object_words`), the given statements and, with `from_prompt`
-    (or when no statement is given), the relations parsed from the prompt.
+    Covers the prompt's objects (see `objects`), the given statements and, with `from_prompt` (or when no
+    statement is given), the relations read from the prompt; `notes` says what could not be read.
     """
     statements = list(statements or [])
+    notes: list[str] = []
     if from_prompt or not statements:
-        statements += [s for s in maps.relations_from_prompt() if s not in statements]
-    words = maps.object_words()
-    places = maps.placement(words, method, tau)
+        found, notes = prompt_relations(maps)
+        statements += [s for s in found if s not in statements]
+    names = objects(maps)
+    places = placements(maps, names, method, tau)
     return {
         "prompt": maps.meta.get("prompt"),
         "image_size": list(maps.image_size),
         "method": method,
         "tau": tau,
-        "words": [p.to_dict() for p in places.values()],
-        "checks": [maps.check(s, method, tau).to_dict() for s in statements],
-        "timelines": [maps.placement_timeline(w, tau=tau).to_dict() for w in words],
+        "words": [{**p.to_dict(), "word": name} for name, p in places.items()],
+        "checks": [check(maps, s, method, tau).to_dict() for s in statements],
+        "notes": notes,
+        "timelines": [{**placement_timeline(maps, n, tau=tau).to_dict(), "word": n} for n in names],
     }
+
+
+TABLE_HEADERS = ["object", "centroid (x, y)", "bbox x0,y0,x1,y1", "area", "region", "position decided"]
 
 
 def fmt_point(p) -> str:
     return "-" if p is None else f"({p[0]:.1f}, {p[1]:.1f})"
 
 
-def format_report(data: dict) -> str:
-    """A plain-text table of a `report`: one row per word, one per statement."""
-    lines = [f"{'word':<14} {'centroid (x, y)':<18} {'bbox x0,y0,x1,y1':<20} {'area':>6}  {'region':<13} decided"]
+def table_rows(data: dict) -> list[list[str]]:
+    """One row per object of a `report`, as the CLI prints it and the demo shows it (`TABLE_HEADERS`)."""
     decided = {t["word"]: t for t in data["timelines"]}
+    rows = []
     for row in data["words"]:
-        bbox = "-" if row["bbox"] is None else ",".join(str(v) for v in row["bbox"])
         t = decided.get(row["word"], {})
-        when = f"step {t['decided_at']}/{t['steps']}" if t.get("decided_at") is not None else "-"
-        lines.append(f"{row['word']:<14} {fmt_point(row['centroid']):<18} {bbox:<20} {row['area']:>6.1%}  "
-                     f"{row['region']:<13} {when}")
+        when = f"step {t['decided_at'] + 1} of {t['steps']}" if t.get("decided_at") is not None else "-"
+        bbox = "-" if row["bbox"] is None else ",".join(str(v) for v in row["bbox"])
+        rows.append([row["word"], fmt_point(row["centroid"]), bbox, f"{row['area']:.1%}", row["region"], when])
+    return rows
+
+
+def format_report(data: dict) -> str:
+    """A plain-text table of a `report`: one row per object, then one line per statement and note."""
+    rows = [TABLE_HEADERS] + table_rows(data)
+    widths = [max(len(r[k]) for r in rows) for k in range(len(TABLE_HEADERS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
     if data["checks"]:
         lines.append("")
-        for c in data["checks"]:
-            lines.append(f"{'PASS' if c['passed'] else 'FAIL'}  {c['statement']}  ({c['reason']})")
+        lines += [f"{'PASS' if c['passed'] else 'FAIL'}  {c['statement']}  ({c['reason']})" for c in data["checks"]]
+    lines += [f"note: {n}" for n in data.get("notes", [])]
     return "\n".join(lines)

@@ -176,8 +176,11 @@ def tokenize_prompt(tokenizer, prompt: str) -> list[int]:
 
 
 def prompt_words(tokenizer, prompt: str) -> list[Word]:
-    """The words of `prompt` with their token positions (see module doc)."""
-    return words_from_ids(tokenizer, tokenize_prompt(tokenizer, prompt))
+    """The words of `prompt` the text encoder sees, with their token positions (see module doc)."""
+    limit = tokenizer.model_max_length
+    if limit > 100_000:  # tokenizers without a real limit
+        return words_from_ids(tokenizer, tokenizer(prompt).input_ids)
+    return words_from_ids(tokenizer, tokenizer(prompt, truncation=True, max_length=limit).input_ids)
 
 
 def find_word(words: list[Word], query: str, occurrence: int = 0) -> list[Word]:

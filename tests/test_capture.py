@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import build_tiny_sd, seeded
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+from helpers import build_tiny_sd, seeded
 
 import crossattn
 from crossattn import capture
@@ -295,7 +295,8 @@ def test_an_editing_processor_is_observed_as_it_computes():
     pipe = build_tiny_sd(seed=4)
     with crossattn.trace(pipe) as plain_trace:
         latents(pipe, steps=2)
-    pipe.unet.set_attn_processor({k: (Sharper() if ".attn2." in k else v) for k, v in pipe.unet.attn_processors.items()})
+    processors = pipe.unet.attn_processors
+    pipe.unet.set_attn_processor({k: (Sharper() if ".attn2." in k else v) for k, v in processors.items()})
     plain = latents(pipe, steps=2)
     with crossattn.trace(pipe) as tr:
         assert torch.equal(latents(pipe, steps=2), plain)

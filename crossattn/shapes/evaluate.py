@@ -1,6 +1,6 @@
 """Score a shapes-world pipeline: are the named objects drawn, and do the heat maps find them?
 
-On N held-out prompts (scenes from seeds the trainer never draws: training uses seeds below 10⁹), each
+On N held-out prompts (scenes from seeds the trainer never draws: see `world`'s seed ranges), each
 generated with a fixed seed:
 
 1. fidelity — segment the generated image by nearest palette colour; for each named (colour, shape):
@@ -27,9 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..generation import generate
-from .world import BACKGROUND, COLOURS, parse_caption, sample_scene
+from ..placement import relation_gap
+from .world import BACKGROUND, COLOURS, HELD_OUT_SEED, parse_caption, sample_scene
 
-HELD_OUT_SEED = 1_000_000_000
 FILL_PROTOTYPES = {"triangle": 0.5, "circle": np.pi / 4, "square": 1.0}
 
 
@@ -61,11 +61,6 @@ def classify_shape(blob: np.ndarray) -> str | None:
 def centroid(mask: np.ndarray) -> tuple[float, float]:
     ys, xs = np.nonzero(mask)
     return float(xs.mean()), float(ys.mean())
-
-
-def relation_holds(a: tuple[float, float], b: tuple[float, float], relation: str) -> bool:
-    dx, dy = b[0] - a[0], b[1] - a[1]
-    return {"left_of": dx > 0, "right_of": dx < 0, "above": dy > 0, "below": dy < 0}[relation]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -137,7 +132,7 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
             ious["uniform"].append(iou(np.ones_like(blob), blob))
         if relation and len(pairs) == 2 and all(p in blobs for p in pairs):
             (ca, sa), (cb, sb) = pairs
-            pixel_verdict = relation_holds(centroid(blobs[pairs[0]]), centroid(blobs[pairs[1]]), relation)
+            pixel_verdict = relation_gap(centroid(blobs[pairs[0]]), centroid(blobs[pairs[1]]), relation) > 0
             attention = maps.check(f"{ca} {sa} {relation} {cb} {sb}", tau=tau, margin=0.0).passed
             relation_ok.add(pixel_verdict)
             attention_relation_ok.add(attention)

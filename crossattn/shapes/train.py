@@ -26,6 +26,7 @@ shipped models (``recipes/*.json``, given with ``--recipe``).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -223,6 +224,11 @@ class Trainer:
     def denoiser(self) -> torch.nn.Module:
         return self.parts[self.arch.denoiser]
 
+    @functools.cached_property
+    def live(self):
+        """A pipeline around the live (trained) modules: it encodes captions exactly as at inference."""
+        return self.arch.assemble(self.vae, self.parts)
+
     def log(self, msg: str) -> None:
         with open(self.log_file, "a") as f:
             f.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
@@ -332,7 +338,6 @@ class Trainer:
             self.store = grounding.install(self.denoiser, sink_logit(), rows)
         elif r.grounding_weight > 0:
             self.store = grounding.install(self.denoiser, rows=rows)
-        self.live = self.arch.assemble(self.vae, self.parts)  # shares the live modules: encodes captions
         for m in self.parts.values():
             m.train()
         bar = tqdm(range(step, r.unet_steps), initial=step, total=r.unet_steps, desc=self.arch.denoiser,
@@ -493,6 +498,12 @@ class Trainer:
         _load(self.run / "unet", self._checkpoint_modules(), None)
         pipe = self.pipeline().to(torch.float16)
         pipe.save_pretrained(out_dir, safe_serialization=True)
+        index = Path(out_dir) / "model_index.json"
+        entries = json.loads(index.read_text())
+        for name, component in pipe.components.items():  # absent parts (SD3 without T5) must be listed as such,
+            if component is None and name not in entries:  # or DiffusionPipeline.from_pretrained refuses the folder
+                entries[name] = [None, None]
+        index.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
         return Path(out_dir)
 
 

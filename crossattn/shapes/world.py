@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..placement import relation_gap
+
 IMAGE_SIZE = 64
 BACKGROUND = (240, 240, 236)
 # Colours far apart in RGB so a generated image can be segmented by nearest palette colour.
@@ -149,9 +151,9 @@ def _valid_layout(objects: list[ShapeObject], relation: str | None, size: int) -
 
 
 def _satisfies(a: ShapeObject, b: ShapeObject, relation: str, size: int) -> bool:
-    """A clear relation: the main-axis gap is large and the cross-axis offset small."""
-    dx, dy = b.cx - a.cx, b.cy - a.cy
-    main, cross = {"left_of": (dx, dy), "right_of": (-dx, dy), "above": (dy, dx), "below": (-dy, dx)}[relation]
+    """A clear relation: the gap along the relation's axis is large and the offset across it small."""
+    main = relation_gap((a.cx, a.cy), (b.cx, b.cy), relation)
+    cross = b.cy - a.cy if relation in ("left_of", "right_of") else b.cx - a.cx
     return main > 0.25 * size and abs(cross) < 0.6 * abs(main)
 
 
