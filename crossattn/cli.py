@@ -1,50 +1,81 @@
-"""Command line: ``crossattn generate "PROMPT"`` and friends. Bad input → one line on stderr, exit 2."""
+"""Command line: ``crossattn generate "PROMPT"`` and friends.
+
+Bad input (an `InputError`) → one line ``crossattn: error: ...`` on stderr, exit status 2, checked before any
+compute is spent where it can be. Anything else is a bug: one line ``crossattn: internal error: ...``, exit
+status 1, and the traceback with ``--debug``. Ctrl-C → exit status 130.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+from .errors import InputError, one_line
+from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEED, check_inputs, generate, native_size, parse_size
+from .render import COLORMAPS
+from .words import slug, split_list
 
-from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, check_inputs, generate, native_size, parse_size
-from .words import slug
 
-
-def _load(args):
+def _quiet_libraries() -> None:
+    """Third-party notices (torchvision/accelerate advice, loading bars) are not the user's business here."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
+def _load(args):
     from .models import load_pipeline
 
-    diffusers_logging.disable_progress_bar()  # loading bars would bury the one bar that matters
-    transformers_logging.disable_progress_bar()
     pipe = load_pipeline(args.model, device=args.device)
     pipe.set_progress_bar_config(disable=True)  # our own tqdm bar below
     return pipe
 
 
-def _generate(args, words: list[str] | None = None):
+def _writable(folder: str) -> Path:
+    """The output folder, created and checked for writing before any compute is spent."""
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".crossattn-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write to --out {folder!r}: {exc.strerror or exc}") from None
+    return out
+
+
+def _generate(args, words: list[str] | None = None, **trace_options):
     """Load, validate (before any compute), generate under a tqdm bar; returns (image, maps)."""
+    from tqdm import tqdm
+
     pipe = _load(args)
     size = parse_size(args.size) if args.size else native_size(pipe)
-    check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words)
+    for note in check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words, seed=args.seed):
+        print(f"crossattn: note: {note}", file=sys.stderr)
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
         image, maps = generate(pipe, args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                               size=size, negative_prompt=args.negative, on_step=lambda i, n: bar.update(1))
-    maps.meta["model"] = args.model or "embedded:shapes-model"
+                               size=size, negative_prompt=args.negative, on_step=lambda i, n: bar.update(1),
+                               **trace_options)
+    maps.meta["model"] = args.model or "shapes-unet"
     return image, maps
 
 
 def cmd_generate(args) -> None:
-    words = [w.strip() for w in args.words.split(",") if w.strip()] if args.words else None
+    words = split_list(args.words) or None
+    out = _writable(args.out)
     image, maps = _generate(args, words)
-    out = Path(args.out)
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(exist_ok=True)
     image.save(out / "image.png")
     chosen = maps.word_maps(words)
     tile = max(256, *image.size)
@@ -59,17 +90,15 @@ def cmd_generate(args) -> None:
 def cmd_placement(args) -> None:
     from . import placement
 
-    for statement in args.expect:
-        placement.parse_statement(statement)  # reject unreadable statements before generating
-    image, maps = _generate(args)
+    named = [w for s in args.expect for w in placement.statement_words(s)]  # unreadable statements fail here
+    out = _writable(args.out)
+    image, maps = _generate(args, [placement.word_ref(n)[0] for n in named])
     data = placement.report(maps, args.expect, from_prompt=args.from_prompt, method=args.method, tau=args.tau)
     data |= {"seed": args.seed, "model": maps.meta["model"], "steps": args.steps}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     image.save(out / "image.png")
     labels, names = maps.segmentation()
     placement.segmentation_picture(image, labels, names).save(out / "segmentation.png")
-    lines = [maps.placement_timeline(w, tau=args.tau) for w in names]
+    lines = [placement.placement_timeline(maps, n, tau=args.tau) for n in names]
     placement.timeline_picture(image, lines).save(out / "timeline.png")
     (out / "placement.json").write_text(json.dumps(data, indent=1))
     print(placement.format_report(data))
@@ -83,7 +112,7 @@ def cmd_eval_shapes(args) -> None:
 
     pipe = _load(args)
     result, examples = ev.evaluate(pipe, n=args.n, steps=args.steps, guidance=args.guidance, show=args.samples_n)
-    result["model"] = args.model or "embedded:shapes-model"
+    result["model"] = args.model or "shapes-unet"
     print(ev.format_table(result))
     if args.json:
         ev.save(result, args.json)
@@ -99,7 +128,7 @@ def cmd_eval_shapes(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from demo.app import launch
+    from .app import launch
 
     launch(args.host, args.port, args.model, args.allow_any_model, args.share)
 
@@ -118,14 +147,32 @@ def cmd_train_shapes(args) -> None:
         train(args.run, recipe, args.device)
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_SEED} (2**63 - 1), got {value}")
+    return value
+
+
+def _cmap(text: str) -> str:
+    if text not in COLORMAPS:
+        raise argparse.ArgumentTypeError(f"unknown colour map {text!r}; choose one of: {', '.join(COLORMAPS)}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crossattn", description="Per-word cross-attention heat maps.")
+    parser = argparse.ArgumentParser(prog="crossattn", description="Per-word attention heat maps for diffusion models.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    model_help = "embedded model (shapes-unet, shapes-mmdit), local pipeline folder or hub id (default: shapes-unet)"
 
     def generation_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("prompt")
-        p.add_argument("--model", default=None, help="hub id or local folder (default: embedded shapes model)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--model", default=None, help=model_help)
+        p.add_argument("--seed", type=_seed, default=0)
         p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
         p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
         p.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)")
@@ -137,11 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     generation_args(g)
     g.add_argument("--words", default=None, help="comma-separated words to render (default: all)")
     g.add_argument("--alpha", type=float, default=0.5)
-    g.add_argument("--cmap", default="jet")
+    g.add_argument("--cmap", type=_cmap, default="jet")
     g.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
     g.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("placement", help="where did each word land; check an intended layout")
+    p = sub.add_parser("placement", help="where did each object land; check an intended layout")
     generation_args(p)
     p.add_argument("--expect", action="append", default=[], metavar="STATEMENT",
                    help='"circle left_of square" (right_of, above, below), "circle on the left", '
@@ -154,14 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start the Gradio demo (http://127.0.0.1:7860)")
     d.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, default=7860)
-    d.add_argument("--model", default=None, help="default model folder or hub id (default: embedded model)")
+    d.add_argument("--model", default=None, help=f"default model: {model_help}")
     d.add_argument("--allow-any-model", action="store_true",
                    help="let users type a hub id or a server folder in the Model box")
     d.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("eval-shapes", help="score a shapes-world model: fidelity and heat-map IoU")
-    e.add_argument("--model", default=None, help="default: the embedded shapes model")
+    e.add_argument("--model", default=None, help="shapes-unet (default), shapes-mmdit or a pipeline folder")
     e.add_argument("--n", type=int, default=100, help="held-out prompts")
     e.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     e.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
@@ -171,21 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_eval_shapes)
 
-    t = sub.add_parser("train-shapes", help="train (or resume) the embedded shapes-world model")
-    t.add_argument("--run", default="runs/shapes", help="run folder (checkpoints, log.txt, samples)")
+    t = sub.add_parser("train-shapes", help="train (or resume) an embedded shapes-world model")
+    t.add_argument("--run", default="runs/shapes", help="run folder (checkpoints, log.txt, stages.jsonl, samples)")
     t.add_argument("--recipe", help="a JSON recipe (recipes/*.json); options given here override its fields")
+    # Unset options keep the recipe's (or shapes.train.Recipe's) values.
     t.add_argument("--arch", choices=("unet", "mmdit"))
-    # Unset options keep the defaults of shapes.train.Recipe.
     t.add_argument("--seed", type=int)
     t.add_argument("--vae-steps", type=int)
-    t.add_argument("--unet-steps", type=int)
+    t.add_argument("--unet-steps", type=int, help="steps of the denoiser phase (UNet or MMDiT)")
     t.add_argument("--batch", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--init-from", help="fine-tune: start from this diffusers pipeline folder (VAE phase skipped)")
+    t.add_argument("--init-from", help="start from this pipeline folder or embedded model (VAE phase skipped)")
     t.add_argument("--grounding-start", type=int, help="step from which the grounding loss applies")
     t.add_argument("--coverage-start", type=int, help="step from which the grounding loss asks for coverage")
+    t.add_argument("--grounding-batch", type=int, help="items of each batch the grounding loss uses (0: all)")
     t.add_argument("--warmup", type=int)
-    t.add_argument("--weighting", choices=("min-snr", "clamped"), help="loss weighting over noise levels")
+    t.add_argument("--weighting", choices=("min-snr", "clamped"), help="UNet loss weighting over noise levels")
     t.add_argument("--grounding-weight", type=float)
     t.add_argument("--ema-decay", type=float)
     t.add_argument("--save-every", type=int)
@@ -203,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    import torch
+
     # Tiny attention probabilities become denormal floats, which CPUs process ~10x slower; flushing them to
     # zero changes no visible result (they are below 1e-38).
     torch.set_flush_denormal(True)
@@ -211,13 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crossattn: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"crossattn: error: {message}", file=sys.stderr)
+    except InputError as exc:
+        print(f"crossattn: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, not the user's input
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (rerun with --debug for the traceback)"
+        print(f"crossattn: internal error: {type(exc).__name__}: {one_line(exc)}{hint}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

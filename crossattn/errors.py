@@ -15,3 +15,9 @@ class InputError(ValueError):
 
 class UnknownWordError(InputError, KeyError):
     """A requested word is not in the prompt; the message lists the prompt's words."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message as one line: what the CLI and the demo show."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -149,6 +149,11 @@ def words_from_ids(tokenizer, ids: list[int]) -> list[Word]:
     return words_from_segments([segment], {p: p for p in range(len(ids))})
 
 
+def split_list(text: str | None) -> list[str]:
+    """'cat, red dog,,' -> ['cat', 'red dog']: the comma-separated lists the CLI and the demo take."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
 def slug(word: str) -> str:
     """A word as a file-name part: runs of anything but letters, digits, '_' and '-' become '_'."""
     return re.sub(r"[^\w-]+", "_", word).strip("_") or "word"
