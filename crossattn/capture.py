@@ -100,6 +100,7 @@ class Recorder:
     trace_counts: list[int] = field(default_factory=list)
     timesteps: list[float] = field(default_factory=list)
     coverage: dict[str, dict[str, int]] = field(default_factory=dict)
+    listener: object | None = None  # a `concepts.ConceptEngine` following concepts on the side, if any
     step: StepState | None = None
     _views: dict = field(default_factory=dict, repr=False)
 
@@ -158,6 +159,9 @@ class Recorder:
         counts["recorded"] += 1
         h, w = self._grid(images.stop - images.start)
         self.record(layer, probs, h, w)
+        if self.listener is not None:
+            scale = query.shape[-1] ** -0.5 if call["scale"] is None else call["scale"]
+            self.listener.attention(layer, query, key, value, out, step.rows, images, scale)
         return out
 
     def _spans(self, layer: Layer, n_queries: int, n_keys: int) -> tuple[slice, slice] | None:
@@ -247,6 +251,10 @@ class AttentionObserver(TorchFunctionMode):
 
     def switch_off(self, module, args, output) -> None:  # forward hook, registered with always_call=True
         self.__exit__(None, None, None)
+        rec = self.recorder
+        if rec.listener is not None and rec.step is not None and rec.step.rows.stop > rec.step.rows.start and \
+                output is not None:
+            rec.listener.layer_done(self.layer, module, output)  # outside the mode: its own attention is not seen
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

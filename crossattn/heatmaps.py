@@ -134,6 +134,7 @@ class HeatMaps:
     per_head: bool = False
     per_layer: bool = False
     meta: dict = field(default_factory=dict)
+    concepts: HeatMaps | None = None  # maps of words the prompt need not say (trace(..., concepts=[...]))
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
@@ -230,8 +231,13 @@ class HeatMaps:
                     raise InputError(f"site {k} has {t.shape[1]} heads; asked for heads {heads}")
             sums = {k: t[:, heads] for k, t in sums.items()}
         trace_keep = sorted(chosen)
+        concepts = None
+        if self.concepts is not None:
+            layers_kept = None if layers is None else [k for k in self.concepts.sites if k in sites]
+            concepts = self.concepts.filter(steps, resolutions, blocks, None, layers_kept or layers)
         return replace(
             self,
+            concepts=concepts,
             sums=sums,
             counts={k: self.counts[k][keep_bins] for k in sites},
             sites=sites,
@@ -271,6 +277,13 @@ class HeatMaps:
         peak = float(raw.max())
         array = raw / peak if peak > 0 else np.zeros_like(raw)
         return WordHeatMap(" ".join(w.text for w in matched), array, raw, latent, positions)
+
+    def concept(self, name: str) -> WordHeatMap:
+        """A concept's map: per pixel, its share among the traced concepts (see `crossattn.concepts`), as a
+        `WordHeatMap` (normalised to its peak in `.array`; the mean share in `.raw`)."""
+        if self.concepts is None:
+            raise InputError("no concepts were followed: use crossattn.trace(pipe, concepts=['sky', ...])")
+        return self.concepts.word(name)
 
     def word_maps(self, words: list[str] | None = None) -> list[WordHeatMap]:
         """Maps of the given words, or of every word of the prompt (repeats included) when None or empty."""
@@ -373,6 +386,8 @@ class HeatMaps:
             **self.meta,
         }
         (out / "heatmaps.json").write_text(json.dumps(info, indent=1))
+        if self.concepts is not None:
+            self.concepts.save(out / "concepts", fmt)
         return out
 
 
@@ -397,7 +412,9 @@ def load_heat_maps(directory: str | Path) -> HeatMaps:
         arrays = load_file(path)
     meta_keys = {"format_version", "maps_file", "words", "tokens", "image_size", "per_head", "per_layer",
                  "bin_steps", "sites"}
+    concepts = load_heat_maps(folder / "concepts") if (folder / "concepts" / "heatmaps.json").exists() else None
     return HeatMaps(
+        concepts=concepts,
         sums={k: arrays[f"sums/{k}"] for k in info["sites"]},
         counts={k: arrays[f"counts/{k}"].numpy() for k in info["sites"]},
         sites={k: Site(k, s["block"], tuple(s["resolution"])) for k, s in info["sites"].items()},

@@ -27,7 +27,7 @@ from .capture import AttentionObserver, PlainSDPAProcessor, Recorder, StepState
 from .errors import InputError
 from .families import family_of
 from .heatmaps import HeatMaps
-from .words import words_from_segments
+from .words import Word, words_from_segments
 
 # Cross-attention processors that compute plain softmax attention without SDPA: swapped for the trace.
 NON_SDPA_PLAIN = {"AttnProcessor", "SlicedAttnProcessor", "XFormersAttnProcessor"}
@@ -38,7 +38,8 @@ class Trace:
     """Recording state for one pipeline; use through `crossattn.trace`. Not thread-safe: one call at a time."""
 
     def __init__(self, pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool = False,
-                 trace_size: int = 16, capture_uncond: bool = False, mass: str = "raw"):
+                 trace_size: int = 16, capture_uncond: bool = False, mass: str = "raw",
+                 concepts: list[str] | None = None):
         if time_bins < 1:
             raise InputError(f"time_bins must be >= 1, got {time_bins}")
         if mass not in MASSES:
@@ -54,6 +55,10 @@ class Trace:
         self.recorder = Recorder(time_bins=time_bins, per_head=per_head, per_layer=per_layer, trace_size=trace_size,
                                  mass=mass, resolution_sites=self.family.resolution_sites)
         self.calls: dict[str, list[list[list[int]]]] = {name: [] for name in self.family.encoders}
+        self.concepts = list(dict.fromkeys(c.strip() for c in concepts or []))
+        # Concept maps accumulate like word maps, one "token" per concept and one head (`crossattn.concepts`).
+        self.concept_recorder = Recorder(time_bins=time_bins, per_layer=per_layer, trace_size=trace_size,
+                                         resolution_sites=self.family.resolution_sites)
         self._cfg = False
         self._swapped: dict | None = None
         self._hooks: list = []
@@ -74,6 +79,10 @@ class Trace:
                 if type(processors.get(f"{path}.processor")).__name__ in NON_SDPA_PLAIN}
         self._swapped = {name: processors[name] for name in swap}
         try:
+            if self.concepts:  # encoded before the hooks exist, so the prompt capture never sees them
+                engine = self.family.concept_engine(self.pipe, self, self.concepts)
+                self.recorder.listener = engine
+                self._hooks.extend(engine.hooks())
             if swap:
                 self.denoiser.set_attn_processor({**processors, **swap})
             for path, layer in self.layers.items():
@@ -97,6 +106,7 @@ class Trace:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        self.recorder.listener = None
         if self._swapped:
             self.denoiser.set_attn_processor({**self.denoiser.attn_processors, **self._swapped})
         self._swapped = None
@@ -104,6 +114,7 @@ class Trace:
     # ---- hooks (read-only on the inputs) ------------------------------------------------------------
     def _new_run(self) -> None:
         self.recorder.reset()
+        self.concept_recorder.reset()
         for calls in self.calls.values():
             calls.clear()
 
@@ -125,8 +136,13 @@ class Trace:
             self._start_generation(x, args, kwargs)
         index = 0 if rec.step is None else rec.step.index + (not repeat)
         rows, slot = self._rows(x.shape[0], repeat)
-        rec.begin_step(StepState(index, max(self._expected_steps(), index + 1), t, rows, slot, self._images,
-                                 family.grid(module, args, kwargs), family.text_len(args, kwargs), self._kept))
+        step = StepState(index, max(self._expected_steps(), index + 1), t, rows, slot, self._images,
+                         family.grid(module, args, kwargs), family.text_len(args, kwargs), self._kept)
+        rec.begin_step(step)
+        if rec.listener is not None:
+            self.concept_recorder.begin_step(step)
+            if rows.stop > rows.start:
+                rec.listener.begin_call(rows)
 
     def _rows(self, batch: int, repeat: bool) -> tuple[slice, slice]:
         """(attention rows to record, their slot in the recorder's images axis) for this denoiser call.
@@ -244,45 +260,52 @@ class Trace:
         if prompt is None and any(s.truncated for s in segments[:1]):
             warnings.warn(f"the prompt fills all {len(segments[0].ids)} token positions of the text encoder and may "
                           "have been cut: maps cover only what the model saw", stacklevel=2)
-        total = rec.step.total if rec.step else 0
+        meta = {
+            "model": getattr(self.pipe, "name_or_path", None) or type(self.pipe).__name__,
+            "pipeline": type(self.pipe).__name__,
+            "family": self.family.name,
+            "resolution_sites": self.family.resolution_sites,
+            "sources": [s.source for s in segments],
+            "mass": rec.mass,
+            "prompt": prompt if prompt is not None else segments[0].tokenizer.decode(
+                [t for i, t in enumerate(segments[0].ids) if i not in segments[0].skip], skip_special_tokens=True),
+            "image_index": image,
+            "negative": negative,
+            "steps": rec.step.total,
+            "timesteps": list(rec.timesteps),
+            "guidance_scale": _guidance_scale(self.pipe),
+            "coverage": self.coverage(),
+        }
+        maps = self._maps(rec, row, words_from_segments(segments, column), tokens, meta)
+        if self.concepts and not negative:
+            words = [Word(c, (k,), 0) for k, c in enumerate(self.concepts)]
+            maps.concepts = self._maps(self.concept_recorder, row, words, list(self.concepts),
+                                       {**meta, "kind": "concepts", "concepts": list(self.concepts)})
+        return maps
+
+    def _maps(self, rec: Recorder, row: int, words: list[Word], tokens: list[str], meta: dict) -> HeatMaps:
+        """A `HeatMaps` of one images-axis row of a recorder."""
+        total = rec.step.total
         bins = next(iter(rec.sums.values())).shape[0]
         members = [[] for _ in range(bins)]
         for s in range(total):
             members[rec.bin_of(s, total)].append(s)
-        sums = {k: t[:, row].unflatten(2, rec.sites[k].resolution).cpu() for k, t in rec.sums.items()}
         trace = None
         if rec.trace and all(t is not None for t in rec.trace):
             trace = torch.stack([t[row] for t in rec.trace]).cpu()
-        scale = getattr(self.pipe, "vae_scale_factor", 8)
-        gh, gw = rec.step.grid
         return HeatMaps(
-            sums=sums,
+            sums={k: t[:, row].unflatten(2, rec.sites[k].resolution).cpu() for k, t in rec.sums.items()},
             counts={k: np.asarray(c, dtype=np.int64) for k, c in rec.counts.items()},
             sites=dict(rec.sites),
             bin_steps=members,
             trace=trace,
             trace_counts=np.asarray(rec.trace_counts, dtype=np.int64),
-            word_info=words_from_segments(segments, column),
+            word_info=words,
             tokens=tokens,
-            image_size=self._image_size(scale, (gh, gw)),
+            image_size=self._image_size(getattr(self.pipe, "vae_scale_factor", 8), rec.step.grid),
             per_head=rec.per_head,
             per_layer=rec.per_layer,
-            meta={
-                "model": getattr(self.pipe, "name_or_path", None) or type(self.pipe).__name__,
-                "pipeline": type(self.pipe).__name__,
-                "family": self.family.name,
-                "resolution_sites": self.family.resolution_sites,
-                "sources": [s.source for s in segments],
-                "mass": rec.mass,
-                "prompt": prompt if prompt is not None else segments[0].tokenizer.decode(
-                    [t for i, t in enumerate(segments[0].ids) if i not in segments[0].skip], skip_special_tokens=True),
-                "image_index": image,
-                "negative": negative,
-                "steps": total,
-                "timesteps": list(rec.timesteps),
-                "guidance_scale": _guidance_scale(self.pipe),
-                "coverage": self.coverage(),
-            },
+            meta=meta,
         )
 
     def _image_size(self, scale: int, grid: tuple[int, int]) -> tuple[int, int]:
@@ -313,7 +336,7 @@ def _guidance_scale(pipe) -> float | None:
 
 
 def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool = False, trace_size: int = 16,
-          capture_uncond: bool = False, mass: str = "raw") -> Trace:
+          capture_uncond: bool = False, mass: str = "raw", concepts: list[str] | None = None) -> Trace:
     """Capture per-word attention to the prompt while `pipe` generates; use as a context manager.
 
     Args:
@@ -328,6 +351,8 @@ def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool =
         mass: ``"raw"``: a token's map is the attention probability on it. ``"text"``: that probability
             divided by the query's total on the text positions — in joint attention an image query also
             attends to image keys, so its text slice does not sum to 1; this makes it (per layer and step).
+        concepts: words or phrases to locate whether or not the prompt says them (``maps.concept("sky")``);
+            they follow the generation on the side and never change it (see `crossattn.concepts`).
 
     Example:
         >>> import torch, crossattn
@@ -342,4 +367,4 @@ def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool =
         (64, 64)
     """
     return Trace(pipe, time_bins=time_bins, per_head=per_head, per_layer=per_layer, trace_size=trace_size,
-                 capture_uncond=capture_uncond, mass=mass)
+                 capture_uncond=capture_uncond, mass=mass, concepts=concepts)

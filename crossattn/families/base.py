@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..capture import Layer
+from ..errors import InputError
 from ..words import Segment, whole
 
 __all__ = ["Family", "Segment", "whole"]
@@ -75,6 +76,11 @@ class Family:
     def tokenizer(self, pipe, encoder: str):
         """The tokenizer that feeds a text encoder (text_encoder_2 → tokenizer_2, ...)."""
         return getattr(pipe, encoder.replace("text_encoder", "tokenizer"), None)
+
+    def concept_engine(self, pipe, trace, concepts: list[str]):
+        """A `concepts.ConceptEngine` following `concepts` during generation (see `crossattn.concepts`)."""
+        raise InputError(f"concept maps are not available for {self.name} yet: they work on UNet pipelines and "
+                         "on joint-attention transformers (SD3 / the embedded MMDiT)")
 
     def word_tokenizer(self, pipe):
         """The tokenizer whose words the maps are named by (for checking words before generating)."""

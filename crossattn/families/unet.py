@@ -15,6 +15,7 @@ import re
 import torch
 
 from ..capture import Layer
+from ..concepts import CrossConcepts, encode_concepts
 from ..words import tokenize_prompt
 from .base import Family, Segment, whole
 
@@ -67,6 +68,14 @@ class UNetFamily(Family):
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         return [whole("clip", pipe.tokenizer, calls["text_encoder"][call][prompt])]
+
+
+    def concept_engine(self, pipe, trace, concepts):
+        device = getattr(pipe, "_execution_device", None) or pipe.device
+        states = encode_concepts(pipe, concepts, lambda texts: pipe.encode_prompt(
+            texts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0])
+        modules = {layer.name: trace.denoiser.get_submodule(path) for path, layer in trace.layers.items()}
+        return CrossConcepts(trace.concept_recorder, modules, states)
 
 
 UNET = UNetFamily()

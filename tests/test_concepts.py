@@ -1,0 +1,82 @@
+"""Concept maps: they never change the image, they agree with the plain maps where they must, and a concept
+that is not in the picture gets little of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import build_tiny_sd, build_tiny_sd3, seeded
+
+import crossattn
+
+PROMPT = "a red circle left of a blue square"
+
+
+def run(pipe, steps=3, **kw):
+    return pipe(PROMPT, num_inference_steps=steps, generator=seeded(), output_type="latent", **kw).images
+
+
+@pytest.mark.parametrize("build, options", [(build_tiny_sd, {}),
+                                            (build_tiny_sd3, dict(height=32, width=32, max_sequence_length=24))],
+                         ids=["unet", "sd3"])
+def test_concepts_never_change_the_image_and_share_each_pixel(build, options):
+    pipe = build()
+    plain = run(pipe, **options)
+    with crossattn.trace(pipe, concepts=["circle", "sky", "background"]) as tr:
+        traced = run(pipe, **options)
+    assert torch.equal(plain, traced)
+    maps = tr.heat_maps()
+    assert maps.words[:3] == ["a", "red", "circle"]  # the prompt's maps are unaffected
+    shares = maps.concepts.token_maps()  # per pixel, the concepts' shares
+    assert torch.allclose(shares.sum(-1), torch.ones(shares.shape[:2]), atol=1e-5)
+    sky = maps.concept("sky")
+    assert sky.array.shape == maps.word("circle").array.shape and sky.array.max() == pytest.approx(1.0)
+    with pytest.raises(crossattn.InputError, match="not a word"):
+        maps.concept("moon")
+
+
+def test_joint_concepts_do_not_depend_on_their_order():
+    """Concept tokens attend to the image and to each other, without positions: their order is immaterial."""
+    pipe = build_tiny_sd3()
+    options = dict(height=32, width=32, max_sequence_length=24)
+    with crossattn.trace(pipe, concepts=["circle", "sky", "square"]) as a:
+        run(pipe, **options)
+    with crossattn.trace(pipe, concepts=["square", "circle", "sky"]) as b:
+        run(pipe, **options)
+    for concept in ("circle", "sky", "square"):
+        assert np.allclose(a.heat_maps().concept(concept).raw, b.heat_maps().concept(concept).raw, atol=1e-5)
+
+
+def test_unet_concepts_equal_the_plain_attention_renormalised_over_them():
+    """CLIP is causal: the concept "a red circle" encoded alone has the state of the prompt's "circle" token, and
+    the whole prompt that of its "square" token. Over just these two keys, each head's softmax is the plain
+    attention renormalised over the two tokens, which the per-head, per-layer plain maps give exactly."""
+    pipe = build_tiny_sd(seed=3)
+    with crossattn.trace(pipe, concepts=["a red circle", PROMPT], per_head=True, per_layer=True,
+                         time_bins=1) as tr:
+        run(pipe, steps=1)
+    maps = tr.heat_maps()
+    circle, square = maps.word("circle").positions[0], maps.word("square").positions[0]
+    expected, n = 0, 0
+    for sums in maps.sums.values():  # (bins, heads, h, w, tokens), one step: sums are the probabilities
+        p = sums[0]
+        expected = expected + (p[..., circle] / (p[..., circle] + p[..., square])).sum(0)
+        n += p.shape[0]
+    got = maps.concepts.token_maps()[..., 0]
+    assert torch.allclose(got, expected / n, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_absent_concept_stays_off_the_object_on_the_shapes_model():
+    """The control on a trained model: in "a red circle", the concept "square" (not drawn) gets far less of the
+    circle's pixels than the concept "circle"."""
+    from crossattn.generation import generate
+    from crossattn.shapes import evaluate as ev
+
+    pipe = crossattn.load_pipeline()
+    image, maps = generate(pipe, "a large red circle", seed=1, concepts=["circle", "square", "background"])
+    blob = ev.largest_blob(ev.colour_masks(np.asarray(image))["red"])
+    assert blob.sum() > 50
+    share = {c: float(maps.concept(c).raw[blob].mean()) for c in ("circle", "square")}
+    assert share["circle"] > 2 * share["square"]
