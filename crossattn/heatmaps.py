@@ -50,8 +50,8 @@ from .words import Word, find_word
 # heatmaps.json's format: 2 added per-source word positions and the model family (crossattn 0.2).
 FORMAT_VERSION = 2
 
-if TYPE_CHECKING:  # placement sits downstream of heat maps: the methods below only forward to it
-    from . import placement
+if TYPE_CHECKING:  # placement and diagnosis sit downstream of heat maps: the methods below only forward to them
+    from . import diagnosis, placement
 
 
 @dataclass
@@ -344,6 +344,14 @@ class HeatMaps:
         name = word if occurrence == 0 else f"{word}#{occurrence}"
         return placement.placement_timeline(self, name, placement.DEFAULT_TAU if tau is None else tau, tolerance)
 
+    def diagnose(self, objects: list[str] | None = None, steps=None) -> diagnosis.Diagnosis:
+        """Why did this generation go wrong? Neglected objects, leaking attributes, merged objects, broken
+        relations (`crossattn.diagnosis`). `objects`: phrases to diagnose (default: the prompt's); `steps`: only
+        those steps (an early verdict)."""
+        from . import diagnosis
+
+        return diagnosis.diagnose(self, objects, steps)
+
     # ---- pictures ---------------------------------------------------------------------------------------
     def grid(self, image: Image.Image | np.ndarray, words: list[str] | None = None, alpha: float = 0.5,
              cmap: str = "jet", tile: int = 256, cols: int | None = None) -> Image.Image:
@@ -355,7 +363,8 @@ class HeatMaps:
 
     # ---- files ------------------------------------------------------------------------------------------
     def save(self, directory: str | Path, fmt: str = "safetensors") -> Path:
-        """Write ``maps.safetensors`` (or ``maps.npz``) with the raw sums and ``heatmaps.json`` with the rest."""
+        """Write ``maps.safetensors`` (or ``maps.npz``) with the raw sums, ``heatmaps.json`` with the rest, and
+        ``diagnosis.json`` (`diagnose`); concept maps go to ``concepts/``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         arrays = {f"sums/{k}": t.contiguous().cpu() for k, t in self.sums.items()}
@@ -386,6 +395,8 @@ class HeatMaps:
             **self.meta,
         }
         (out / "heatmaps.json").write_text(json.dumps(info, indent=1))
+        if self.meta.get("kind") != "concepts":  # the diagnosis travels with the maps it was read from
+            (out / "diagnosis.json").write_text(json.dumps(self.diagnose().to_dict(), indent=1))
         if self.concepts is not None:
             self.concepts.save(out / "concepts", fmt)
         return out

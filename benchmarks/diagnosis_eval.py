@@ -1,0 +1,219 @@
+"""How often is `maps.diagnose()` right? Validation on the shapes world, where the truth is in the pixels.
+
+Failures are made likely on purpose — two- and three-object prompts, few denoising steps, low guidance — and
+the truth is read from the generated pixels (`crossattn.shapes.evaluate`'s palette segmentation):
+
+- **missing**: the object's colour is absent from the image (no blob of it covering ≥ 0.4 % of the pixels);
+- **wrong colour**: the object's colour is present, but its largest blob is not the named shape while the named
+  shape is drawn in another colour (the colour landed on the wrong object);
+- **merged**: both objects' colours are present and their largest blobs touch (the world never draws objects
+  closer than 2 px);
+- **relation broken**: for "X <relation> Y" prompts with both objects drawn, the pixels' centroids break it.
+
+Scores: neglect (per object) against missing; the object's largest attribute leakage against wrong colour; the
+pair's mask IoU against merged; the attention verdict against broken relations. Thresholds are chosen on
+*training* seeds (F1-optimal) and written, with a calibration table (share of real failures per score range),
+to ``crossattn/assets/diagnosis.json``; the figures are then measured on *held-out* seeds, for the full run and
+for the early verdict from the first 25 % and 50 % of the steps.
+
+    .venv/bin/python benchmarks/diagnosis_eval.py --n 600 --json benchmarks/results/diagnosis_eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import crossattn  # noqa: E402
+from crossattn.diagnosis import KINDS, diagnose  # noqa: E402
+from crossattn.generation import generate  # noqa: E402
+from crossattn.models import asset_path  # noqa: E402
+from crossattn.placement import relation_gap  # noqa: E402
+from crossattn.shapes import evaluate as ev  # noqa: E402
+from crossattn.shapes.world import HELD_OUT_SEED, parse_caption, sample_scene  # noqa: E402
+
+TRAIN_SEED = 300_000_000  # scenes for choosing thresholds: a training-range stream no recipe uses
+SETTINGS = [(4, 2.0), (6, 3.0), (8, 1.5), (12, 5.0)]  # (steps, guidance): failure-prone to normal
+WINDOWS = {"full": None, "first 50 %": 0.5, "first 25 %": 0.25}
+
+
+def prompts(start: int, n: int) -> list[str]:
+    """n captions naming 2 or 3 objects (half each), from scene seeds start, start + 1, ..."""
+    out, seed = [], start
+    while len(out) < n:
+        scene = sample_scene(seed, n_objects=2 + len(out) % 2)
+        seed += 1
+        out.append(scene.caption)
+    return out
+
+
+def truth(image: np.ndarray, caption: str) -> dict:
+    """What the pixels say about each named object and pair."""
+    masks = ev.colour_masks(image)
+    pairs, relation = parse_caption(caption)
+    blobs = {c: ev.largest_blob(masks[c]) for c, _ in pairs}
+    present = {c: b.sum() >= 0.004 * b.size for c, b in blobs.items()}
+    drawn_shapes = {c: ev.classify_shape(b) for c, b in blobs.items() if present[c]}
+    every = {c: ev.largest_blob(m) for c, m in masks.items()}
+    shape_in_colour = {c: ev.classify_shape(b) for c, b in every.items() if b.sum() >= 0.004 * b.size}
+    objects = {}
+    for colour, shape in pairs:
+        wrong = present[colour] and drawn_shapes[colour] != shape and any(
+            s == shape for c, s in shape_in_colour.items() if c != colour)
+        objects[f"{colour} {shape}"] = {"missing": not present[colour], "wrong_colour": bool(wrong)}
+    merged = {}
+    for i in range(len(pairs)):
+        for j in range(i + 1, len(pairs)):
+            a, b = pairs[i][0], pairs[j][0]
+            touch = present[a] and present[b] and bool(
+                (cv2.dilate(blobs[a].astype(np.uint8), np.ones((3, 3), np.uint8)) & blobs[b]).any())
+            merged[(f"{a} {pairs[i][1]}", f"{b} {pairs[j][1]}")] = touch
+    broken = None
+    if relation and len(pairs) == 2 and all(present[c] for c, _ in pairs):
+        gap = relation_gap(ev.centroid(blobs[pairs[0][0]]), ev.centroid(blobs[pairs[1][0]]), relation)
+        broken = gap <= 0
+    return {"objects": objects, "merged": merged, "relation_broken": broken}
+
+
+def collect(pipe, captions: list[str], label: str) -> list[dict]:
+    """Per generation: the truth and the diagnosis scores for each window."""
+    rows = []
+    for k, caption in enumerate(tqdm(captions, desc=label, unit="image")):
+        steps, guidance = SETTINGS[k % len(SETTINGS)]
+        image, maps = generate(pipe, caption, seed=k, steps=steps, guidance=guidance)
+        objects = [f"{c} {s}" for c, s in parse_caption(caption)[0]]
+        row = {"caption": caption, "steps": steps, "guidance": guidance, "truth": truth(np.asarray(image), caption)}
+        for window, share in WINDOWS.items():
+            span = None if share is None else slice(0, max(1, round(share * steps)))
+            d = diagnose(maps, objects, span)
+            relation = maps.relations_from_prompt()
+            attention_says_broken = None
+            if relation:
+                attention_says_broken = not (maps if span is None else maps.filter(steps=span)).check(
+                    relation[0]).passed
+            row[window] = {
+                "neglect": {o.name: o.neglect for o in d.objects},
+                "leakage": {o.name: max(o.leakage.values(), default=0.0) for o in d.objects},
+                "merging": {" | ".join(p): v for p, v in d.merging.items()},
+                "relation_broken": attention_says_broken,
+            }
+        rows.append(row)
+    return rows
+
+
+def cases(rows: list[dict], kind: str, window: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, truths) of one failure kind across all generations."""
+    scores, truths = [], []
+    for row in rows:
+        t, d = row["truth"], row[window]
+        if kind == "neglect":
+            for name, info in t["objects"].items():
+                scores.append(d["neglect"][name])
+                truths.append(info["missing"])
+        elif kind == "leakage":
+            for name, info in t["objects"].items():
+                if not info["missing"]:
+                    scores.append(d["leakage"][name])
+                    truths.append(info["wrong_colour"])
+        else:
+            for pair, merged in t["merged"].items():
+                scores.append(d["merging"][" | ".join(pair)])
+                truths.append(merged)
+    return np.asarray(scores, float), np.asarray(truths, bool)
+
+
+def auc(scores: np.ndarray, truths: np.ndarray) -> float | None:
+    """ROC AUC by the rank statistic (ties count half)."""
+    pos, neg = scores[truths], scores[~truths]
+    if not len(pos) or not len(neg):
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def precision_recall(scores, truths, threshold) -> tuple[float | None, float | None]:
+    said = scores >= threshold
+    tp = (said & truths).sum()
+    return (float(tp / said.sum()) if said.sum() else None, float(tp / truths.sum()) if truths.sum() else None)
+
+
+def best_threshold(scores: np.ndarray, truths: np.ndarray) -> float:
+    """The threshold with the best F1 on these (training) cases."""
+    best, best_f1 = 0.5, -1.0
+    for t in np.unique(scores):
+        p, r = precision_recall(scores, truths, t)
+        f1 = 0.0 if not p or not r else 2 * p * r / (p + r)
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best
+
+
+def calibration_bins(scores: np.ndarray, truths: np.ndarray, n: int = 5) -> list[list[float]]:
+    """Score ranges holding equal numbers of cases, each with its share of real failures."""
+    edges = np.unique(np.quantile(scores, np.linspace(0, 1, n + 1)))
+    out = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (scores >= low) & (scores <= high)
+        out.append([float(low), float(high), float(truths[inside].mean()) if inside.any() else 0.0])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="shapes-unet")
+    parser.add_argument("--n", type=int, default=600, help="generations for thresholds and as many held out")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--write-calibration", action="store_true",
+                        help="write the chosen thresholds to crossattn/assets/diagnosis.json")
+    args = parser.parse_args()
+    pipe = crossattn.load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    train = collect(pipe, prompts(TRAIN_SEED, args.n), "training seeds")
+    held = collect(pipe, prompts(HELD_OUT_SEED + 5_000_000, args.n), "held-out seeds")
+    thresholds, bins = {}, {}
+    for kind in KINDS:
+        s, t = cases(train, kind, "full")
+        thresholds[kind] = best_threshold(s, t)
+        bins[kind] = calibration_bins(s, t)
+    table = []
+    for kind in KINDS:
+        for window in WINDOWS:
+            s, t = cases(held, kind, window)
+            p, r = precision_recall(s, t, thresholds[kind])
+            table.append({"kind": kind, "window": window, "cases": int(len(t)), "true": int(t.sum()),
+                          "auc": auc(s, t), "precision": p, "recall": r, "threshold": thresholds[kind]})
+    for window in WINDOWS:
+        said = [r[window]["relation_broken"] for r in held if r["truth"]["relation_broken"] is not None]
+        real = [r["truth"]["relation_broken"] for r in held if r["truth"]["relation_broken"] is not None]
+        s, t = np.asarray(said, bool), np.asarray(real, bool)
+        p, r = precision_recall(s.astype(float), t, 0.5)
+        table.append({"kind": "misplacement", "window": window, "cases": int(len(t)), "true": int(t.sum()),
+                      "auc": None, "precision": p, "recall": r, "threshold": None})
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    print("| failure | window | cases (true) | ROC AUC | precision | recall | threshold |")
+    print("|---|---|---|---|---|---|---|")
+    for row in table:
+        print(f"| {row['kind']} | {row['window']} | {row['cases']} ({row['true']}) | {fmt(row['auc'])} | "
+              f"{fmt(row['precision'])} | {fmt(row['recall'])} | {fmt(row['threshold'])} |")
+    result = {"model": args.model, "n": args.n, "settings": SETTINGS, "table": table, "thresholds": thresholds,
+              "bins": bins}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.write_calibration:
+        source = f"benchmarks/diagnosis_eval.py --model {args.model} --n {args.n} (training seeds)"
+        asset_path("diagnosis.json").write_text(json.dumps(
+            {"thresholds": thresholds, "bins": bins, "source": source}, indent=1))
+        print(f"wrote {asset_path('diagnosis.json')}")
+
+
+if __name__ == "__main__":
+    main()
