@@ -1,19 +1,48 @@
-"""What does capture cost? Time, memory and rendering, plain vs traced, side by side in one process.
+"""What does capture cost? Time and memory: plain vs crossattn vs attention-map-diffusers, side by side in one run.
 
-    .venv/bin/python benchmarks/overhead.py                 # prints a table, writes benchmarks/results/overhead.json
-    .venv/bin/python benchmarks/overhead.py --quick         # fewer repeats, no 512 px / RSS probes
+    .venv/bin/python benchmarks/overhead.py            # ≈ 14 min on a quiet 2-core CPU; table + results/overhead.json
+    .venv/bin/python benchmarks/overhead.py --quick    # every row at tiny sizes, 1 repeat (≈ 1 min): checks the script
 
-Models: (a) the embedded shapes-world pipeline (assets/shapes-model), (b) a pipeline with the exact
-Stable Diffusion 1.5 architecture (UNet 320/640/1280/1280, 8 heads, 2 layers per block, cross-attention
-dim 768; SD VAE; CLIP ViT-L/14 text encoder) with random weights — weights do not change the cost.
-Timings are of the denoising loop (``output_type="latent"``), the only part capture touches, so the ratio
-is not diluted by VAE decoding. Each repeat runs plain and traced back to back, alternating which goes
-first; we report min and median over repeats after one warm-up of each.
+Models (random weights except the first; weights do not change the cost):
+
+(a) the embedded shapes-world UNet (assets/shapes-model), 64 px, 20 steps;
+(b) the exact Stable Diffusion 1.5 architecture (UNet 320/640/1280/1280, 8 heads, 2 layers per block,
+    cross-attention dim 768; SD VAE; CLIP ViT-L/14 text encoder), 256 px, 4 steps;
+(c) an MMDiT at SD3.5-medium width (hidden 1536 = 24 heads × 64, joint_attention_dim 4096, caption projection
+    1536, pooled 2048, RMS q/k norm, patch 2, VAE factor 8: 256 px → 32×32 latent → 16×16 tokens) and reduced
+    depth: 2 joint blocks, the first with SD3.5's extra image self-attention, the second the text-closing one;
+    text = 77 CLIP + 256 T5 positions; guidance 5 (batch of 2), 4 steps;
+(d) a Flux.1-width transformer (hidden 3072 = 24 heads × 128, joint_attention_dim 4096, guidance embedding as
+    in dev): two double-stream and two single-stream blocks, 256 px → 16×16 packed tokens, 256 T5 positions
+    (schnell's length; dev's 512 makes the text half of the sequence bigger still), 2 steps.
+
+In (c) and (d) the text encoders are tiny stand-ins (they run once per call, outside the denoising loop); the
+T5 stand-in has the real width 4096, so the denoiser gets text states of the real shape.
+
+Time: the pipeline call with ``output_type="latent"`` (text encoding + denoising loop, no VAE decoding, so the
+ratio is not diluted by work capture never touches), for three *tools*: plain, ``crossattn.trace(pipe)`` and
+the peer, attention-map-diffusers' ``AttentionCapture(pipe)`` with its defaults (image→text maps, last step
+only, "fast" mode: keeps each call's query and key, computes the maps in ``compute()`` afterwards). Installing
+and removing each tool is inside the timed span. Each repeat runs the three back to back, in forward order on
+even repeats and reversed on odd ones; min and median over repeats after one warm-up of each. "Maps ready" is
+what comes after the generation: ``tr.heat_maps().token_maps()`` for crossattn, ``capture.compute()`` for the
+peer (its last step only, its default).
+
+Memory: one generation of 50 steps with crossattn and the peer (``timesteps="all"``) attached at once, read
+after step 10 and after step 50 through ``callback_on_step_end`` — what a 10-step and a 50-step generation
+hold: neither tool sizes anything by the total step count except crossattn's time bins, min(4, steps), the
+same 4 for both. crossattn: ``recorder.accumulator_bytes`` (fixed) and ``recorder.trace_bytes`` (grows by one
+coarse map per step). Peer: the bytes of the distinct tensor storages its records keep alive — every captured
+call's query and key (with offload to the CPU on a CPU these are the model's own tensors, not copies, but they
+stay allocated), both CFG halves, text and image positions: for all steps, and for the last step alone (what
+its default holds); then the bytes of its maps after ``compute()`` (computed on a copy of the record list, so
+the generation goes on undisturbed).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import resource
@@ -21,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -28,33 +58,53 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers: tiny text encoders and the T5-style tokenizer
 
 import crossattn  # noqa: E402
+from crossattn.cli import _quiet_libraries  # noqa: E402
 from crossattn.shapes.model import MODEL_DIR, load_tokenizer, untrained_pipeline  # noqa: E402
 
 PROMPT = "a red circle left of a blue square"
+HAS_PEER = importlib.util.find_spec("attention_map_diffusers") is not None
+TOOLS = ("plain", "crossattn") + (("peer",) if HAS_PEER else ())
 
 
-def sd15_pipeline():
-    """SD 1.5's architecture, random weights (built from configs; nothing is downloaded)."""
+@dataclass
+class Bench:
+    """One model row: its pipeline and how it is called."""
+
+    key: str  # key in the JSON
+    title: str
+    pipe: object
+    size: int  # image side in pixels
+    steps: int  # denoising steps of the timed runs
+    call: dict = field(default_factory=dict)  # further pipeline options (guidance, text length)
+
+
+# ---- pipelines -----------------------------------------------------------------------------------------------
+def sd15_pipeline(tiny: bool = False):
+    """SD 1.5's architecture, random weights (built from configs; nothing is downloaded); `tiny`: same layout,
+    narrow."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
-                                block_out_channels=(320, 640, 1280, 1280))
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+    width, unet_channels, vae_channels = (32, (32, 32, 32, 32), (32,) * 4) if tiny else \
+        (768, (320, 640, 1280, 1280), (128, 256, 512, 512))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=width, attention_head_dim=2 if tiny else 8,
+                                layers_per_block=1 if tiny else 2, block_out_channels=unet_channels)
+    vae = AutoencoderKL(block_out_channels=vae_channels, layers_per_block=1 if tiny else 2, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, hidden_act="quick_gelu", vocab_size=49408,
-                                        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=width, intermediate_size=37 if tiny else 3072,
+                                        num_hidden_layers=2 if tiny else 12, num_attention_heads=4 if tiny else 12,
+                                        hidden_act="quick_gelu", vocab_size=49408, bos_token_id=49406,
+                                        eos_token_id=49407, pad_token_id=49407))
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=load_tokenizer(), unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _quiet(pipe)
 
 
 def embedded_pipeline():
@@ -64,58 +114,187 @@ def embedded_pipeline():
     else:  # before the model is trained: same architecture, random weights (same cost)
         pipe = untrained_pipeline()
         name = "shapes architecture (untrained)"
+    return _quiet(pipe), name
+
+
+def _factor8_vae(latent_channels: int):
+    """A VAE with four levels (factor 8, as SD3's and Flux's) and few channels: only its config is used, since
+    the timed calls stop at the latents."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(32,) * 4, layers_per_block=1, latent_channels=latent_channels,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         shift_factor=0.0, scaling_factor=1.0)
+
+
+def sd35_width_pipeline(tiny: bool = False):
+    """SD3.5-medium width, two joint blocks (see the module docstring); `tiny`: 2 heads × 32, joint dim 64."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from helpers import clip_tokenizer, t5_tokenizer, text_config, tiny_t5
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    heads, head_dim, text_width, pooled = (2, 32, 64, 64) if tiny else (24, 64, 4096, 2048)
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=head_dim, num_attention_heads=heads,
+                                        joint_attention_dim=text_width, caption_projection_dim=heads * head_dim,
+                                        pooled_projection_dim=pooled, pos_embed_max_size=96,
+                                        qk_norm="rms_norm", dual_attention_layers=(0,))
+    # two CLIPs whose pooled outputs concatenate to the transformer's pooled width (SD3: 768 + 1280 = 2048)
+    clip = dict(hidden_act="gelu", projection_dim=pooled // 2)
+    return _quiet(StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_factor8_vae(16),
+        text_encoder=CLIPTextModelWithProjection(text_config(**clip)), tokenizer=clip_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(**clip)), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=tiny_t5(text_width), tokenizer_3=t5_tokenizer()))
+
+
+def flux_width_pipeline(tiny: bool = False):
+    """Flux.1 width, two double- and two single-stream blocks (see the module docstring); `tiny`: 2 heads × 32."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from helpers import clip_tokenizer, t5_tokenizer, text_config, tiny_t5
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    heads, head_dim, text_width, rope = (2, 32, 64, (8, 12, 12)) if tiny else (24, 128, 4096, (16, 56, 56))
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2,
+                                         attention_head_dim=head_dim, num_attention_heads=heads,
+                                         joint_attention_dim=text_width, pooled_projection_dim=32,
+                                         guidance_embeds=True, axes_dims_rope=rope)
+    return _quiet(FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_factor8_vae(16),
+        text_encoder=CLIPTextModel(text_config()), tokenizer=clip_tokenizer(),
+        text_encoder_2=tiny_t5(text_width), tokenizer_2=t5_tokenizer(), transformer=transformer))
+
+
+def _quiet(pipe):
+    """Progress bars off; every module in eval mode (a freshly built T5 would apply dropout)."""
     pipe.set_progress_bar_config(disable=True)
-    return pipe, name
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
 
 
-def run(pipe, steps: int, size: int, traced: bool, output_type: str = "latent", exact: bool = True):
+# ---- one call, with or without a tool -------------------------------------------------------------------------
+def run(pipe, steps: int, size: int, tool: str = "plain", output_type: str = "latent", **call):
+    """(seconds, pipeline output, the tool's handle) of one call; the tool is installed and removed inside the
+    timed span."""
     kw = dict(num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(0),
-              output_type=output_type, guidance_scale=7.5)
-    if not traced:
+              output_type=output_type, **({"guidance_scale": 7.5} | call))
+    if tool == "plain":
         start = time.perf_counter()
         out = pipe(PROMPT, **kw)
         return time.perf_counter() - start, out, None
+    if tool == "crossattn":
+        handle = crossattn.trace(pipe)
+    else:
+        from attention_map_diffusers import AttentionCapture
+
+        handle = AttentionCapture(pipe)  # its defaults: image->text, last step, mean over heads, fast mode
     start = time.perf_counter()
-    with crossattn.trace(pipe, exact=exact) as tr:
+    with handle:
         out = pipe(PROMPT, **kw)
-    return time.perf_counter() - start, out, tr
+    return time.perf_counter() - start, out, handle
 
 
-def overhead(pipe, steps: int, size: int, repeats: int) -> dict:
-    """Plain vs traced (exact mode, the default) vs traced (exact=False), interleaved, min and median."""
-    variants = {"plain": dict(traced=False), "exact": dict(traced=True), "fast": dict(traced=True, exact=False)}
-    for kw in variants.values():
-        run(pipe, steps, size, **kw)  # warm-up
-    times = {name: [] for name in variants}
+def overhead(b: Bench, repeats: int) -> dict:
+    """Plain vs each tool, interleaved (order reversed every other repeat), min and median after a warm-up."""
+    for tool in TOOLS:
+        run(b.pipe, b.steps, b.size, tool, **b.call)  # warm-up
+    times = {tool: [] for tool in TOOLS}
+    handles = {}
     for r in range(repeats):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))
-        for name in order:
-            times[name].append(run(pipe, steps, size, **variants[name])[0])
-    out = {"steps": steps, "size": size, "repeats": repeats}
-    for name, values in times.items():
-        out[f"{name}_min_s"], out[f"{name}_median_s"] = min(values), statistics.median(values)
-    for name in ("exact", "fast"):
-        out[f"ratio_{name}_min"] = out[f"{name}_min_s"] / out["plain_min_s"]
-        out[f"ratio_{name}_median"] = out[f"{name}_median_s"] / out["plain_median_s"]
+        for tool in TOOLS if r % 2 == 0 else reversed(TOOLS):
+            seconds, _, handles[tool] = run(b.pipe, b.steps, b.size, tool, **b.call)
+            times[tool].append(seconds)
+    out = {"steps": b.steps, "size": b.size, "repeats": repeats, "tools": list(TOOLS)}
+    for tool, values in times.items():
+        out[f"{tool}_min_s"], out[f"{tool}_median_s"] = min(values), statistics.median(values)
+    for tool in TOOLS[1:]:
+        out[f"ratio_{tool}_min"] = out[f"{tool}_min_s"] / out["plain_min_s"]
+        out[f"ratio_{tool}_median"] = out[f"{tool}_median_s"] / out["plain_median_s"]
+    # what each tool still has to do once the generation is over, on the last timed run
+    start = time.perf_counter()
+    handles["crossattn"].heat_maps().token_maps()
+    out["maps_ready_s"] = {"crossattn": time.perf_counter() - start}
+    if "peer" in handles:
+        start = time.perf_counter()
+        handles["peer"].compute()
+        out["maps_ready_s"]["peer"] = time.perf_counter() - start
     return out
 
 
-def memory(pipe, steps: int, size: int) -> dict:
-    _, _, tr = run(pipe, steps, size, True)
+# ---- memory ---------------------------------------------------------------------------------------------------
+def held_bytes(records) -> int:
+    """Bytes of the distinct storages that the peer's records keep alive (a view keeps its whole storage)."""
+    storages = {}
+    for record in records:
+        for tensor in (record.data, record.q, record.k, record.attention_mask):
+            if tensor is not None:
+                storage = tensor.untyped_storage()
+                storages[(tensor.device.type, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
+def peer_memory(capture) -> dict:
+    """What the peer holds now (all steps so far, and the last step alone = its default), and its maps' bytes."""
+    from attention_map_diffusers import AttentionCollector
+
+    records = list(capture.records)
+    last = max(r.step_index for r in records)
+    copy = AttentionCollector(capture.config)  # compute() on a copy: the live records stay as they are
+    copy.records = records
+    start = time.perf_counter()
+    maps = copy.compute()
+    return {"peer_records": len(records), "peer_held_bytes_all_steps": held_bytes(records),
+            "peer_own_count_bytes": capture.collector.capture_bytes,  # its accounting, for comparison
+            "peer_held_bytes_last_step": held_bytes([r for r in records if r.step_index == last]),
+            "peer_maps_bytes_all_steps": held_bytes(maps.records), "peer_compute_all_steps_s":
+                time.perf_counter() - start}
+
+
+def crossattn_memory(tr) -> dict:
     rec = tr.recorder
     tokens = next(iter(rec.sums.values())).shape[-1]
     pixels_per_resolution = {s.resolution[0] * s.resolution[1] for s in rec.sites.values()}
     return {
-        "steps": steps, "size": size, "accumulator_bytes": rec.accumulator_bytes, "trace_bytes": rec.trace_bytes,
-        "tokens_kept": tokens, "time_bins": rec.time_bins, "sites": sorted(rec.sites),
+        "accumulator_bytes": rec.accumulator_bytes, "trace_bytes": rec.trace_bytes, "tokens_kept": tokens,
+        "time_bins": rec.time_bins, "sites": sorted(rec.sites),
         # the issue's budget: 4 bytes x tokens x sum over captured resolutions of latent pixels (77-token context)
         "budget_bytes_77_tokens": 4 * 77 * sum(pixels_per_resolution),
         "budget_bytes_kept_tokens": 4 * tokens * sum(pixels_per_resolution),
     }
 
 
+def memory(b: Bench, size: int, snapshots: tuple[int, ...]) -> list[dict]:
+    """One generation of max(snapshots) steps with both tools attached; what each holds after each snapshot step."""
+    rows = []
+
+    def read(pipe, i, t, kwargs):
+        if i + 1 in snapshots:
+            row = {"steps": i + 1, "size": size, **crossattn_memory(tr)}
+            if cap is not None:
+                row.update(peer_memory(cap))
+            rows.append(row)
+        return kwargs
+
+    kw = dict(num_inference_steps=max(snapshots), height=size, width=size, generator=torch.Generator().manual_seed(0),
+              output_type="latent", callback_on_step_end=read, **({"guidance_scale": 7.5} | b.call))
+    cap = None
+    with crossattn.trace(b.pipe) as tr:
+        if HAS_PEER:
+            from attention_map_diffusers import AttentionCapture
+
+            with AttentionCapture(b.pipe, timesteps="all", max_capture_bytes=None) as cap:
+                b.pipe(PROMPT, **kw)
+        else:
+            b.pipe(PROMPT, **kw)
+    return rows
+
+
 def render_cost(pipe, steps: int, size: int, repeats: int = 5) -> dict:
-    _, out, tr = run(pipe, steps, size, True, output_type="pil")
+    _, out, tr = run(pipe, steps, size, "crossattn", output_type="pil")
     image = out.images[0]
     times = []
     for _ in range(repeats):
@@ -127,65 +306,102 @@ def render_cost(pipe, steps: int, size: int, repeats: int = 5) -> dict:
             "all_overlays_median_s": statistics.median(times)}
 
 
-def peak_rss_probe(traced: bool, size: int, steps: int) -> int:
+def peak_rss_probe(tool: str, size: int, steps: int) -> int:
     """Peak RSS (KiB) of a fresh process that builds SD 1.5 and generates once, plain or traced."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import overhead as o, resource; "
-            f"o.run(o.sd15_pipeline(), {steps}, {size}, {traced}); "
+            f"o.run(o.sd15_pipeline(), {steps}, {size}, {tool!r}); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 
+# ---- the run --------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="2 repeats; skip 512 px and the RSS probes")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per tool (the embedded model: 4×)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every row at tiny sizes, 1 repeat, no 512 px / RSS probes: checks the script")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "overhead.json"))
     args = parser.parse_args()
     torch.set_flush_denormal(True)
-    repeats = 2 if args.quick else args.repeats
+    _quiet_libraries()
+    quick = args.quick
+    repeats = 1 if quick else args.repeats
+    started = time.perf_counter()
     result = {"date": date.today().isoformat(), "cpu_cores": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(), "prompt": PROMPT}
+              "machine": platform.processor() or platform.machine(), "prompt": PROMPT, "quick": quick,
+              "tools": list(TOOLS)}
+    if HAS_PEER:
+        from importlib.metadata import version
 
-    small, small_name = embedded_pipeline()
-    result["embedded"] = {"model": small_name,
-                          "time": overhead(small, steps=20, size=64, repeats=repeats * 4),
-                          "memory": [memory(small, s, 64) for s in (10, 50)] + [memory(small, 20, 128)],
-                          "render": render_cost(small, 20, 64)}
-    del small
-    big = sd15_pipeline()
-    result["sd15"] = {"model": "SD 1.5 architecture, random weights",
-                      "time": overhead(big, steps=4, size=256, repeats=repeats),
-                      "memory": [memory(big, s, 256) for s in (10, 50)]
-                      + ([] if args.quick else [memory(big, 2, 512)]),
-                      "render": render_cost(big, 2, 256)}
-    del big
-    if not args.quick:
-        result["sd15"]["peak_rss_kib"] = {"plain": peak_rss_probe(False, 256, 3),
-                                          "traced": peak_rss_probe(True, 256, 3)}
+        result["peer"] = f"attention-map-diffusers {version('attention-map-diffusers')}"
+    snapshots = (10, 50)
+
+    pipe, name = embedded_pipeline()
+    b = Bench("embedded", name, pipe, 64, 4 if quick else 20)
+    result[b.key] = {"model": name, "time": overhead(b, repeats * (1 if quick else 4)),
+                     "memory": memory(b, 64, snapshots) + memory(b, 128, (20,)),
+                     "render": render_cost(pipe, b.steps, 64)}
+    print(f"{name}: done", file=sys.stderr)
+    del pipe, b
+
+    size = 64 if quick else 256
+    b = Bench("sd15", "SD 1.5 architecture, random weights" + (" (tiny)" if quick else ""), sd15_pipeline(quick),
+              size, 2 if quick else 4)
+    result[b.key] = {"model": b.title, "time": overhead(b, repeats), "memory": memory(b, size, snapshots)
+                     + ([] if quick else memory(b, 512, (2,))), "render": render_cost(b.pipe, 2, size)}
+    print(f"{b.title}: done", file=sys.stderr)
+    del b
+    if not quick:
+        result["sd15"]["peak_rss_kib"] = {"plain": peak_rss_probe("plain", 256, 3),
+                                          "traced": peak_rss_probe("crossattn", 256, 3)}
+
+    tiny = " (tiny)" if quick else ""
+    text = dict(max_sequence_length=16 if quick else 256)
+    transformers = (  # built one at a time: the Flux-width one alone holds 4 GB of float32 weights
+        ("sd35_width", "MMDiT, SD3.5-medium width, 2 joint blocks", sd35_width_pipeline, 2 if quick else 4,
+         dict(guidance_scale=5.0, **text)),
+        ("flux_width", "Flux.1 width, 2 double + 2 single blocks", flux_width_pipeline, 2,
+         dict(guidance_scale=3.5, **text)),
+    )
+    for key, title, build, steps, call in transformers:
+        b = Bench(key, title + tiny, build(quick), size, steps, call)
+        result[key] = {"model": b.title, "time": overhead(b, repeats), "memory": memory(b, size, snapshots)}
+        print(f"{b.title}: done", file=sys.stderr)
+        del b
+
     result["rss_this_process_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["wall_s"] = time.perf_counter() - started
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     print_table(result)
 
 
+MODELS = ("embedded", "sd15", "sd35_width", "flux_width")
+
+
 def print_table(r: dict) -> None:
-    print(f"crossattn capture overhead — {r['date']}, {r['cpu_cores']} CPU threads, torch {r['torch']}")
-    print("\n| model | size | steps | mode | plain min / median (s) | traced min / median (s) | ratio min | "
-          "ratio median |")
-    print("|---|---|---|---|---|---|---|---|")
-    for key in ("embedded", "sd15"):
+    peer = f"; peer: {r['peer']}" if "peer" in r else ""
+    print(f"crossattn capture overhead — {r['date']}, {r['cpu_cores']} CPU threads, torch {r['torch']}{peer}"
+          + (" (--quick: tiny sizes, 1 repeat)" if r.get("quick") else ""))
+    print("\n| model | size | steps | tool | plain min / median (s) | traced min / median (s) | ratio min | "
+          "ratio median | maps ready after (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key in MODELS:
         t = r[key]["time"]
-        for mode in ("exact", "fast"):
-            print(f"| {r[key]['model']} | {t['size']} px | {t['steps']} | {mode} | {t['plain_min_s']:.3f} / "
-                  f"{t['plain_median_s']:.3f} | {t[f'{mode}_min_s']:.3f} / {t[f'{mode}_median_s']:.3f} | "
-                  f"{t[f'ratio_{mode}_min']:.3f} | {t[f'ratio_{mode}_median']:.3f} |")
-    print("\n| model | size | steps | accumulators (B) | trace (B) | tokens kept | budget 4·77·Σpx (B) |")
-    print("|---|---|---|---|---|---|---|")
-    for key in ("embedded", "sd15"):
+        for tool in t["tools"][1:]:
+            print(f"| {r[key]['model']} | {t['size']} px | {t['steps']} | {tool} | {t['plain_min_s']:.3f} / "
+                  f"{t['plain_median_s']:.3f} | {t[f'{tool}_min_s']:.3f} / {t[f'{tool}_median_s']:.3f} | "
+                  f"{t[f'ratio_{tool}_min']:.3f} | {t[f'ratio_{tool}_median']:.3f} | {t['maps_ready_s'][tool]:.4f} |")
+    print("\n| model | size | steps | crossattn accumulators (B) | crossattn trace (B) | tokens kept | "
+          "peer default: last step (B) | peer all steps (B) | peer maps after compute() (B) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key in MODELS:
         for m in r[key]["memory"]:
+            held = [f"{m[k]:,}" if k in m else "—" for k in ("peer_held_bytes_last_step", "peer_held_bytes_all_steps",
+                                                             "peer_maps_bytes_all_steps")]
             print(f"| {r[key]['model']} | {m['size']} px | {m['steps']} | {m['accumulator_bytes']:,} | "
-                  f"{m['trace_bytes']:,} | {m['tokens_kept']} | {m['budget_bytes_77_tokens']:,} |")
+                  f"{m['trace_bytes']:,} | {m['tokens_kept']} | {' | '.join(held)} |")
     print("\n| model | size | words | all overlays min / median (s) |")
     print("|---|---|---|---|")
     for key in ("embedded", "sd15"):
@@ -196,6 +412,7 @@ def print_table(r: dict) -> None:
         rss = r["sd15"]["peak_rss_kib"]
         print(f"\nSD 1.5 arch, 256 px, 3 steps, fresh process peak RSS: plain {rss['plain'] / 1024:.0f} MiB, "
               f"traced {rss['traced'] / 1024:.0f} MiB (difference {(rss['traced'] - rss['plain']) / 1024:+.0f} MiB)")
+    print(f"\nwhole run: {r['wall_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ no more often than chance, while the mean of true layouts, which that prediction
 This script trains only that step, to find out whether the model *can* learn it and how fast:
 
 - every batch holds two-object (relation) captions only, all at t ≥ 950, with the posterior-mean target over
-  `--layouts` layouts of each caption (`Trainer.unet_loss` with `reference_layouts`; the project's own loss);
+  `--layouts` layouts of each caption (`Trainer.denoiser_loss` with `reference_layouts`; the project's own loss);
 - every `--check-every` steps it prints the probe's figure: the share of 40 held-out relation prompts whose
   decoded t = 999 prediction (guidance 5) puts the first colour on the stated side of the second.
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from position_probe import layout_step_relation
 
-from crossattn.shapes.model import MODEL_DIR, assemble_pipeline
+from crossattn.shapes.model import MODEL_DIR
 from crossattn.shapes.train import Recipe, Trainer, to_tensor
 from crossattn.shapes.world import Scene, sample_scene
 
@@ -62,16 +62,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run:  # a Trainer keeps a run folder; nothing here is resumable
         trainer = Trainer(run, recipe)
     trainer.load_starting_weights()
-    params = list(trainer.unet.parameters()) + list(trainer.text_encoder.parameters())
+    params = [p for m in trainer.parts.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr)
-    pipe = assemble_pipeline(trainer.vae, trainer.unet, trainer.text_encoder)
+    pipe = trainer.live
 
     def check(step: int, loss: float | None) -> dict:
-        trainer.unet.eval()
-        trainer.text_encoder.eval()
+        for m in trainer.parts.values():
+            m.eval()
         row = {"step": step, "loss": loss, **layout_step_relation(pipe)}
-        trainer.unet.train()
-        trainer.text_encoder.train()
+        for m in trainer.parts.values():
+            m.train()
         shown = "     –" if loss is None else f"{loss:.4f}"
         print(f"step {step:>5}  loss {shown}  t=999 prediction obeys the relation: {row['model']:.2f} "
               f"(mean of true layouts {row['mean of true layouts']:.2f}; {time.time() - start:.0f} s)", flush=True)
@@ -83,8 +83,8 @@ def main() -> None:
         scenes, seed = relation_scenes(seed, args.batch)
         trainer.step = step
         gen = torch.Generator(trainer.device).manual_seed(step)
-        loss = trainer.unet_loss(to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes],
-                                 gen, scenes=scenes)
+        loss, _ = trainer.denoiser_loss(to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes],
+                                        gen, scenes=scenes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

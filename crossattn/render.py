@@ -120,12 +120,16 @@ def with_colorbar(image: Image.Image, label: str, cmap: str = "jet", tile: int =
     bar = Image.fromarray(colorize(ramp, cmap))
     tick_font = font(max(10, tile // 28))
     tick_w = int(tick_font.getlength("1.0")) + 6
-    out = Image.new("RGB", (image.width + margin + bar_w + tick_w + margin, image.height + title_h), "white")
+    below = int(tick_font.size) // 2 + 2  # room under the bar for the lower half of the "0.0" label
+    title_font = font(int(title_h * 0.6))
+    width = max(image.width + margin + bar_w + tick_w + margin, int(title_font.getlength(label)) + 8)
+    out = Image.new("RGB", (width, image.height + title_h + below), "white")
     out.paste(image, (0, title_h))
     x = image.width + margin
     out.paste(bar, (x, title_h))
     draw = ImageDraw.Draw(out)
-    draw.text((image.width / 2, title_h / 2), label, fill="black", font=font(int(title_h * 0.6)), anchor="mm")
+    draw.text((width / 2 if width > image.width + 2 * margin + bar_w + tick_w else image.width / 2, title_h / 2), label,
+              fill="black", font=title_font, anchor="mm")
     for value in (1.0, 0.5, 0.0):
         y = title_h + (1 - value) * (image.height - 1)
         draw.text((x + bar_w + 3, y), f"{value:.1f}", fill="black", font=tick_font, anchor="lm")

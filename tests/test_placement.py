@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import crossattn
 from crossattn import placement
 from crossattn.capture import Site
 from crossattn.heatmaps import HeatMaps
@@ -51,21 +52,35 @@ def test_parse_statements():
     assert placement.parse_statement("sun above house") == ("sun", "above", "house")
     assert placement.parse_statement("circle in 0, 0, 0.5, 1") == ("circle", "in", (0, 0, 0.5, 1))
     assert placement.parse_statement("circle on the left") == ("circle", "side", "left")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(crossattn.InputError, match="cannot read"):
         placement.parse_statement("circle near square")
     with pytest.raises(ValueError, match="bad box"):
         placement.parse_statement("circle in 0.6,0,0.5,1")
 
 
-def test_relations_in_prompt():
-    words = "a red circle left of a blue square".split()
-    assert placement.relations_in_prompt(words) == ["red circle left_of blue square"]
-    words = "a small green triangle above a yellow circle".split()
-    assert placement.relations_in_prompt(words) == ["small green triangle above yellow circle"]
-    assert placement.relations_in_prompt("a blue square on the right".split()) == ["blue square on the right"]
-    assert placement.relations_in_prompt("a cat to the left of a dog and a sun above a house".split()) == [
-        "cat left_of dog", "sun above house"]
-    assert placement.relations_in_prompt("a red circle".split()) == []
+def test_relations_read_from_natural_prompts_name_mapped_words():
+    circle, square = blob(16, 16, 4, 8, 2), blob(16, 16, 12, 8, 2)
+    words = "a photo of a red circle to the left of a blue square in a garden".split()
+    arrays = [np.zeros((16, 16))] * len(words)
+    arrays[words.index("circle")], arrays[words.index("square")] = circle, square
+    maps = toy_maps(words, arrays)
+    maps.meta["prompt"] = "A photo of a red circle to the left of a blue square in a garden, 4k"
+    statements, notes = placement.prompt_relations(maps)
+    assert statements == ["red circle left_of blue square"] and maps.check(statements[0]).passed
+    assert maps.objects() == ["red circle", "blue square"]  # framing ("photo") and context ("garden") are not
+    maps.meta["prompt"] = "a red circle left of a purple square"  # "purple" is not among the mapped words
+    statements, notes = placement.prompt_relations(maps)
+    assert statements == [] and "not among the mapped words" in notes[0]
+
+
+def test_statements_with_repeats_and_errors():
+    assert placement.parse_statement("cat left_of cat#1") == ("cat", "left_of", "cat#1")
+    assert placement.word_ref("red cat#1") == ("red cat", 1) and placement.word_ref("cat") == ("cat", 0)
+    assert placement.statement_words("circle in 0,0,0.5,1") == ["circle"]
+    assert placement.relation_gap((1, 5), (4, 2), "left_of") == 3
+    assert placement.relation_gap((1, 5), (4, 2), "above") == -3
+    with pytest.raises(crossattn.InputError, match="cannot read"):
+        placement.parse_statement("circle beside square")
 
 
 def test_settle_step_on_a_synthetic_trace():
@@ -108,7 +123,7 @@ def test_heatmaps_check_and_segmentation():
     zero = maps.check("a left_of square")
     assert not zero.passed and "no attention" in zero.reason
     assert [r for r in maps.relations_from_prompt()] == ["circle left_of square"]
-    labels, names = maps.segmentation()
+    labels, names = maps.segmentation()  # one region per object phrase
     assert names == ["circle", "square"]
     assert labels[32, 16] == 1 and labels[32, 48] == 2 and labels[2, 32] == 0
     places = maps.placement()

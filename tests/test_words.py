@@ -6,7 +6,7 @@ import pytest
 from transformers import CLIPTokenizer
 
 from crossattn.shapes.model import TOKENIZER_DIR
-from crossattn.words import UnknownWordError, find_word, prompt_words
+from crossattn.words import UnknownWordError, find_word, prompt_words, tokenize_prompt, truncation
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,10 @@ def test_multi_word_query(tok):
 
 def test_long_prompt_warns_and_keeps_what_the_model_saw(tok):
     prompt = " ".join(["red"] * 80) + " elephant"
-    with pytest.warns(UserWarning, match="text encoder reads 77"):
-        words = prompt_words(tok, prompt)
+    words = prompt_words(tok, prompt)
     assert len(words) == 75 and words[-1].positions == (75,)
     assert "elephant" not in [w.text for w in words]
+    assert truncation(tok, prompt) == "red red red red red elephant"  # readable words, not BPE pieces
+    assert truncation(tok, "a red circle") is None
+    with pytest.warns(UserWarning, match="longer than the 77 tokens"):
+        assert len(tokenize_prompt(tok, prompt)) == 77

@@ -1,0 +1,308 @@
+"""A second, independent oracle: crossattn's maps against attention-map-diffusers' maps of the same generation.
+
+    .venv/bin/python benchmarks/oracle.py                     # every family; table + benchmarks/results/oracle.json
+    .venv/bin/python benchmarks/oracle.py --families sd1 sd3  # some of them
+
+`tests/reference.py` checks crossattn against a recomputation that still borrows crossattn's reading of the
+layout (which rows, which positions). attention-map-diffusers (PyPI ``attention-map-diffusers==1.0.0``, by
+other authors) reads it its own way: it *replaces* the processor of every attention module of the denoiser
+with its own copy; for each call whose layout it knows to hold image queries and text keys ("image->text"),
+its default "fast" mode keeps that call's query and key tensors, and ``compute()`` later forms
+softmax(Q·Kᵀ·scale + mask) over *all* keys in float32, keeps the image-query × text-key block and averages
+the heads: one (batch, 1, image tokens, text positions) tensor per layer and step. By default it keeps the last
+step only (``timesteps="last"``); here ``timesteps="all"``. It keeps every row of the batch, both halves of
+classifier-free guidance.
+
+Both are reduced to one definition: the raw attention probability on each kept prompt token (crossattn's
+kept positions: start token, the prompt's tokens, end token; never padding), of the conditional row (one
+image per call: under CFG the batch is [negative, prompt], so the prompt is the last row), averaged over heads
+and steps per layer, then over the layers *both* captured, per resolution (UNet layers at the same resolution
+are averaged; resolutions are concatenated pixel by pixel, never interpolated). Per token: the Pearson r of
+the two maps over pixels and the mass ratio (sum of crossattn's / sum of the peer's); per family: the overall
+mass ratio and the largest absolute difference. Layers only one tool captured are listed, and crossattn's
+map over *all* its layers is also correlated with the peer's (what a user comparing the two defaults sees).
+
+The three generations (plain, crossattn, peer) share prompt and seed; their outputs are compared bit for
+bit. If a traced output differed from the plain one, the tools would have seen different trajectories, so
+the comparison is then redone with both attached to one generation (recorded as ``"joint_run": true``).
+
+Families: the embedded shapes UNet (``crossattn.load_pipeline()``), and tiny random-weight SD 1.x, SDXL, SD3,
+Flux.1, PixArt-α and Sana pipelines (``tests/helpers.py``; Sana is built here), a few seconds each on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import crossattn  # noqa: E402
+from crossattn.cli import _quiet_libraries  # noqa: E402
+from crossattn.models import asset_path  # noqa: E402
+
+PROMPT = "a red circle left of a cyan square"
+SEED = 0
+
+
+@dataclass
+class Case:
+    """One family: how to build its pipeline and how to call it."""
+
+    title: str
+    build: Callable
+    call: dict = field(default_factory=dict)
+
+
+def _embedded_unet():
+    return _quiet(crossattn.load_pipeline(device="cpu"))
+
+
+def _embedded_mmdit():
+    return _quiet(crossattn.load_pipeline("shapes-mmdit", device="cpu"))
+
+
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sana(seed: int = 0):
+    """Sana layout in miniature: linear self-attention, cross-attention (attn2) to a Gemma-2 encoder's states.
+
+    The tokenizer is the tests' SentencePiece-style one (Gemma's own cannot be downloaded here). Sana puts its
+    long "complex human instruction" before the prompt and keeps the first and the last
+    ``max_sequence_length - 1`` encoder positions; with this tokenizer that cut drops the prompt's first word
+    (the model never sees it, so neither tool maps it).
+    """
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from helpers import _perturb, t5_tokenizer
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(seed)
+    transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=2,
+                                         num_attention_heads=2, attention_head_dim=4, num_cross_attention_heads=2,
+                                         cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+                                         sample_size=16)
+    _perturb(transformer, seed)
+    vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
+                        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+                        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+                        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)),
+                        decoder_qkv_multiscales=((), (5,)), encoder_layers_per_block=(1, 1),
+                        decoder_layers_per_block=(1, 1), downsample_block_type="conv",
+                        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+                        scaling_factor=0.41407)
+    tokenizer = t5_tokenizer()
+    text_encoder = Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
+                                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                            head_dim=4, pad_token_id=0)).eval()
+    return _quiet(SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                               scheduler=FlowMatchEulerDiscreteScheduler()))
+
+
+def cases() -> dict[str, Case]:
+    import helpers
+
+    tiny = dict(height=32, width=32, num_inference_steps=4)
+    dit = dict(tiny, max_sequence_length=24)
+    out = {
+        "embedded": Case("embedded shapes UNet", _embedded_unet,
+                         dict(height=64, width=64, num_inference_steps=20, guidance_scale=5.0)),
+        "sd1": Case("tiny SD 1.x (UNet)", helpers.build_tiny_sd, dict(tiny, guidance_scale=7.5)),
+        "sdxl": Case("tiny SDXL (UNet)", helpers.build_tiny_sdxl, dict(tiny, guidance_scale=5.0)),
+        "sd3": Case("tiny SD3 (MMDiT)", helpers.build_tiny_sd3, dict(dit, guidance_scale=5.0)),
+        "flux": Case("tiny Flux.1", helpers.build_tiny_flux, dict(dit, guidance_scale=3.5)),
+        "pixart": Case("tiny PixArt-α", helpers.build_tiny_pixart,
+                       dict(dit, guidance_scale=4.5, use_resolution_binning=False)),
+        "sana": Case("tiny Sana", build_tiny_sana, dict(dit, guidance_scale=4.5, use_resolution_binning=False)),
+    }
+    if (asset_path("shapes-mmdit") / "model_index.json").exists():  # shipped once its training is done
+        out["embedded-mmdit"] = Case("embedded shapes MMDiT", _embedded_mmdit,
+                                     dict(height=64, width=64, num_inference_steps=20, guidance_scale=5.0))
+    return out
+
+
+# ---- the two tools, each on its own generation ------------------------------------------------------------
+def generate(pipe, call: dict) -> torch.Tensor:
+    return pipe(PROMPT, generator=torch.Generator().manual_seed(SEED), output_type="latent", **call).images
+
+
+def ours_per_layer(tr) -> tuple[dict[str, torch.Tensor], list[str], list[int], int]:
+    """crossattn's maps, one per layer: module path -> (pixels, kept tokens) mean over heads and steps.
+
+    Also the kept tokens' strings, their positions in the denoiser's text input, and the number of steps.
+    """
+    maps = tr.heat_maps()
+    path_of = {layer.name: path for path, layer in tr.layers.items()}
+    per_layer = {}
+    for name in maps.sites:  # per_layer=True: one site per layer
+        token_maps = maps.filter(layers=[name]).token_maps()  # (h, w, tokens): mean over heads and steps
+        per_layer[path_of[name]] = token_maps.flatten(0, 1).double()
+    # Column c of the maps is text position kept[c] (start token, prompt tokens, end token).
+    kept = tr._kept.tolist()
+    return per_layer, list(maps.tokens), kept, len(tr.recorder.timesteps)
+
+
+def peer_per_layer(peer_maps, kept: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The peer's maps, one per layer: module path -> (pixels, kept tokens), and the steps each layer recorded."""
+    steps: dict[str, list[torch.Tensor]] = {}
+    for record in peer_maps.records:
+        if record.relation != "image->text" or record.data is None:
+            continue
+        path = record.layer_id.split(".", 1)[1]  # "unet.down_blocks…" / "transformer.transformer_blocks…"
+        conditional = record.data[-1, 0]  # one image: the prompt's row is the last (CFG: [negative, prompt])
+        steps.setdefault(path, []).append(conditional.double())
+    per_layer = {path: torch.stack(maps).mean(0)[:, kept] for path, maps in steps.items()}
+    return per_layer, {path: len(maps) for path, maps in steps.items()}
+
+
+def reduce(per_layer: dict[str, torch.Tensor], layers: list[str]) -> torch.Tensor:
+    """Mean over `layers` per resolution, resolutions concatenated along the pixel axis: (pixels, tokens)."""
+    by_size: dict[int, list[torch.Tensor]] = {}
+    for path in layers:
+        by_size.setdefault(per_layer[path].shape[0], []).append(per_layer[path])
+    return torch.cat([torch.stack(by_size[n]).mean(0) for n in sorted(by_size, reverse=True)])
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(a.norm() * b.norm())
+    if norm == 0.0:  # a flat map: r is undefined; agreement then means both are flat and equal
+        return 1.0 if torch.allclose(a, b) else float("nan")
+    return float((a * b).sum()) / norm
+
+
+def agreement(ours: torch.Tensor, theirs: torch.Tensor, tokens: list[str]) -> dict:
+    per_token = [{"token": t, "r": pearson(ours[:, i], theirs[:, i]),
+                  "mass_ratio": float(ours[:, i].sum() / theirs[:, i].sum())} for i, t in enumerate(tokens)]
+    rs = [p["r"] for p in per_token]
+    return {"min_r": min(rs), "mean_r": sum(rs) / len(rs), "mass_ratio": float(ours.sum() / theirs.sum()),
+            "max_abs_diff": float((ours - theirs).abs().max()), "max_value": float(theirs.abs().max()),
+            "per_token": per_token}
+
+
+def compare(pipe, call: dict) -> dict:
+    """One generation traced by crossattn, one by the peer (same seed), one plain; their maps compared."""
+    from attention_map_diffusers import AttentionCapture
+
+    start = time.perf_counter()
+    plain = generate(pipe, call)
+    with crossattn.trace(pipe, per_layer=True, time_bins=1) as tr:
+        ours_out = generate(pipe, call)
+    with AttentionCapture(pipe, timesteps="all", max_capture_bytes=None) as cap:
+        theirs_out = generate(pipe, call)
+    identical = {"crossattn": torch.equal(plain, ours_out), "peer": torch.equal(plain, theirs_out)}
+    joint = not all(identical.values())
+    if joint:  # different trajectories would differ in attention too: compare on one generation instead
+        with crossattn.trace(pipe, per_layer=True, time_bins=1) as tr, \
+                AttentionCapture(pipe, timesteps="all", max_capture_bytes=None) as cap:
+            generate(pipe, call)
+    ours, tokens, kept, our_steps = ours_per_layer(tr)
+    theirs, their_steps = peer_per_layer(cap.compute(), kept)
+    common = [path for path in ours if path in theirs]
+    result = {
+        "outputs_identical_to_plain": identical,
+        "max_abs_output_diff": {"crossattn": float((plain - ours_out).abs().max()),
+                                "peer": float((plain - theirs_out).abs().max())},
+        "joint_run": joint,
+        "steps": {"crossattn": our_steps, "peer": sorted(set(their_steps.values()))},
+        "layers_crossattn": len(ours), "layers_peer": len(theirs), "layers_compared": len(common),
+        "only_crossattn": [p for p in ours if p not in theirs],
+        "only_peer": [p for p in theirs if p not in ours],
+        # modules the peer swapped a processor in for (every attention module of the denoiser)
+        "peer_processors_replaced": cap.coverage.get("captured_modules"),
+        "tokens": tokens,
+    }
+    if common:
+        result.update(agreement(reduce(ours, common), reduce(theirs, common), tokens))
+        if result["only_crossattn"]:  # what comparing the two tools' defaults would show
+            every = reduce(ours, list(ours))
+            result["all_crossattn_layers_vs_peer"] = {
+                "min_r": min(pearson(every[:, i], reduce(theirs, common)[:, i]) for i in range(len(tokens))),
+                "mass_ratio": float(every.sum() / reduce(theirs, common).sum()),
+            }
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+# ---- report -----------------------------------------------------------------------------------------------
+def close_to_one(x: float) -> str:
+    """1 ± a tiny difference, readable: "1 − 6.6e-13" rather than "1.0000000"."""
+    d = x - 1.0
+    if d == 0.0:
+        return "1"
+    return f"1 {'+' if d > 0 else '−'} {abs(d):.1e}" if abs(d) < 1e-4 else f"{x:.5f}"
+
+
+def print_table(results: dict) -> None:
+    print(f"crossattn vs attention-map-diffusers {results['peer_version']} — {results['date']}, prompt "
+          f"{results['prompt']!r}, seed {SEED}")
+    print("\n| family | layers compared | min r over tokens | mean r | mass ratio | max abs diff | outputs identical "
+          "| note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results["families"].values():
+        if "error" in r:
+            print(f"| {r['title']} | — | — | — | — | — | — | {r['error']} |")
+            continue
+        same = "yes" if all(r["outputs_identical_to_plain"].values()) else "no (joint run)"
+        notes = []
+        if r["only_crossattn"]:
+            other = r["all_crossattn_layers_vs_peer"]
+            notes.append(f"peer misses {len(r['only_crossattn'])} layer(s) ({', '.join(r['only_crossattn'])}); "
+                         f"with them crossattn's map: min r {other['min_r']:.4f}, mass ratio "
+                         f"{other['mass_ratio']:.3f}")
+        if r["only_peer"]:
+            notes.append(f"crossattn misses {', '.join(r['only_peer'])}")
+        if "min_r" not in r:
+            print(f"| {r['title']} | 0 of {r['layers_crossattn']} | — | — | — | — | {same} | {'; '.join(notes)} |")
+            continue
+        print(f"| {r['title']} | {r['layers_compared']} of {r['layers_crossattn']} (peer {r['layers_peer']}) | "
+              f"{close_to_one(r['min_r'])} | {close_to_one(r['mean_r'])} | {close_to_one(r['mass_ratio'])} | "
+              f"{r['max_abs_diff']:.1e} | {same} | "
+              f"{'; '.join(notes)} |")
+
+
+def main() -> None:
+    available = cases()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", nargs="*", choices=sorted(available), default=list(available))
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "oracle.json"))
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    _quiet_libraries()
+    try:
+        from importlib.metadata import version
+
+        peer_version = version("attention-map-diffusers")
+    except Exception as exc:  # noqa: BLE001 - any failure means: not installed
+        raise SystemExit(f"attention-map-diffusers is not installed ({exc}): "
+                         ".venv/bin/pip install --no-deps attention-map-diffusers==1.0.0") from exc
+    results = {"date": date.today().isoformat(), "torch": torch.__version__, "peer_version": peer_version,
+               "prompt": PROMPT, "seed": SEED, "families": {}}
+    for key in args.families:
+        case = available[key]
+        try:
+            results["families"][key] = {"title": case.title, "call": case.call,
+                                        **compare(case.build(), case.call)}
+        except Exception as exc:  # noqa: BLE001 - a tool failing on one family is a finding, not the end of the run
+            results["families"][key] = {"title": case.title, "call": case.call,
+                                        "error": f"{type(exc).__name__}: {exc}"}
+        print(f"{case.title}: done", file=sys.stderr)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
