@@ -1,17 +1,21 @@
 """What does capture cost? Time and memory: plain vs crossattn vs attention-map-diffusers, side by side in one run.
 
-    .venv/bin/python benchmarks/overhead.py            # ≈ 14 min on a quiet 2-core CPU; table + results/overhead.json
+    .venv/bin/python benchmarks/overhead.py            # ≈ 15 min on a quiet 2-core CPU; table + results/overhead.json
     .venv/bin/python benchmarks/overhead.py --quick    # every row at tiny sizes, 1 repeat (≈ 1 min): checks the script
+
+The 15 minutes are an estimate from per-step times (the JSON records each model's seconds): about 5 for the
+UNet rows (as before: timing, 10/50-step memory, 512 px memory, overlays, two fresh-process RSS probes), 3 for
+the SD3.5-width rows and 7 for the Flux-width ones, most of it their 50-step memory generations.
 
 Models (random weights except the first; weights do not change the cost):
 
-(a) the embedded shapes-world UNet (assets/shapes-model), 64 px, 20 steps;
+(a) the embedded shapes-world UNet (crossattn/assets/shapes-unet), 64 px, 20 steps;
 (b) the exact Stable Diffusion 1.5 architecture (UNet 320/640/1280/1280, 8 heads, 2 layers per block,
     cross-attention dim 768; SD VAE; CLIP ViT-L/14 text encoder), 256 px, 4 steps;
 (c) an MMDiT at SD3.5-medium width (hidden 1536 = 24 heads × 64, joint_attention_dim 4096, caption projection
     1536, pooled 2048, RMS q/k norm, patch 2, VAE factor 8: 256 px → 32×32 latent → 16×16 tokens) and reduced
     depth: 2 joint blocks, the first with SD3.5's extra image self-attention, the second the text-closing one;
-    text = 77 CLIP + 256 T5 positions; guidance 5 (batch of 2), 4 steps;
+    text = 77 CLIP + 256 T5 positions; guidance 5 (batch of 2), 2 steps;
 (d) a Flux.1-width transformer (hidden 3072 = 24 heads × 128, joint_attention_dim 4096, guidance embedding as
     in dev): two double-stream and two single-stream blocks, 256 px → 16×16 packed tokens, 256 T5 positions
     (schnell's length; dev's 512 makes the text half of the sequence bigger still), 2 steps.
@@ -22,8 +26,9 @@ T5 stand-in has the real width 4096, so the denoiser gets text states of the rea
 Time: the pipeline call with ``output_type="latent"`` (text encoding + denoising loop, no VAE decoding, so the
 ratio is not diluted by work capture never touches), for three *tools*: plain, ``crossattn.trace(pipe)`` and
 the peer, attention-map-diffusers' ``AttentionCapture(pipe)`` with its defaults (image→text maps, last step
-only, "fast" mode: keeps each call's query and key, computes the maps in ``compute()`` afterwards). Installing
-and removing each tool is inside the timed span. Each repeat runs the three back to back, in forward order on
+only, "fast" mode: keeps each call's query and key, computes the maps in ``compute()`` afterwards; it swaps
+its own processors in for all of the denoiser's, so its time includes theirs). Installing and removing each
+tool is inside the timed span. Each repeat runs the three back to back, in forward order on
 even repeats and reversed on odd ones; min and median over repeats after one warm-up of each. "Maps ready" is
 what comes after the generation: ``tr.heat_maps().token_maps()`` for crossattn, ``capture.compute()`` for the
 peer (its last step only, its default).
@@ -243,15 +248,15 @@ def peer_memory(capture) -> dict:
 
     records = list(capture.records)
     last = max(r.step_index for r in records)
-    copy = AttentionCollector(capture.config)  # compute() on a copy: the live records stay as they are
-    copy.records = records
+    held = {"peer_records": len(records), "peer_held_bytes_all_steps": held_bytes(records),
+            "peer_own_count_bytes": capture.collector.capture_bytes,  # its own accounting, for comparison
+            "peer_held_bytes_last_step": held_bytes([r for r in records if r.step_index == last])}
+    copy = AttentionCollector(capture.config)  # compute() replaces records in its list: give it its own
+    copy.records = list(records)
     start = time.perf_counter()
     maps = copy.compute()
-    return {"peer_records": len(records), "peer_held_bytes_all_steps": held_bytes(records),
-            "peer_own_count_bytes": capture.collector.capture_bytes,  # its accounting, for comparison
-            "peer_held_bytes_last_step": held_bytes([r for r in records if r.step_index == last]),
-            "peer_maps_bytes_all_steps": held_bytes(maps.records), "peer_compute_all_steps_s":
-                time.perf_counter() - start}
+    return held | {"peer_compute_all_steps_s": time.perf_counter() - start,
+                   "peer_maps_bytes_all_steps": held_bytes(maps.records)}
 
 
 def crossattn_memory(tr) -> dict:
@@ -335,39 +340,46 @@ def main() -> None:
         from importlib.metadata import version
 
         result["peer"] = f"attention-map-diffusers {version('attention-map-diffusers')}"
-    snapshots = (10, 50)
+    snapshots = (10, 50)  # memory is read after these steps of one generation
+    size = 64 if quick else 256
+    tiny = " (tiny)" if quick else ""
+    text = dict(max_sequence_length=16 if quick else 256)
 
+    def done(key: str, since: float) -> None:
+        result[key]["seconds"] = time.perf_counter() - since
+        print(f"{result[key]['model']}: {result[key]['seconds']:.0f} s", file=sys.stderr)
+
+    since = time.perf_counter()
     pipe, name = embedded_pipeline()
     b = Bench("embedded", name, pipe, 64, 4 if quick else 20)
     result[b.key] = {"model": name, "time": overhead(b, repeats * (1 if quick else 4)),
-                     "memory": memory(b, 64, snapshots) + memory(b, 128, (20,)),
+                     "memory": memory(b, 64, snapshots) + ([] if quick else memory(b, 128, (20,))),
                      "render": render_cost(pipe, b.steps, 64)}
-    print(f"{name}: done", file=sys.stderr)
+    done(b.key, since)
     del pipe, b
 
-    size = 64 if quick else 256
-    b = Bench("sd15", "SD 1.5 architecture, random weights" + (" (tiny)" if quick else ""), sd15_pipeline(quick),
-              size, 2 if quick else 4)
-    result[b.key] = {"model": b.title, "time": overhead(b, repeats), "memory": memory(b, size, snapshots)
-                     + ([] if quick else memory(b, 512, (2,))), "render": render_cost(b.pipe, 2, size)}
-    print(f"{b.title}: done", file=sys.stderr)
+    since = time.perf_counter()
+    b = Bench("sd15", "SD 1.5 architecture, random weights" + tiny, sd15_pipeline(quick), size, 2 if quick else 4)
+    result[b.key] = {"model": b.title, "time": overhead(b, repeats),
+                     "memory": memory(b, size, snapshots) + ([] if quick else memory(b, 512, (2,))),
+                     "render": render_cost(b.pipe, 2, size)}
     del b
     if not quick:
         result["sd15"]["peak_rss_kib"] = {"plain": peak_rss_probe("plain", 256, 3),
                                           "traced": peak_rss_probe("crossattn", 256, 3)}
+    done("sd15", since)
 
-    tiny = " (tiny)" if quick else ""
-    text = dict(max_sequence_length=16 if quick else 256)
     transformers = (  # built one at a time: the Flux-width one alone holds 4 GB of float32 weights
-        ("sd35_width", "MMDiT, SD3.5-medium width, 2 joint blocks", sd35_width_pipeline, 2 if quick else 4,
+        ("sd35_width", "MMDiT, SD3.5-medium width, 2 joint blocks", sd35_width_pipeline, 2,
          dict(guidance_scale=5.0, **text)),
         ("flux_width", "Flux.1 width, 2 double + 2 single blocks", flux_width_pipeline, 2,
          dict(guidance_scale=3.5, **text)),
     )
     for key, title, build, steps, call in transformers:
+        since = time.perf_counter()
         b = Bench(key, title + tiny, build(quick), size, steps, call)
         result[key] = {"model": b.title, "time": overhead(b, repeats), "memory": memory(b, size, snapshots)}
-        print(f"{b.title}: done", file=sys.stderr)
+        done(key, since)
         del b
 
     result["rss_this_process_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 # How a layer's attention call lays out text and image positions (see `Layer.kind`).
-KINDS = ("cross", "text_first", "text_last")
+KINDS = ("cross", "text_first", "text_last", "added_kv")
 # The attention function the observer watches for, bound once: a library that wraps
 # `F.scaled_dot_product_attention` later still reaches this builtin, and is then seen through it.
 _SDPA = F.scaled_dot_product_attention
@@ -55,6 +55,8 @@ class Layer:
         ``"cross"``: queries are all image positions, keys all text positions (UNet ``attn2``, PixArt, Sana).
         ``"text_first"`` / ``"text_last"``: one joint sequence of text and image positions (Flux puts the
         text first, SD3 last); the text is the denoiser's text input, the image the generated image's tokens.
+        ``"added_kv"``: queries are all image positions, keys the text positions then those same image positions
+        (a UNet's added K/V attention: DeepFloyd IF).
     """
 
     name: str  # readable: "up_blocks.1.attentions.0.transformer_blocks.0.attn2", "double.3", "single.12", ...
@@ -76,6 +78,7 @@ class StepState:
     grid: tuple[int, int]  # (h, w) of the generated image's finest token grid
     text_len: int  # length of the denoiser's text input (joint layers)
     kept: torch.Tensor  # text positions kept (the prompt's tokens up to its end token), long
+    outside: torch.Tensor | None = None  # kept positions past this call's text (recorded as 0), bool; None: none
 
 
 @dataclass
@@ -156,6 +159,8 @@ class Recorder:
         images, text = spans
         out, probs = _attention_and_probabilities(query, key, value, call, step.rows, images, text, step.kept,
                                                   self.mass == "text")
+        if step.outside is not None:
+            probs[..., step.outside] = 0
         counts["recorded"] += 1
         h, w = self._grid(images.stop - images.start)
         self.record(layer, probs, h, w)
@@ -170,6 +175,8 @@ class Recorder:
         step = self.step
         if layer.kind == "cross":
             return (slice(0, n_queries), slice(0, n_keys)) if n_keys == step.text_len else None
+        if layer.kind == "added_kv":
+            return (slice(0, n_queries), slice(0, step.text_len)) if n_keys == step.text_len + n_queries else None
         pixels = step.grid[0] * step.grid[1]
         if n_queries != n_keys or n_keys < step.text_len + pixels:
             return None
@@ -245,16 +252,25 @@ class AttentionObserver(TorchFunctionMode):
         super().__init__()
         self.recorder = recorder
         self.layer = layer
+        self.on = False
 
     def switch_on(self, module, args) -> None:  # forward pre-hook of the layer (returns None: inputs untouched)
         self.__enter__()
+        self.on = True
 
     def switch_off(self, module, args, output) -> None:  # forward hook, registered with always_call=True
-        self.__exit__(None, None, None)
+        self.close()
         rec = self.recorder
         if rec.listener is not None and rec.step is not None and rec.step.rows.stop > rec.step.rows.start and \
                 output is not None:
             rec.listener.layer_done(self.layer, module, output)  # outside the mode: its own attention is not seen
+
+    def close(self) -> None:
+        """Switch off, if on. The trace's exit calls this too: torch runs ``always_call`` hooks after an
+        `Exception`, not after a KeyboardInterrupt, which would leave the mode on for the rest of the process."""
+        if self.on:
+            self.on = False
+            self.__exit__(None, None, None)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

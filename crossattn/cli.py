@@ -2,7 +2,8 @@
 
 Bad input (an `InputError`) → one line ``crossattn: error: ...`` on stderr, exit status 2, checked before any
 compute is spent where it can be. Anything else is a bug: one line ``crossattn: internal error: ...``, exit
-status 1, and the traceback with ``--debug``. Ctrl-C → exit status 130.
+status 1, and the traceback with ``--debug``. Ctrl-C → exit status 130. ``crossattn diagnose`` exits with 3
+when it finds a failure.
 """
 
 from __future__ import annotations
@@ -105,13 +106,27 @@ def cmd_placement(args) -> None:
     print(f"\nwrote {out}: image.png, segmentation.png, timeline.png, placement.json")
 
 
+def cmd_diagnose(args) -> int:
+    objects = split_list(args.objects) or None
+    out = _writable(args.out)
+    image, maps = _generate(args, objects)
+    d = maps.diagnose(objects)
+    image.save(out / "image.png")
+    d.picture(image).save(out / "diagnosis.png")
+    (out / "diagnosis.json").write_text(json.dumps(d.to_dict(), indent=1))
+    print(d.report())
+    print(f"\nwrote {out}: image.png, diagnosis.png, diagnosis.json")
+    return 3 if d.failed else 0  # the exit status says whether a failure was found
+
+
 def cmd_eval_shapes(args) -> None:
     from . import render
     from .shapes import evaluate as ev
     from .shapes.world import parse_caption
 
     pipe = _load(args)
-    result, examples = ev.evaluate(pipe, n=args.n, steps=args.steps, guidance=args.guidance, show=args.samples_n)
+    result, examples = ev.evaluate(pipe, n=args.n, steps=args.steps, guidance=args.guidance, show=args.samples_n,
+                                   concepts=args.concepts)
     result["model"] = args.model or "shapes-unet"
     print(ev.format_table(result))
     if args.json:
@@ -198,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=0.4, help="relative threshold (share of the peak)")
     p.set_defaults(func=cmd_placement)
 
+    q = sub.add_parser("diagnose", help="why did a generation go wrong? exit 3 if a failure is found, else 0")
+    generation_args(q)
+    q.add_argument("--objects", default=None,
+                   help='comma-separated object phrases to diagnose, e.g. "red circle, blue square" (default: the '
+                        "prompt's noun phrases)")
+    q.set_defaults(func=cmd_diagnose)
+
     d = sub.add_parser("demo", help="start the Gradio demo (http://127.0.0.1:7860)")
     d.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, default=7860)
@@ -215,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="write the scores here")
     e.add_argument("--samples", default=None, help="write a PNG of example images with their overlays")
     e.add_argument("--samples-n", type=int, default=6)
+    e.add_argument("--concepts", action="store_true",
+                   help="also score concept maps of the world's words and the absent-shape control")
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_eval_shapes)
 
@@ -258,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     # zero changes no visible result (they are below 1e-38).
     torch.set_flush_denormal(True)
     try:
-        args.func(args)
+        status = args.func(args)
     except KeyboardInterrupt:
         print("crossattn: interrupted", file=sys.stderr)
         return 130
@@ -271,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if args.debug else " (rerun with --debug for the traceback)"
         print(f"crossattn: internal error: {type(exc).__name__}: {one_line(exc)}{hint}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -347,3 +347,42 @@ def _settle(maps: HeatMaps, subs: list[Subject], result: list[ObjectDiagnosis], 
                 shares.append(series[owner[step] != k].sum() / total if total > 0 else 0.0)
             verdicts.append(max(shares) >= th["leakage"])
         o.settled["wrong_attribute"] = placement.settle_step(np.array(verdicts, float)[:, None], 0.5)
+
+
+# ---- early verdict ---------------------------------------------------------------------------------------
+class StoppedEarly(Exception):
+    """Raised by an `early_stop` callback to abort a generation whose early diagnosis says it is doomed."""
+
+    def __init__(self, step: int, diagnosis: Diagnosis):
+        super().__init__(f"stopped after step {step}: " + "; ".join(diagnosis.verdicts()))
+        self.step, self.diagnosis = step, diagnosis
+
+
+def early_stop(trace, at: int, when=lambda d: d.failed, objects: list[str] | None = None):
+    """A `callback_on_step_end` for diffusers pipelines: after step `at` (1-based), diagnose the steps so far
+    and raise `StoppedEarly` if `when(diagnosis)` holds — e.g. to skip doomed seeds in a seed search.
+
+        >>> import torch, crossattn
+        >>> from crossattn.diagnosis import StoppedEarly, early_stop
+        >>> pipe = crossattn.load_pipeline()
+        >>> with crossattn.trace(pipe) as tr:
+        ...     try:
+        ...         image = pipe("a red circle left of a blue square", generator=torch.Generator().manual_seed(0),
+        ...                      callback_on_step_end=early_stop(tr, at=5)).images[0]
+        ...         outcome = "finished"
+        ...     except StoppedEarly as stop:
+        ...         outcome = f"stopped after step {stop.step}: {stop.diagnosis.verdicts()}"
+        >>> outcome
+        'finished'
+    """
+    if at < 1:
+        raise InputError(f"early_stop: 'at' is a step number from 1, got {at}")
+
+    def callback(pipeline, i, t, kwargs):
+        if i + 1 == at:
+            d = diagnose(trace.heat_maps(), objects, steps=slice(0, at))
+            if when(d):
+                raise StoppedEarly(at, d)
+        return kwargs
+
+    return callback

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from .diagnosis import early_stop
 from .errors import InputError
 from .families import family_of
 from .heatmaps import HeatMaps
@@ -97,12 +98,15 @@ def generate(
     size: tuple[int, int] | None = None,
     negative_prompt: str | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    stop_early_at: int | None = None,
     **trace_options,
 ) -> tuple[Image.Image, HeatMaps]:
     """Generate one image of `prompt` under `crossattn.trace` and return it with its heat maps.
 
     `size` is (width, height), default the model's native size; `on_step(done, total)` is called after
-    every denoising step (progress bars, cancellation: it may raise); `trace_options` go to `crossattn.trace`.
+    every denoising step (progress bars, cancellation: it may raise); with `stop_early_at` = k, the steps so
+    far are diagnosed after step k and a doomed generation raises `diagnosis.StoppedEarly`;
+    `trace_options` go to `crossattn.trace`.
     """
     size = size or native_size(pipe)
     notes = check_inputs(pipe, prompt, size, steps, guidance, seed=seed)
@@ -111,13 +115,21 @@ def generate(
     if negative_prompt:
         options["negative_prompt"] = negative_prompt
     accepted = inspect.signature(pipe.__call__).parameters
-    if on_step is not None and "callback_on_step_end" in accepted:
-        options["callback_on_step_end"] = lambda pipeline, i, t, kwargs: (on_step(i + 1, steps), kwargs)[1]
-    elif on_step is not None and "callback" in accepted:  # older pipelines (PixArt): callback(step, t, latents)
-        options["callback"] = lambda i, t, latents: on_step(i + 1, steps)
     if "use_resolution_binning" in accepted:  # PixArt/Sana would silently resize to a trained aspect ratio
         options["use_resolution_binning"] = False
     with trace(pipe, **trace_options) as tr:
+        stop = None if stop_early_at is None else early_stop(tr, stop_early_at)
+
+        def after_step(i: int) -> None:
+            if on_step is not None:
+                on_step(i + 1, steps)
+            if stop is not None:
+                stop(pipe, i, None, {})
+
+        if "callback_on_step_end" in accepted:
+            options["callback_on_step_end"] = lambda pipeline, i, t, kwargs: (after_step(i), kwargs)[1]
+        elif "callback" in accepted:  # older pipelines (PixArt): callback(step, t, latents)
+            options["callback"] = lambda i, t, latents: after_step(i)
         image = pipe(prompt, **options).images[0]
     maps = tr.heat_maps()
     maps.meta.update(prompt=prompt, negative_prompt=negative_prompt, seed=seed, guidance_scale=guidance,

@@ -62,6 +62,7 @@ class Trace:
         self._cfg = False
         self._swapped: dict | None = None
         self._hooks: list = []
+        self._observers: list[AttentionObserver] = []
 
     # ---- install / restore --------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -74,7 +75,7 @@ class Trace:
     def start(self) -> None:
         if self._swapped is not None:
             raise RuntimeError("this trace is already active")
-        processors = self.denoiser.attn_processors
+        processors = _processors(self.denoiser)
         swap = {f"{path}.processor": PlainSDPAProcessor() for path in self.layers
                 if type(processors.get(f"{path}.processor")).__name__ in NON_SDPA_PLAIN}
         self._swapped = {name: processors[name] for name in swap}
@@ -88,6 +89,7 @@ class Trace:
             for path, layer in self.layers.items():
                 module = self.denoiser.get_submodule(path)
                 observer = AttentionObserver(self.recorder, layer)
+                self._observers.append(observer)
                 self._hooks.append(module.register_forward_pre_hook(observer.switch_on))
                 self._hooks.append(module.register_forward_hook(observer.switch_off, always_call=True))
             self._hooks.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
@@ -102,10 +104,14 @@ class Trace:
             raise
 
     def stop(self) -> None:
-        """Remove the hooks and put back any swapped processors (safe to call twice)."""
+        """Remove the hooks, switch off an observer a KeyboardInterrupt left on, and put back any swapped
+        processors (safe to call twice)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        for observer in reversed(self._observers):
+            observer.close()
+        self._observers.clear()
         self.recorder.listener = None
         if self._swapped:
             self.denoiser.set_attn_processor({**self.denoiser.attn_processors, **self._swapped})
@@ -136,8 +142,12 @@ class Trace:
             self._start_generation(x, args, kwargs)
         index = 0 if rec.step is None else rec.step.index + (not repeat)
         rows, slot = self._rows(x.shape[0], repeat)
+        text_len = family.text_len(args, kwargs)
+        kept, outside = self._kept, None
+        if self._kept_max >= text_len:  # this call's text is shorter (true CFG: prompt and negative differ in length)
+            kept, outside = self._kept.clamp_max(text_len - 1), self._kept >= text_len
         step = StepState(index, max(self._expected_steps(), index + 1), t, rows, slot, self._images,
-                         family.grid(module, args, kwargs), family.text_len(args, kwargs), self._kept)
+                         family.grid(module, args, kwargs), text_len, kept, outside)
         rec.begin_step(step)
         if rec.listener is not None:
             self.concept_recorder.begin_step(step)
@@ -156,8 +166,11 @@ class Trace:
             return (slice(0, batch), slice(0, n)) if self.capture_uncond and self._cfg else (slice(0, 0), slice(0, 0))
         if repeat:  # a further call at the same timestep (e.g. SD3's skip-layer guidance): not a new view
             return slice(0, 0), slice(0, 0)
+        prompts_first = self.family.cfg == "batch_prompts_first"
+        if self._cfg and batch == n:  # a step without the negatives' half (Z-Image's CFG truncation)
+            return slice(0, batch), slice(0, n) if prompts_first else slice(self._images - n, self._images)
         if self._cfg and not self.capture_uncond:
-            return slice(batch // 2, batch), slice(0, n)
+            return (slice(0, n) if prompts_first else slice(batch // 2, batch)), slice(0, n)
         return slice(0, batch), slice(0, batch)
 
     def _start_generation(self, x: torch.Tensor, args, kwargs) -> None:
@@ -179,6 +192,7 @@ class Trace:
                     kept.update(segment.kept_positions())
         # nothing captured (the pipeline got prompt_embeds): keep every text position
         self._kept = torch.tensor(sorted(kept) if kept else range(text_len), dtype=torch.long, device=x.device)
+        self._kept_max = max(kept, default=text_len - 1)
 
     def _batch_cfg(self, x: torch.Tensor) -> bool:
         """Is this denoiser batch [negatives, prompts] of classifier-free guidance?"""
@@ -213,7 +227,7 @@ class Trace:
         counts = self.recorder.coverage
         recorded = {self.layers[p].name: counts.get(self.layers[p].name, {}).get("recorded", 0) for p in self.layers}
         silent = [name for name, n in recorded.items() if n == 0]
-        total = sum(1 for _ in self.denoiser.attn_processors)
+        total = len(_processors(self.denoiser))
         return {
             "family": self.family.name,
             "recorded_calls": recorded,
@@ -243,12 +257,12 @@ class Trace:
         if not -n <= image < n:
             raise InputError(f"image {image} out of range: the latest call generated {n} image(s)")
         image %= n
-        row = image
-        if negative:
-            if not (self.capture_uncond and self._cfg):
-                raise InputError("negative maps need crossattn.trace(pipe, capture_uncond=True) and guidance > 1")
-        elif self.capture_uncond and self._cfg:
-            row = n + image  # negatives come first
+        both = self.capture_uncond and self._cfg
+        if negative and not both:
+            raise InputError("negative maps need crossattn.trace(pipe, capture_uncond=True) and guidance > 1")
+        # with both halves recorded, the images axis holds the negatives first, unless the family batches prompts first
+        second = negative if self.family.cfg == "batch_prompts_first" else not negative
+        row = n + image if both and second else image
         segments = self._segments(image, n, negative, prompt)
         column = {int(p): c for c, p in enumerate(self._kept.tolist())}
         tokens = ["?"] * len(column)
@@ -268,7 +282,8 @@ class Trace:
             "sources": [s.source for s in segments],
             "mass": rec.mass,
             "prompt": prompt if prompt is not None else segments[0].tokenizer.decode(
-                [t for i, t in enumerate(segments[0].ids) if i not in segments[0].skip], skip_special_tokens=True),
+                [t for i, t in enumerate(segments[0].ids[: segments[0].end + 1]) if i not in segments[0].skip],
+                skip_special_tokens=True),
             "image_index": image,
             "negative": negative,
             "steps": rec.step.total,
@@ -302,7 +317,7 @@ class Trace:
             trace_counts=np.asarray(rec.trace_counts, dtype=np.int64),
             word_info=words,
             tokens=tokens,
-            image_size=self._image_size(getattr(self.pipe, "vae_scale_factor", 8), rec.step.grid),
+            image_size=self._image_size(self.family.vae_scale(self.pipe), rec.step.grid),
             per_head=rec.per_head,
             per_layer=rec.per_layer,
             meta=meta,
@@ -325,6 +340,15 @@ class Trace:
                              "heat_maps(prompt=...) with the prompt that produced the embeddings")
         per_prompt = max(1, n_images // len(prompts[call]))
         return family.segments(self.pipe, self.calls, call, image // per_prompt, self._text_len)
+
+
+def _processors(denoiser) -> dict:
+    """Attention-processor path → processor; from the modules themselves where the model does not list them
+    (Z-Image's transformer has no `attn_processors`)."""
+    listed = getattr(denoiser, "attn_processors", None)
+    if listed is not None:
+        return listed
+    return {f"{n}.processor": m.processor for n, m in denoiser.named_modules() if hasattr(m, "processor")}
 
 
 def _guidance_scale(pipe) -> float | None:

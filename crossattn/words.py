@@ -51,10 +51,10 @@ class Segment:
 
     @property
     def truncated(self) -> bool:
-        """The prompt filled every position: the encoder may have cut it."""
+        """The prompt filled every position: the encoder may have cut it (not when padded on the left)."""
         pad = getattr(self.tokenizer, "pad_token_id", None)
         eos = getattr(self.tokenizer, "eos_token_id", None)
-        return self.end == len(self.ids) - 1 and (pad == eos or pad not in self.ids)
+        return self.end == len(self.ids) - 1 and (pad == eos or pad not in self.ids) and self.ids[0] != pad
 
 
 def whole(source: str, tokenizer, ids: list[int], offset: int = 0) -> Segment:

@@ -6,15 +6,28 @@
 from __future__ import annotations
 
 from ..errors import InputError
+from .auraflow import AURAFLOW
 from .base import Family
+from .chroma import CHROMA
+from .cogview4 import COGVIEW4
+from .deepfloyd_if import IF
 from .flux import FLUX
+from .flux2 import FLUX2, FLUX2_KLEIN
+from .hidream import HIDREAM
+from .hunyuandit import HUNYUANDIT
+from .kandinsky3 import KANDINSKY3
+from .lumina2 import LUMINA2
 from .pixart import PIXART, SANA
+from .qwenimage import QWEN_IMAGE
 from .sd3 import SD3
 from .unet import UNET
+from .zimage import Z_IMAGE
 
 # Checked in order: the UNet family last, as its "StableDiffusion*" would also match "StableDiffusion3...".
 REGISTRY: tuple[Family, ...] = (
     SD3, FLUX, PIXART, SANA,
+    FLUX2, FLUX2_KLEIN, CHROMA, QWEN_IMAGE, Z_IMAGE, HIDREAM,
+    LUMINA2, COGVIEW4, HUNYUANDIT, AURAFLOW, KANDINSKY3, IF,
     UNET,
 )
 VIDEO_WORDS = ("Video", "AnimateDiff", "Wan", "CogVideoX", "Mochi", "LTX", "Latte", "Allegro", "SkyReels")
@@ -29,10 +42,11 @@ def family_of(pipe) -> Family:
     if any(word in name for word in VIDEO_WORDS):
         raise InputError(f"{name} generates video, which crossattn does not support yet (frames share the attention "
                          f"batch, so per-frame maps need their own handling); supported: {supported_list()}")
-    for family in REGISTRY:
-        for pattern in family.pipelines:
-            if any(n == pattern or pattern.endswith("*") and n.startswith(pattern[:-1]) for n in names):
-                return family
+    for exact in (True, False):  # an exact class name wins over a prefix ("Flux2Pipeline" over Flux.1's "Flux*")
+        for family in REGISTRY:
+            for pattern in family.pipelines:
+                if any(n == pattern if exact else pattern.endswith("*") and n.startswith(pattern[:-1]) for n in names):
+                    return family
     if getattr(pipe, "unet", None) is not None and type(pipe.unet).__name__ == "UNet2DConditionModel":
         return UNET  # any other pipeline built around a Stable Diffusion UNet
     raise InputError(f"{name} is not supported: crossattn.trace works with {supported_list()}")

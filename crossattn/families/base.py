@@ -19,7 +19,7 @@ from ..capture import Layer
 from ..errors import InputError
 from ..words import Segment, whole
 
-__all__ = ["Family", "Segment", "whole"]
+__all__ = ["Family", "Segment", "template_skip", "whole"]
 
 
 class Family:
@@ -29,7 +29,9 @@ class Family:
     pipelines: tuple[str, ...] = ()  # pipeline class names (or prefixes ending in "*") it covers
     denoiser = "transformer"  # pipeline attribute of the denoiser
     encoders: tuple[str, ...] = ("text_encoder",)  # text encoders whose calls are watched (prompt, negative)
-    cfg = "batch"  # "batch": [negative, prompt] halves of one call; "calls": prompt call, then negative call
+    # "batch": [negative, prompt] halves of one call; "batch_prompts_first": [prompt, negative] halves;
+    # "calls": a prompt call, then a negative call
+    cfg = "batch"
     resolution_sites = False  # one resolution throughout: sites are named by block ("joint"), not "up.16x16"
 
     def layers(self, denoiser: torch.nn.Module) -> dict[str, Layer]:
@@ -39,6 +41,10 @@ class Family:
     def patch(self, denoiser: torch.nn.Module) -> int:
         """Latent pixels per image token along a side."""
         return getattr(denoiser.config, "patch_size", 1) or 1
+
+    def vae_scale(self, pipe) -> int:
+        """Image pixels per latent pixel along a side."""
+        return getattr(pipe, "vae_scale_factor", 8)
 
     def grid(self, denoiser: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, int]:
         """(h, w) of the generated image's token grid; default: a (B, C, H, W) latent cut in patches."""
@@ -85,3 +91,13 @@ class Family:
     def word_tokenizer(self, pipe):
         """The tokenizer whose words the maps are named by (for checking words before generating)."""
         return self.tokenizer(pipe, self.encoders[0])
+
+
+def template_skip(ids: list[int], template: list[int]) -> frozenset[int]:
+    """Indices of the ids that a pipeline's fixed text before the prompt (an instruction, a system prompt) made:
+    the common start of `ids` and the template's own ids. Where the template ends in a space, its last token
+    merges with the prompt's first ("▁" + "a" → "▁a"), which then differs and stays a word of the prompt."""
+    n = 0
+    while n < min(len(ids), len(template)) and ids[n] == template[n]:
+        n += 1
+    return frozenset(range(n))

@@ -2,8 +2,10 @@
 
 Layers: ``transformer_blocks.N.attn2``, queries = the image tokens, keys = the text tokens (padding masked by
 the pipeline). Sites "blocks" (or "blocks.N"). PixArt: T5's positions as they are. Sana prepends a "complex
-human instruction" to the prompt and keeps the first token and the last 299 of the encoder's output, so
-where each prompt token sits is read from that selection, and the instruction's tokens are never words.
+human instruction" to the prompt (not to the negative prompt) and keeps output rows [0] + the last
+``max_sequence_length - 1`` of the encoder, so where each prompt token sits is read from that selection; with
+the default instruction, its tokens are never words (a custom instruction's tokens are cut too, all but its
+last one, which stays a word if it is one).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import inspect
 import re
 
 from ..capture import Layer
-from .base import Family, Segment, whole
+from .base import Family, Segment, template_skip, whole
 
 _CROSS = re.compile(r"^transformer_blocks\.(\d+)\.attn2$")
 
@@ -35,15 +37,12 @@ class SanaFamily(PixArtFamily):
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         ids = calls["text_encoder"][call][prompt]
-        length = text_len  # the pipeline's max_sequence_length
-        # the pipeline keeps output rows [0] + [-(length - 1):] of the encoder
+        # the pipeline keeps output rows [0] + [-(text_len - 1):] of the encoder (text_len: max_sequence_length)
         positions = [-1] * len(ids)
         positions[0] = 0
-        for j, i in enumerate(range(len(ids) - (length - 1), len(ids))):
+        for j, i in enumerate(range(len(ids) - (text_len - 1), len(ids))):
             positions[i] = j + 1
-        prefix = _instruction_tokens(pipe)
-        skip = frozenset(range(1, len(prefix))) if ids[: len(prefix)] == prefix and len(prefix) > 1 else frozenset()
-        return [Segment("gemma", pipe.tokenizer, ids, positions, skip)]
+        return [Segment("gemma", pipe.tokenizer, ids, positions, template_skip(ids, _instruction_tokens(pipe)))]
 
 
 def _instruction_tokens(pipe) -> list[int]:

@@ -37,6 +37,14 @@ def depth_of(layer: str, n_down: int) -> int:
     return 0
 
 
+def unet_layers(denoiser: torch.nn.Module, kinds: dict[str, str]) -> dict[str, Layer]:
+    """Layers of a UNet-shaped denoiser (module path → kind): sites are (block, resolution); the deepest level
+    feeds the per-step trace."""
+    n_down = len(getattr(denoiser, "down_blocks", [])) or 1
+    deepest = max((depth_of(n, n_down) for n in kinds), default=0)
+    return {n: Layer(n, block_of(n), kind, depth_of(n, n_down) == deepest) for n, kind in kinds.items()}
+
+
 class UNetFamily(Family):
     name = "Stable Diffusion 1.x / 2.x / XL (UNet)"
     pipelines = ("StableDiffusion*",)  # 1.x, 2.x, XL; text2img, img2img, inpaint, ControlNet, IP-Adapter, PAG
@@ -44,10 +52,8 @@ class UNetFamily(Family):
     resolution_sites = True
 
     def layers(self, denoiser: torch.nn.Module) -> dict[str, Layer]:
-        names = [n for n, m in denoiser.named_modules() if getattr(m, "is_cross_attention", False)]
-        n_down = len(getattr(denoiser, "down_blocks", [])) or 1
-        deepest = max((depth_of(n, n_down) for n in names), default=0)
-        return {n: Layer(n, block_of(n), "cross", depth_of(n, n_down) == deepest) for n in names}
+        return unet_layers(denoiser, {n: "cross" for n, m in denoiser.named_modules()
+                                      if getattr(m, "is_cross_attention", False)})
 
     def grid(self, denoiser, args, kwargs) -> tuple[int, int]:
         return tuple(self.first_input(args, kwargs).shape[-2:])

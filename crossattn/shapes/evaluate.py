@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..generation import generate
 from ..placement import relation_gap
-from .world import BACKGROUND, COLOURS, HELD_OUT_SEED, parse_caption, sample_scene
+from .world import BACKGROUND, COLOURS, HELD_OUT_SEED, SHAPES, parse_caption, sample_scene
 
 FILL_PROTOTYPES = {"triangle": 0.5, "circle": np.pi / 4, "square": 1.0}
 
@@ -102,15 +102,27 @@ def held_out_prompts(n: int, two_object_share: float = 0.6) -> list[str]:
     return prompts
 
 
+# With concepts=True every image also follows these concepts (crossattn.concepts): the world's whole vocabulary.
+CONCEPTS = [*COLOURS, *SHAPES, "background"]
+
+
 def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: float = 0.4,
-             show: int = 0) -> tuple[dict, list]:
-    """Run the evaluation: a JSON-ready dict of scores, and the first `show` (image, maps, prompt) triples."""
+             show: int = 0, concepts: bool = False) -> tuple[dict, list]:
+    """Run the evaluation: a JSON-ready dict of scores, and the first `show` (image, maps, prompt) triples.
+
+    With `concepts`, also the concept maps' IoU (the same words, located as concepts) and the absent-concept
+    control: for a shape the prompt does not name, its concept map's mean share on the drawn objects' pixels,
+    next to the named shapes' share on their own objects.
+    """
     colour_ok, shape_ok, relation_ok, agree, attention_relation_ok = Counts(), Counts(), Counts(), Counts(), Counts()
     ious: dict[str, list[float]] = {"colour word": [], "shape word": [], "colour+shape": [], "gaussian": [],
                                     "uniform": []}
+    concept_ious: dict[str, list[float]] = {"colour word": [], "shape word": [], "colour+shape": []}
+    shares: dict[str, list[float]] = {"named shape on its object": [], "absent shape on the objects": []}
     examples = []
     for k, prompt in enumerate(tqdm(held_out_prompts(n), desc="eval-shapes", unit="prompt")):
-        image, maps = generate(pipe, prompt, seed=k, steps=steps, guidance=guidance)
+        image, maps = generate(pipe, prompt, seed=k, steps=steps, guidance=guidance,
+                               concepts=CONCEPTS if concepts else None)
         pixels = np.asarray(image)
         masks = colour_masks(pixels)
         pairs, relation = parse_caption(prompt)
@@ -127,9 +139,18 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
             for name, query in (("colour word", colour), ("shape word", shape), ("colour+shape", f"{colour} {shape}")):
                 heat = maps.word(query).array
                 ious[name].append(iou(heat >= tau * heat.max(), blob))
+            if concepts:
+                c, s_ = maps.concept(colour).raw, maps.concept(shape).raw
+                for name, heat in (("colour word", c), ("shape word", s_), ("colour+shape", c + s_)):
+                    concept_ious[name].append(iou(heat >= tau * heat.max(), blob))
+                shares["named shape on its object"].append(float(s_[blob].mean()))
             base = gaussian_baseline(h)
             ious["gaussian"].append(iou(base >= tau * base.max(), blob))
             ious["uniform"].append(iou(np.ones_like(blob), blob))
+        if concepts and blobs:
+            on_objects = np.logical_or.reduce(list(blobs.values()))
+            for absent in set(SHAPES) - {shape for _, shape in pairs}:
+                shares["absent shape on the objects"].append(float(maps.concept(absent).raw[on_objects].mean()))
         if relation and len(pairs) == 2 and all(p in blobs for p in pairs):
             (ca, sa), (cb, sb) = pairs
             pixel_verdict = relation_gap(centroid(blobs[pairs[0]]), centroid(blobs[pairs[1]]), relation) > 0
@@ -148,6 +169,9 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
         "miou": {k: float(np.mean(v)) if v else None for k, v in ious.items()},
         "objects_scored": len(ious["shape word"]),
     }
+    if concepts:
+        result["concept_miou"] = {k: float(np.mean(v)) if v else None for k, v in concept_ious.items()}
+        result["concept_share"] = {k: float(np.mean(v)) if v else None for k, v in shares.items()}
     return result, examples
 
 
@@ -161,6 +185,8 @@ def format_table(r: dict) -> str:
     ]
     rows += [(f"mIoU, {k}", "-" if v is None else f"{v:.3f}", "≥ 0.60" if k == "colour+shape" else "")
              for k, v in r["miou"].items()]
+    for label, key in (("concept mIoU", "concept_miou"), ("concept share", "concept_share")):
+        rows += [(f"{label}, {k}", "-" if v is None else f"{v:.3f}", "") for k, v in r.get(key, {}).items()]
     width = max(len(a) for a, _, _ in rows)
     lines = [f"{'metric':<{width}}  {'value':>8}  target", "-" * (width + 20)]
     lines += [f"{a:<{width}}  {b:>8}  {c}" for a, b, c in rows]

@@ -1,0 +1,36 @@
+"""CogView4 (GLM-4 text encoder): one joint sequence per block, text first.
+
+Layers: ``transformer_blocks.N.attn1`` (site "joint"): the processor concatenates [text, image] and runs one
+attention over both. Text: the GLM tokens as the pipeline feeds them: ``[gMASK] <sop>`` and the prompt, padded
+on the left to a multiple of 16 (the pad tokens are attended, no mask, so they are kept, but are no words);
+byte-level BPE words ("Ġ" starts one). Guidance runs two calls per step, prompt first; the negative prompt pads
+to its own length, so each call has its own text length.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..capture import Layer
+from .base import Family, Segment
+
+_JOINT = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
+
+
+class CogView4Family(Family):
+    name = "CogView4"
+    pipelines = ("CogView4*",)
+    cfg = "calls"
+
+    def layers(self, denoiser) -> dict[str, Layer]:
+        return {n: Layer(f"joint.{m.group(1)}", "joint", "text_first", True)
+                for n, _ in denoiser.named_modules() if (m := _JOINT.match(n))}
+
+    def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
+        ids = calls["text_encoder"][call][prompt]
+        pads = next((i for i, t in enumerate(ids) if t != pipe.tokenizer.pad_token_id), len(ids))
+        # the left padding is skipped: GLM's pad token is also its end token, which would end the prompt at once
+        return [Segment("glm", pipe.tokenizer, ids, list(range(len(ids))), frozenset(range(pads)))]
+
+
+COGVIEW4 = CogView4Family()
