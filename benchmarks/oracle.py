@@ -19,8 +19,10 @@ image per call: under CFG the batch is [negative, prompt], so the prompt is the 
 and steps per layer, then over the layers *both* captured, per resolution (UNet layers at the same resolution
 are averaged; resolutions are concatenated pixel by pixel, never interpolated). Per token: the Pearson r of
 the two maps over pixels and the mass ratio (sum of crossattn's / sum of the peer's); per family: the overall
-mass ratio and the largest absolute difference. Layers only one tool captured are listed, and crossattn's
-map over *all* its layers is also correlated with the peer's (what a user comparing the two defaults sees).
+mass ratio and the largest absolute difference. Layers only one tool captured are listed; where the peer has
+fewer, crossattn's map over *all* its layers is also correlated with the peer's. A second table puts the two
+defaults side by side: crossattn's map (every layer, every step) against the peer's default (its layers, last
+step only) — a difference of what is averaged, not of correctness.
 
 The three generations (plain, crossattn, peer) share prompt and seed; their outputs are compared bit for
 bit. If a traced output differed from the plain one, the tools would have seen different trajectories, so
@@ -154,17 +156,19 @@ def ours_per_layer(tr) -> tuple[dict[str, torch.Tensor], list[str], list[int], i
     return per_layer, list(maps.tokens), kept, len(tr.recorder.timesteps)
 
 
-def peer_per_layer(peer_maps, kept: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """The peer's maps, one per layer: module path -> (pixels, kept tokens), and the steps each layer recorded."""
+def peer_per_layer(peer_maps, kept: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """The peer's maps, one per layer: module path -> (pixels, kept tokens), averaged over all steps and of the
+    last step alone (what its default, ``timesteps="last"``, keeps); and the steps recorded per layer."""
     steps: dict[str, list[torch.Tensor]] = {}
-    for record in peer_maps.records:
-        if record.relation != "image->text" or record.data is None:
-            continue
+    for record in sorted((r for r in peer_maps.records if r.relation == "image->text" and r.data is not None),
+                         key=lambda r: r.step_index):
         path = record.layer_id.split(".", 1)[1]  # "unet.down_blocks…" / "transformer.transformer_blocks…"
         conditional = record.data[-1, 0]  # one image: the prompt's row is the last (CFG: [negative, prompt])
-        steps.setdefault(path, []).append(conditional.double())
-    per_layer = {path: torch.stack(maps).mean(0)[:, kept] for path, maps in steps.items()}
-    return per_layer, {path: len(maps) for path, maps in steps.items()}
+        steps.setdefault(path, []).append(conditional.double()[:, kept])
+    mean = {path: torch.stack(maps).mean(0) for path, maps in steps.items()}
+    last = {path: maps[-1] for path, maps in steps.items()}
+    counts = {len(maps) for maps in steps.values()}
+    return mean, last, counts.pop() if len(counts) == 1 else sorted(counts)
 
 
 def reduce(per_layer: dict[str, torch.Tensor], layers: list[str]) -> torch.Tensor:
@@ -183,13 +187,18 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum()) / norm
 
 
+def summary(ours: torch.Tensor, theirs: torch.Tensor) -> dict:
+    """Per-token Pearson r (min, mean) and the overall mass ratio of two (pixels, tokens) maps."""
+    rs = [pearson(ours[:, i], theirs[:, i]) for i in range(ours.shape[1])]
+    return {"min_r": min(rs), "mean_r": sum(rs) / len(rs), "mass_ratio": float(ours.sum() / theirs.sum())}
+
+
 def agreement(ours: torch.Tensor, theirs: torch.Tensor, tokens: list[str]) -> dict:
+    """`summary`, plus each token's r and mass ratio and the largest absolute difference."""
     per_token = [{"token": t, "r": pearson(ours[:, i], theirs[:, i]),
                   "mass_ratio": float(ours[:, i].sum() / theirs[:, i].sum())} for i, t in enumerate(tokens)]
-    rs = [p["r"] for p in per_token]
-    return {"min_r": min(rs), "mean_r": sum(rs) / len(rs), "mass_ratio": float(ours.sum() / theirs.sum()),
-            "max_abs_diff": float((ours - theirs).abs().max()), "max_value": float(theirs.abs().max()),
-            "per_token": per_token}
+    return summary(ours, theirs) | {"max_abs_diff": float((ours - theirs).abs().max()),
+                                    "max_value": float(theirs.abs().max()), "per_token": per_token}
 
 
 def compare(pipe, call: dict) -> dict:
@@ -209,14 +218,14 @@ def compare(pipe, call: dict) -> dict:
                 AttentionCapture(pipe, timesteps="all", max_capture_bytes=None) as cap:
             generate(pipe, call)
     ours, tokens, kept, our_steps = ours_per_layer(tr)
-    theirs, their_steps = peer_per_layer(cap.compute(), kept)
+    theirs, their_last, their_steps = peer_per_layer(cap.compute(), kept)
     common = [path for path in ours if path in theirs]
     result = {
         "outputs_identical_to_plain": identical,
         "max_abs_output_diff": {"crossattn": float((plain - ours_out).abs().max()),
                                 "peer": float((plain - theirs_out).abs().max())},
         "joint_run": joint,
-        "steps": {"crossattn": our_steps, "peer": sorted(set(their_steps.values()))},
+        "steps": {"crossattn": our_steps, "peer": their_steps},
         "layers_crossattn": len(ours), "layers_peer": len(theirs), "layers_compared": len(common),
         "only_crossattn": [p for p in ours if p not in theirs],
         "only_peer": [p for p in theirs if p not in ours],
@@ -226,12 +235,11 @@ def compare(pipe, call: dict) -> dict:
     }
     if common:
         result.update(agreement(reduce(ours, common), reduce(theirs, common), tokens))
-        if result["only_crossattn"]:  # what comparing the two tools' defaults would show
+        if result["only_crossattn"]:  # how much the layers the peer misses change the map
             every = reduce(ours, list(ours))
-            result["all_crossattn_layers_vs_peer"] = {
-                "min_r": min(pearson(every[:, i], reduce(theirs, common)[:, i]) for i in range(len(tokens))),
-                "mass_ratio": float(every.sum() / reduce(theirs, common).sum()),
-            }
+            result["all_crossattn_layers_vs_peer"] = summary(every, reduce(theirs, common))
+        # the two defaults side by side: crossattn's every layer and step, the peer's layers at its last step
+        result["defaults"] = summary(reduce(ours, list(ours)), reduce(their_last, common))
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -271,6 +279,14 @@ def print_table(results: dict) -> None:
               f"{close_to_one(r['min_r'])} | {close_to_one(r['mean_r'])} | {close_to_one(r['mass_ratio'])} | "
               f"{r['max_abs_diff']:.1e} | {same} | "
               f"{'; '.join(notes)} |")
+    print("\nDefaults side by side: crossattn (every layer and step) vs the peer's default (its layers, last step):")
+    print("\n| family | steps | min r over tokens | mean r | mass ratio |")
+    print("|---|---|---|---|---|")
+    for r in results["families"].values():
+        if "defaults" in r:
+            d = r["defaults"]
+            print(f"| {r['title']} | {r['steps']['crossattn']} | {d['min_r']:.3f} | {d['mean_r']:.3f} | "
+                  f"{d['mass_ratio']:.3f} |")
 
 
 def main() -> None:

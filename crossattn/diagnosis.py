@@ -9,7 +9,8 @@ Scores (all in [0, 1]; higher = more likely a failure), from the maps of a windo
   highest mean attention probability of the object's head word on any pixel (Attend-and-Excite's signal). A
   neglected word gets a flat, weak map. Computed over the first half of the steps, where the layout is decided.
 - **leakage** of an attribute word ("red" of "red circle"): the share of its attention mass (over the pixels
-  the objects own, by argmax of their head words' maps) that falls on *other* objects' pixels.
+  the objects own: where an object's head word gets the most attention, and ≥ 0.4 × its peak) that falls on
+  *other* objects' pixels.
 - **merging** of two objects: IoU of their head words' masks (relative threshold, tau 0.4 of each peak).
 - **misplacement**: the prompt's relations, checked as `placement.check` does.
 
@@ -235,10 +236,11 @@ def neglect_scores(maps: HeatMaps, subs: list[Subject]) -> list[float]:
 
 
 def regions(maps: HeatMaps, subs: list[Subject], tau: float = placement.DEFAULT_TAU) -> list[np.ndarray]:
-    """Each object's own pixels: where its head word's normalised map is above `tau` and the highest."""
-    arrays = np.stack([maps.word(s.head, s.occurrence).array for s in subs])
-    owner = arrays.argmax(0)
-    return [(owner == k) & (arrays[k] >= tau) for k in range(len(subs))]
+    """Each object's own pixels: where its head word gets more attention than any other object's head word,
+    and at least `tau` × its own peak (raw probabilities: a weak, flat map owns little)."""
+    raws = np.stack([_maps_of(maps, s) for s in subs])
+    owner = raws.argmax(0)
+    return [(owner == k) & (raws[k] >= tau * raws[k].max()) & (raws[k] > 0) for k in range(len(subs))]
 
 
 def leakage_scores(maps: HeatMaps, subs: list[Subject], owned: list[np.ndarray]) -> list[dict[str, float]]:

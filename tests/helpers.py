@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -36,7 +37,10 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from crossattn.capture import Site
+from crossattn.heatmaps import HeatMaps
 from crossattn.shapes.model import TOKENIZER_DIR
+from crossattn.words import Word
 
 torch.set_flush_denormal(True)
 
@@ -198,3 +202,25 @@ def build_tiny_pixart(seed: int = 0) -> PixArtAlphaPipeline:
     _perturb(transformer, seed)
     return _quiet(PixArtAlphaPipeline(transformer=transformer, vae=tiny_vae(), text_encoder=tiny_t5(32),
                                       tokenizer=t5_tokenizer(), scheduler=DDIMScheduler()))
+
+
+def blob(h: int, w: int, cx: float, cy: float, r: float = 4.0) -> np.ndarray:
+    """A Gaussian blob centred at (cx, cy) in pixel coordinates."""
+    ys, xs = np.indices((h, w)) + 0.5
+    return np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * r * r)).astype(np.float32)
+
+
+def toy_maps(words: list[str], token_maps: list[np.ndarray], steps: int = 4, prompt: str | None = None) -> HeatMaps:
+    """A HeatMaps whose token i+1 has map token_maps[i] (one site, one bin, constant over steps)."""
+    h, w = token_maps[0].shape
+    t = torch.zeros(1, 1, h, w, len(words) + 2)
+    for i, m in enumerate(token_maps):
+        t[0, 0, :, :, i + 1] = torch.from_numpy(np.asarray(m, np.float32))
+    trace = t[0, 0][None].repeat(steps, 1, 1, 1)
+    return HeatMaps(
+        sums={"up.16x16": t}, counts={"up.16x16": np.array([1])}, sites={"up.16x16": Site("up.16x16", "up", (h, w))},
+        bin_steps=[list(range(steps))], trace=trace, trace_counts=np.ones(steps, dtype=np.int64),
+        word_info=[Word(x, (i + 1,), words[:i].count(x)) for i, x in enumerate(words)],
+        tokens=["<start>"] + words + ["<end>"], image_size=(4 * h, 4 * w),
+        meta={"prompt": prompt or " ".join(words)},
+    )

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from helpers import blob, toy_maps
 
 import crossattn
 from crossattn import placement
-from crossattn.capture import Site
-from crossattn.heatmaps import HeatMaps
-from crossattn.words import Word
-
-
-def blob(h, w, cx, cy, r=4.0):
-    ys, xs = np.indices((h, w)) + 0.5
-    return np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * r * r)).astype(np.float32)
 
 
 def test_place_centroid_bbox_area_region():
@@ -93,21 +85,6 @@ def test_settle_step_on_a_synthetic_trace():
     assert placement.timeline("cat", frames, (64, 64), tolerance=0.1).decided_at == 5  # (44,20) is 5.7 px away
     empty = placement.timeline("none", np.zeros((3, 8, 8)), (64, 64))
     assert empty.decided_at is None and np.isnan(empty.centroids).all()
-
-
-def toy_maps(words: list[str], token_maps: list[np.ndarray], steps: int = 4) -> HeatMaps:
-    """A HeatMaps whose token i+1 has map token_maps[i] (one site, one bin, constant over steps)."""
-    h, w = token_maps[0].shape
-    t = torch.zeros(1, 1, h, w, len(words) + 2)
-    for i, m in enumerate(token_maps):
-        t[0, 0, :, :, i + 1] = torch.from_numpy(m)
-    trace = t[0, 0][None].repeat(steps, 1, 1, 1)
-    return HeatMaps(
-        sums={"up.16x16": t}, counts={"up.16x16": np.array([1])}, sites={"up.16x16": Site("up.16x16", "up", (h, w))},
-        bin_steps=[list(range(steps))], trace=trace, trace_counts=np.ones(steps, dtype=np.int64),
-        word_info=[Word(x, (i + 1,), words[:i].count(x)) for i, x in enumerate(words)],
-        tokens=["<start>"] + words + ["<end>"], image_size=(4 * h, 4 * w),
-    )
 
 
 def test_heatmaps_check_and_segmentation():

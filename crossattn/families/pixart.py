@@ -3,9 +3,9 @@
 Layers: ``transformer_blocks.N.attn2``, queries = the image tokens, keys = the text tokens (padding masked by
 the pipeline). Sites "blocks" (or "blocks.N"). PixArt: T5's positions as they are. Sana prepends a "complex
 human instruction" to the prompt (not to the negative prompt) and keeps output rows [0] + the last
-``max_sequence_length - 1`` of the encoder, so where each prompt token sits is read from that selection; with
-the default instruction, its tokens are never words (a custom instruction's tokens are cut too, all but its
-last one, which stays a word if it is one).
+``max_sequence_length - 1`` of the encoder, so where each prompt token sits is read from that selection: the
+instruction is cut but for its last token, which has merged with the prompt's first ("▁" + "a") or is skipped.
+That skip knows the default instruction only: a custom one's last token may show as a word.
 """
 
 from __future__ import annotations

@@ -40,14 +40,14 @@ class ZImageFamily(Family):
         return denoiser.config.all_patch_size[0]  # what the pipeline uses (it never passes patch_size)
 
     def first_input(self, args, kwargs) -> torch.Tensor:
-        return torch.stack(kwargs.get("x", args[0] if args else None))
+        return torch.stack(_latents(args, kwargs))
 
     def timestep(self, args, kwargs) -> float:
         value = kwargs.get("t", args[1] if len(args) > 1 else None)
         return 1.0 - float(torch.as_tensor(value).flatten()[0])
 
     def grid(self, denoiser, args, kwargs) -> tuple[int, int]:
-        latent = kwargs.get("x", args[0] if args else None)[0]  # (channels, frames, h, w)
+        latent = _latents(args, kwargs)[0]  # (channels, frames, h, w)
         patch = kwargs.get("patch_size", self.patch(denoiser))
         return latent.shape[-2] // patch, latent.shape[-1] // patch
 
@@ -65,6 +65,11 @@ class ZImageFamily(Family):
 
     def prompt_ids(self, pipe, prompt, text_len) -> dict[str, list[int]]:
         return {"text_encoder": qwen_chat_ids(pipe.tokenizer, prompt, thinking=True)}
+
+
+def _latents(args, kwargs) -> list[torch.Tensor]:
+    """The transformer's first input: one latent per image of the batch."""
+    return kwargs.get("x", args[0] if args else None)
 
 
 Z_IMAGE = ZImageFamily()
