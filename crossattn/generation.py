@@ -36,18 +36,18 @@ def denoiser(pipe) -> torch.nn.Module:
 
 def size_multiple(pipe) -> int:
     """Image sides must be multiples of this: VAE factor × the UNet's total downsampling (or × the patch)."""
-    model = denoiser(pipe)
-    if family_of(pipe).denoiser == "unet":
+    model, family = denoiser(pipe), family_of(pipe)
+    if family.denoiser == "unet":
         levels = len(getattr(model.config, "block_out_channels", (0,)))
-        return pipe.vae_scale_factor * 2 ** (levels - 1)
-    return pipe.vae_scale_factor * family_of(pipe).patch(model)
+        return family.vae_scale(pipe) * 2 ** (levels - 1)
+    return family.vae_scale(pipe) * family.patch(model)
 
 
 def native_size(pipe) -> tuple[int, int]:
     """(width, height) the model was built for."""
     side = getattr(pipe, "default_sample_size", None) or denoiser(pipe).config.sample_size
-    side = side if isinstance(side, int) else side[0]
-    return side * pipe.vae_scale_factor, side * pipe.vae_scale_factor
+    side = (side if isinstance(side, int) else side[0]) * family_of(pipe).vae_scale(pipe)
+    return side, side
 
 
 def parse_size(text: str) -> tuple[int, int]:
