@@ -130,7 +130,7 @@ def generate(
             options["callback_on_step_end"] = lambda pipeline, i, t, kwargs: (after_step(i), kwargs)[1]
         elif "callback" in accepted:  # older pipelines (PixArt): callback(step, t, latents)
             options["callback"] = lambda i, t, latents: after_step(i)
-        image = pipe(prompt, **options).images[0]
+        image = pipe(prompt=prompt, **options).images[0]  # by name: Flux.2's first argument is `image`
     maps = tr.heat_maps()
     maps.meta.update(prompt=prompt, negative_prompt=negative_prompt, seed=seed, guidance_scale=guidance,
                      size=list(size), notes=notes)
