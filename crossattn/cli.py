@@ -142,6 +142,24 @@ def cmd_eval_shapes(args) -> None:
         print(f"wrote {args.samples}")
 
 
+def cmd_sweep(args) -> None:
+    from . import sweep
+
+    if args.report_only:
+        numbers = sweep.build_report(args.out)
+        print(f"rebuilt {Path(args.out) / 'report.html'} and summary.jsonl from {numbers['items']} items "
+              f"({numbers['errors']} with errors)")
+        return
+    if not args.prompts:
+        raise InputError("give a PROMPTS file (or --report-only to rebuild the report of --out)")
+    outcome = sweep.run(args.prompts, args.out, "ray" if args.ray is not None else "local",
+                        seeds=sweep.parse_seeds(args.seeds), model=args.model, steps=args.steps,
+                        guidance=args.guidance, size=parse_size(args.size) if args.size else None,
+                        expect_from_prompt=args.expect_from_prompt, concepts=split_list(args.concepts),
+                        address=args.ray or None, workers=args.workers)
+    print(outcome.describe())
+
+
 def cmd_demo(args) -> None:
     from .app import launch
 
@@ -219,6 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help='comma-separated object phrases to diagnose, e.g. "red circle, blue square" (default: the '
                         "prompt's noun phrases)")
     q.set_defaults(func=cmd_diagnose)
+
+    w = sub.add_parser("sweep", help="generate and check prompts × seeds (resumable; --ray for many workers), "
+                                     "then write an HTML report")
+    w.add_argument("prompts", nargs="?", help="text file (one prompt a line), .jsonl or .csv with prompt, "
+                                              "expect (';'-separated in CSV), seed or seeds")
+    w.add_argument("--out", required=True, help="sweep folder (items/, summary.jsonl, report.html)")
+    w.add_argument("--seeds", default="0", help="seeds of prompts that give none: 0-7, 0,3,5 ... (default 0)")
+    w.add_argument("--model", default=None, help=model_help)
+    w.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    w.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    w.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)")
+    w.add_argument("--expect-from-prompt", action="store_true",
+                   help="also check the relations the prompt states (always done for items without statements)")
+    w.add_argument("--concepts", default=None, help="comma-separated concepts to follow (maps in concepts/)")
+    w.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray: a local runtime, or the cluster at ADDRESS (auto, host:6379); "
+                        "write --ray=ADDRESS before PROMPTS")
+    w.add_argument("--workers", type=int, default=None,
+                   help="Ray actors, one pipeline each (default: one per GPU of the cluster, else 1)")
+    w.add_argument("--report-only", action="store_true", help="rebuild summary.jsonl and report.html from --out")
+    w.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("demo", help="start the Gradio demo (http://127.0.0.1:7860)")
     d.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")

@@ -8,12 +8,9 @@ so they are never kept. Text: UMT5's positions after them.
 
 from __future__ import annotations
 
-import re
-
 from ..capture import Layer
-from .base import Family, Segment, whole
+from .base import Family, Segment, numbered_layers, whole
 
-_BLOCK = re.compile(r"^(joint_transformer_blocks|single_transformer_blocks)\.(\d+)\.attn$")
 REGISTERS = 8  # AuraFlowTransformer2DModel.register_tokens: (1, 8, dim), fixed in its code
 
 
@@ -22,12 +19,8 @@ class AuraFlowFamily(Family):
     pipelines = ("AuraFlow*",)
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        out = {}
-        for n, _ in denoiser.named_modules():
-            if m := _BLOCK.match(n):
-                block = "joint" if m.group(1) == "joint_transformer_blocks" else "single"
-                out[n] = Layer(f"{block}.{m.group(2)}", block, "text_first", True)
-        return out
+        return numbered_layers(denoiser, {r"joint_transformer_blocks\.(\d+)\.attn": ("joint", "text_first"),
+                                          r"single_transformer_blocks\.(\d+)\.attn": ("single", "text_first")})
 
     def text_len(self, args, kwargs) -> int:
         return REGISTERS + super().text_len(args, kwargs)

@@ -13,13 +13,26 @@ Each family lives in its own module (``unet.py``, ``sd3.py``, ``flux.py``, ``pix
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from ..capture import Layer
 from ..errors import InputError
 from ..words import Segment, whole
 
-__all__ = ["Family", "Segment", "template_skip", "whole"]
+__all__ = ["Family", "Segment", "numbered_layers", "template_skip", "whole"]
+
+
+def numbered_layers(denoiser: torch.nn.Module, rules: dict[str, tuple[str, str]]) -> dict[str, Layer]:
+    """Module path → Layer for each module whose path fully matches a rule: a regex whose one group is the
+    block's number, giving (block name, layout kind). Layers are named "<block>.<number>" ("joint.3")."""
+    out = {}
+    for path, _ in denoiser.named_modules():
+        for pattern, (block, kind) in rules.items():
+            if m := re.fullmatch(pattern, path):
+                out[path] = Layer(f"{block}.{m.group(1)}", block, kind, True)
+    return out
 
 
 class Family:

@@ -9,12 +9,8 @@ to its own length, so each call has its own text length.
 
 from __future__ import annotations
 
-import re
-
 from ..capture import Layer
-from .base import Family, Segment
-
-_JOINT = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
+from .base import Family, Segment, numbered_layers
 
 
 class CogView4Family(Family):
@@ -23,8 +19,7 @@ class CogView4Family(Family):
     cfg = "calls"
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        return {n: Layer(f"joint.{m.group(1)}", "joint", "text_first", True)
-                for n, _ in denoiser.named_modules() if (m := _JOINT.match(n))}
+        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn1": ("joint", "text_first")})
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         ids = calls["text_encoder"][call][prompt]

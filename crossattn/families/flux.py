@@ -10,12 +10,8 @@ vector). True CFG (``true_cfg_scale``) runs the prompt and the negative as two c
 
 from __future__ import annotations
 
-import re
-
 from ..capture import Layer
-from .base import Family, Segment, whole
-
-_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.attn$")
+from .base import Family, Segment, numbered_layers, whole
 
 
 class FluxFamily(Family):
@@ -25,12 +21,8 @@ class FluxFamily(Family):
     cfg = "calls"
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        out = {}
-        for n, _ in denoiser.named_modules():
-            if m := _BLOCK.match(n):
-                block = "double" if m.group(1) == "transformer_blocks" else "single"
-                out[n] = Layer(f"{block}.{m.group(2)}", block, "text_first", True)
-        return out
+        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn": ("double", "text_first"),
+                                          r"single_transformer_blocks\.(\d+)\.attn": ("single", "text_first")})
 
     def patch(self, denoiser) -> int:
         return 2  # the pipeline packs 2×2 latent pixels into one token

@@ -15,14 +15,10 @@ embedding, no positions any layer attends to). CFG: one batch [negatives, prompt
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from ..capture import Layer
-from .base import Family, Segment, whole
-
-_BLOCK = re.compile(r"^(double|single)_stream_blocks\.(\d+)\.block\.attn1$")
+from .base import Family, Segment, numbered_layers, whole
 
 
 class HiDreamFamily(Family):
@@ -31,8 +27,8 @@ class HiDreamFamily(Family):
     encoders = ("text_encoder_3", "text_encoder_4")  # T5, Llama; the CLIPs (1, 2) give only pooled vectors
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        return {n: Layer(f"{m.group(1)}.{m.group(2)}", m.group(1), "text_last", True)
-                for n, _ in denoiser.named_modules() if (m := _BLOCK.match(n))}
+        return numbered_layers(denoiser, {rf"{kind}_stream_blocks\.(\d+)\.block\.attn1": (kind, "text_last")
+                                          for kind in ("double", "single")})
 
     def timestep(self, args, kwargs) -> float:
         return float(torch.as_tensor(kwargs["timesteps"]).flatten()[0])

@@ -8,13 +8,10 @@ padding replaced by a learned vector (not masked). ``attn1`` is image self-atten
 
 from __future__ import annotations
 
-import re
-
 from ..capture import Layer
-from .base import Family, Segment, whole
+from .base import Family, Segment, numbered_layers, whole
 from .unet import UNetFamily
 
-_CROSS = re.compile(r"^blocks\.(\d+)\.attn2$")
 BERT_LEN, MT5_LEN = 77, 256  # what HunyuanDiTPipeline pads each encoder's prompt to
 
 
@@ -25,8 +22,7 @@ class HunyuanDiTFamily(Family):
     timestep = UNetFamily.timestep  # same call as a UNet's: (latent, timestep, ...)
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        return {n: Layer(f"blocks.{m.group(1)}", "blocks", "cross", True)
-                for n, _ in denoiser.named_modules() if (m := _CROSS.match(n))}
+        return numbered_layers(denoiser, {r"blocks\.(\d+)\.attn2": ("blocks", "cross")})
 
     def text_len(self, args, kwargs) -> int:
         return int(kwargs["encoder_hidden_states"].shape[1] + kwargs["encoder_hidden_states_t5"].shape[1])

@@ -14,14 +14,10 @@ calls are not recorded (coverage lists them as skipped). One prompt (any number 
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from ..capture import Layer
-from .base import Family, Segment, template_skip
-
-_JOINT = re.compile(r"^layers\.(\d+)\.attn$")
+from .base import Family, Segment, numbered_layers, template_skip
 
 
 class Lumina2Family(Family):
@@ -30,8 +26,7 @@ class Lumina2Family(Family):
     cfg = "calls"
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        return {n: Layer(f"joint.{m.group(1)}", "joint", "text_first", True)
-                for n, _ in denoiser.named_modules() if (m := _JOINT.match(n))}
+        return numbered_layers(denoiser, {r"layers\.(\d+)\.attn": ("joint", "text_first")})
 
     def timestep(self, args, kwargs) -> float:
         # the pipeline passes 1 - t/1000 (rising); the tracer expects falling timesteps

@@ -11,12 +11,9 @@ That skip knows the default instruction only: a custom one's last token may show
 from __future__ import annotations
 
 import inspect
-import re
 
 from ..capture import Layer
-from .base import Family, Segment, template_skip, whole
-
-_CROSS = re.compile(r"^transformer_blocks\.(\d+)\.attn2$")
+from .base import Family, Segment, numbered_layers, template_skip, whole
 
 
 class PixArtFamily(Family):
@@ -24,8 +21,7 @@ class PixArtFamily(Family):
     pipelines = ("PixArt*",)
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        return {n: Layer(f"blocks.{m.group(1)}", "blocks", "cross", True)
-                for n, _ in denoiser.named_modules() if (m := _CROSS.match(n))}
+        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn2": ("blocks", "cross")})
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         return [whole("t5", pipe.tokenizer, calls["text_encoder"][call][prompt])]

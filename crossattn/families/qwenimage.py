@@ -12,13 +12,9 @@ per step, prompt first; their texts may differ in length (columns past a call's 
 
 from __future__ import annotations
 
-import re
-
 from ..capture import Layer
-from .base import Family, Segment
+from .base import Family, Segment, numbered_layers
 from .chat import chat_segment, unpadded_positions
-
-_JOINT = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 
 
 class QwenImageFamily(Family):
@@ -27,8 +23,7 @@ class QwenImageFamily(Family):
     cfg = "calls"
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        return {n: Layer(f"joint.{m.group(1)}", "joint", "text_first", True)
-                for n, _ in denoiser.named_modules() if (m := _JOINT.match(n))}
+        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn": ("joint", "text_first")})
 
     def grid(self, denoiser, args, kwargs) -> tuple[int, int]:
         _, h, w = kwargs["img_shapes"][0][0]

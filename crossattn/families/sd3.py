@@ -9,17 +9,13 @@ those are rows of zeros and hold no words.
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 
 from ..capture import Layer
 from ..concepts import ConceptEngine, encode_concepts
 from ..words import tokenize_prompt
-from .base import Family, Segment, whole
-
-_JOINT = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
+from .base import Family, Segment, numbered_layers, whole
 
 
 class SD3Family(Family):
@@ -28,8 +24,7 @@ class SD3Family(Family):
     encoders = ("text_encoder", "text_encoder_3")
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        return {n: Layer(f"joint.{m.group(1)}", "joint", "text_last", True)
-                for n, _ in denoiser.named_modules() if (m := _JOINT.match(n))}
+        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn": ("joint", "text_last")})
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         clip = calls["text_encoder"][call][prompt]

@@ -16,15 +16,12 @@ cover every step; ``capture_uncond``'s negative maps count those steps with noth
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
 from ..capture import Layer
-from .base import Family, Segment
+from .base import Family, Segment, numbered_layers
 from .chat import chat_segment, qwen_chat_ids, unpadded_positions
-
-_MAIN = re.compile(r"^layers\.(\d+)\.attention$")
 
 
 class ZImageFamily(Family):
@@ -33,8 +30,7 @@ class ZImageFamily(Family):
     cfg = "batch_prompts_first"
 
     def layers(self, denoiser) -> dict[str, Layer]:
-        return {n: Layer(f"single.{m.group(1)}", "single", "text_last", True)
-                for n, _ in denoiser.named_modules() if (m := _MAIN.match(n))}
+        return numbered_layers(denoiser, {r"layers\.(\d+)\.attention": ("single", "text_last")})
 
     def patch(self, denoiser) -> int:
         return denoiser.config.all_patch_size[0]  # what the pipeline uses (it never passes patch_size)

@@ -1,0 +1,674 @@
+"""The Gradio demo: type a prompt, see where each word went, scrub through denoising, check the layout.
+
+    crossattn demo                       # http://127.0.0.1:7860, embedded models only
+    crossattn demo --allow-any-model     # also a hub id or server folder typed in the page
+
+Sections, top to bottom: the inputs and the image; display and filters; the words (one heat map each, click
+to select); who owns each pixel and where each object landed; time (the selected word per step); the model
+view (the selected word per layer and head, with "Keep every layer and head"); downloads (one zip, written
+only when asked for). Every view is drawn from the maps kept for the browser session (a gr.State), so any
+display or filter change redraws every view without generating again.
+
+Serving: generations run one at a time (one shared pipeline per model, whose processors a trace swaps while
+it runs: ``concurrency_limit=1`` plus a lock per pipeline) and only within limits the device can serve in
+reasonable time (`limits_for`); Gradio's queue shows each waiting user their place. A running generation
+stops between two steps when its user presses Stop or goes away. Redrawing needs no pipeline and runs up to
+4 at once.
+
+Errors: bad input (`InputError`) is shown in the page as one line; anything else shows a generic message in
+the page and its traceback once in the server log; the app keeps serving.
+
+Security: binds 127.0.0.1 unless told otherwise; never shares publicly unless asked; loads only the models
+offered unless started with ``--allow-any-model``; serves only files it wrote itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import random
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import torch
+from PIL import Image
+
+from . import placement, render
+from .errors import InputError, one_line
+from .families import family_of
+from .generation import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    MAX_PIXELS,
+    check_inputs,
+    generate,
+    native_size,
+    parse_size,
+    size_multiple,
+)
+from .heatmaps import HeatMaps
+from .models import DEFAULT_MODEL, EMBEDDED, asset_path, load_pipeline
+from .words import find_word, prompt_words, slug, split_list
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = [
+    "a red circle left of a blue square",
+    "a small green triangle above a yellow circle",
+    "a large cyan square right of a red triangle",
+    "a blue square on the right",
+    "a yellow square, a green circle and a blue triangle",
+]
+TILE, BIG, CELL = 256, 384, 96  # long side of gallery tiles, enlarged views and model-view cells
+FILES_TTL_S = 3600
+INTERNAL_ERROR = "Internal error: something went wrong on the server (it is logged there). Please try again."
+# Small images (the shapes models draw 64x64) are shown enlarged with crisp pixels; the data stays as generated.
+# Galleries grow with their tiles (Gradio caps them at 550 px with a scroll bar, which hides model-view rows).
+CSS = (".pixels img { image-rendering: pixelated; }\n"
+       "#generated-image img { width: 100%; height: 100%; object-fit: contain; }\n"
+       ".pixels .grid-wrap { max-height: none !important; height: auto !important; }")
+
+
+# ---- models and what one request may ask of them ------------------------------------------------------------
+@dataclass(frozen=True)
+class Limits:
+    """The largest request a pipeline serves here: beyond it one user would hold the queue for minutes."""
+
+    max_pixels: int
+    max_steps: int
+
+    def size_hint(self, multiple: int) -> str:
+        side = int(self.max_pixels**0.5) // multiple * multiple
+        return f"at most {self.max_pixels:,} pixels (e.g. {side}x{side})"
+
+
+def limits_for(pipe) -> Limits:
+    """Generous on a GPU; on a CPU at most 4x the model's native pixel count and 100 steps."""
+    width, height = native_size(pipe)
+    if pipe.device.type == "cuda":
+        return Limits(min(MAX_PIXELS, 16 * width * height), 500)
+    return Limits(4 * width * height, 100)
+
+
+@dataclass
+class Loaded:
+    pipe: object
+    lock: threading.Lock  # a trace swaps the processors of the shared denoiser: one generation at a time
+    limits: Limits
+
+
+class Models:
+    """The pipelines this server offers, each loaded once, by the name users pick or type."""
+
+    def __init__(self, default: str | None, allow_any: bool):
+        self.default = default or DEFAULT_MODEL
+        # An embedded model that has not been trained yet (no folder) is not offered.
+        self.choices = [name for name in EMBEDDED if asset_path(name).exists()]
+        if self.default not in self.choices:
+            self.choices.append(self.default)
+        self.allow_any = allow_any
+        self._loaded: dict[str, Loaded] = {}
+        self._guard = threading.Lock()
+
+    def get(self, name: str | None) -> Loaded:
+        name = (name or "").strip() or self.default
+        if name not in self.choices and not self.allow_any:
+            raise InputError(f"model {name!r} is not offered here (choose one of {', '.join(self.choices)}); "
+                             "loading other models needs the demo started with --allow-any-model")
+        with self._guard:
+            if name not in self._loaded:
+                pipe = load_pipeline(name)
+                pipe.set_progress_bar_config(disable=True)
+                self._loaded[name] = Loaded(pipe, threading.Lock(), limits_for(pipe))
+            return self._loaded[name]
+
+
+# ---- errors and stopping ------------------------------------------------------------------------------------
+class Stopped(Exception):
+    """The user pressed Stop or went away: the generation ends between two steps."""
+
+
+def friendly(fn: Callable) -> Callable:
+    """Bad input becomes its one-line message in the page; anything else a generic message in the page and its
+    traceback once in the log (Gradio's own printing is off). The app keeps serving either way."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except InputError as exc:
+            raise gr.Error(one_line(exc), print_exception=False) from None
+        except Stopped as exc:
+            log.info("%s", exc)
+            raise gr.Error(str(exc), print_exception=False) from None
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            raise gr.Error(INTERNAL_ERROR, print_exception=False) from None
+
+    return wrapper
+
+
+def abandoned() -> bool:
+    """Whether Gradio has given up on the event this thread serves: Stop cancelled it (Gradio drops it from
+    its queue) or its client went away (Gradio marks it not alive). Gradio stops waiting for the event but
+    cannot stop the thread computing it: the generation asks here between steps. (`gr.Request` cannot tell:
+    its `is_disconnected()` answers for the POST that queued the event, long finished, so always True.)"""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or event_id is None:  # called outside a queued event (tests, scripts)
+        return False
+    event = queue.event_ids_to_events.get(event_id)
+    return event is None or not event.alive
+
+
+# ---- one generation and the settings it is viewed with ------------------------------------------------------
+def _files_root() -> Path:
+    root = Path(tempfile.gettempdir()) / "crossattn-demo"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():  # files of earlier sessions expire after an hour
+        if time.time() - old.stat().st_mtime > FILES_TTL_S:
+            shutil.rmtree(old, ignore_errors=True)
+    return root
+
+
+@dataclass
+class Result:
+    """One generation, kept per browser session: the image, its maps, and the files drawn from them."""
+
+    image: Image.Image
+    maps: HeatMaps
+    folder: Path
+    stem: str  # "<prompt-slug>_seed<seed>": every file name starts with it
+    shown: list[str] = field(default_factory=list)  # names of the gallery tiles: clicks resolve here
+    cells: list[tuple[str, int]] = field(default_factory=list)  # (layer, head) of the model-view tiles
+
+    @classmethod
+    def new(cls, image: Image.Image, maps: HeatMaps) -> Result:
+        prompt = maps.meta.get("prompt", "")
+        words = slug(prompt[:48]) if any(ch.isalnum() for ch in prompt) else "prompt"
+        stem = f"{words}_seed{maps.meta.get('seed', 0)}"
+        return cls(image, maps, Path(tempfile.mkdtemp(prefix=stem[:20] + "-", dir=_files_root())), stem)
+
+    def path(self, suffix: str) -> Path:
+        return self.folder / f"{self.stem}_{suffix}"
+
+    def save(self, picture: Image.Image, suffix: str) -> str:
+        """Write a picture under a name that says what it shows (the name a download gets); return its path."""
+        path = self.path(suffix + ("" if "." in suffix else ".png"))
+        picture.save(path)
+        return str(path)
+
+    @property
+    def names(self) -> list[str]:
+        """Every word of the prompt, repeats as "a#1" (how statements and `placement.word_map` name them)."""
+        return [w.text if w.occurrence == 0 else f"{w.text}#{w.occurrence}" for w in self.maps.word_info]
+
+
+@dataclass(frozen=True)
+class View:
+    """The display settings and filters every view is drawn with (the page's controls, by parameter name)."""
+
+    words: str = ""
+    expect: str = ""
+    alpha: float = 0.5
+    cmap: str = "jet"
+    resolutions: list[str] | None = None
+    blocks: list[str] | None = None
+    first_step: int = 1
+    last_step: int = 10**6
+    selected: str | None = None
+    step: int = 10**6
+
+    def filtered(self, maps: HeatMaps) -> HeatMaps:
+        """The maps restricted to the ticked resolutions and blocks (none ticked: all) and the step range."""
+        first, last = sorted((int(self.first_step), int(self.last_step)))
+        resolutions = self.resolutions if maps.meta.get("resolution_sites", True) else None
+        return maps.filter(steps=slice(max(first, 1) - 1, last), resolutions=resolutions or None,
+                           blocks=self.blocks or None)
+
+    @property
+    def statements(self) -> list[str]:
+        return [line.strip() for line in (self.expect or "").splitlines() if line.strip()]
+
+
+# ---- views: pictures and tables drawn from the stored maps ---------------------------------------------------
+def gallery_items(result: Result, maps: HeatMaps, names: list[str], view: View) -> list[tuple[str, str]]:
+    items = []
+    for k, name in enumerate(names):
+        m = placement.word_map(maps, name)
+        items.append((result.save(m.overlay(result.image, view.alpha, view.cmap, size=TILE),
+                                  f"map{k:02d}_{slug(name)}"), m.word))
+    return items
+
+
+def selected_figure(result: Result, maps: HeatMaps, name: str, view: View) -> str:
+    figure = placement.word_map(maps, name).figure(result.image, view.alpha, view.cmap, tile=BIG)
+    return result.save(figure, f"{slug(name)}_large")
+
+
+def step_frames(result: Result, maps: HeatMaps, name: str, view: View) -> list[Image.Image]:
+    """The word's coarse map at each step over the image, labelled "step k of N" (1-based, like the table)."""
+    text, occurrence = placement.word_ref(name)
+    frames = maps.timeline(text, occurrence)
+    base = render.scale_to(result.image, TILE)
+    pictures = []
+    for k, frame in enumerate(frames, start=1):
+        peak = frame.max()
+        label = f"{name}: step {k} of {len(frames)}" if maps.trace_counts[k - 1] else f"step {k}: filtered out"
+        picture = render.overlay(base, frame / peak if peak > 0 else frame, view.alpha, view.cmap)
+        pictures.append(render.labelled(picture, label, TILE))
+    return pictures
+
+
+def time_views(result: Result, maps: HeatMaps, name: str, view: View) -> tuple[str, str]:
+    """(the frame at the chosen step, an animation over all steps) of the selected word."""
+    frames = step_frames(result, maps, name, view)
+    k = min(max(int(view.step), 1), len(frames))
+    gif = result.path(f"{slug(name)}_steps.gif")
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=150, loop=0)
+    return result.save(frames[k - 1], f"{slug(name)}_step{k}"), str(gif)
+
+
+def layer_head_cells(result: Result, maps: HeatMaps, name: str, view: View) -> tuple[list, list, str]:
+    """The word's map per layer (rows) and head (columns): gallery items, their (layer, head), a legend."""
+    items, cells, legend = [], [], []
+    blank = Image.new("RGB", (CELL, CELL), "white")  # pads rows of layers with fewer heads: columns stay heads
+    for row, (layer, site) in enumerate(maps.sites.items()):
+        legend.append(f"L{row}: `{layer}` ({site.block}, {site.resolution[0]}x{site.resolution[1]})")
+        for head in range(maps.heads):
+            if head < maps.sums[layer].shape[1]:
+                cell = placement.word_map(maps.filter(layers=[layer], heads=[head]), name)
+                picture = cell.overlay(result.image, view.alpha, view.cmap, size=CELL)
+            else:
+                picture = blank
+            items.append((result.save(picture, f"{slug(name)}_L{row}_h{head}"), f"L{row} h{head}"))
+            cells.append((layer, head))
+    return items, cells, "  \n".join(legend)
+
+
+def placement_views(result: Result, maps: HeatMaps, view: View) -> tuple[str, pd.DataFrame, str, str]:
+    """(segmentation, placement table, layout checks, centroid paths) of the prompt's objects."""
+    labels, names = maps.segmentation()
+    segmentation = placement.segmentation_picture(result.image, labels, names, tile=TILE)
+    data = placement.report(maps, view.statements, from_prompt=not view.statements)
+    table = pd.DataFrame(placement.table_rows(data), columns=placement.TABLE_HEADERS)
+    checks = [f"- **{'PASS' if c['passed'] else 'FAIL'}** {c['statement']}: {c['reason']}" for c in data["checks"]]
+    checks = checks or ["_No relation stated; add one under “Intended layout”._"]
+    checks += [f"- note: {n}" for n in data["notes"]]
+    paths = placement.timeline_picture(result.image, [placement.placement_timeline(maps, n) for n in names], tile=TILE)
+    return result.save(segmentation, "segmentation"), table, "\n".join(checks), result.save(paths, "timeline")
+
+
+def notes_text(maps: HeatMaps) -> str:
+    notes = list(maps.meta.get("notes", []))
+    if not maps.words:
+        notes.append("The prompt has no words to map (no letters or digits): here is the image, without heat maps.")
+    return "\n".join(f"- {n}" for n in notes)
+
+
+def write_zip(result: Result, view: View) -> str:
+    """One zip of everything at the current settings: image, overlays, segmentation, centroid paths, the raw
+    maps (loadable with `crossattn.load_heat_maps` once unpacked) and the placement report."""
+    maps = view.filtered(result.maps)
+    stem, folder = result.stem, result.folder / "zip"
+    shutil.rmtree(folder, ignore_errors=True)
+    result.maps.save(folder / f"{stem}_maps")
+    files = {f"{stem}_image.png": result.image}
+    for k, name in enumerate(result.shown):
+        files[f"{stem}_overlay_{k:02d}_{slug(name)}.png"] = placement.word_map(maps, name).figure(
+            result.image, view.alpha, view.cmap, tile=max(BIG, *result.image.size))
+    if maps.words:
+        labels, names = maps.segmentation()
+        files[f"{stem}_segmentation.png"] = placement.segmentation_picture(result.image, labels, names)
+        lines = [placement.placement_timeline(maps, n) for n in names]
+        files[f"{stem}_timeline.png"] = placement.timeline_picture(result.image, lines)
+        data = placement.report(maps, view.statements, from_prompt=not view.statements)
+        data |= {"seed": maps.meta.get("seed"), "steps": len(maps.trace_counts)}
+        (folder / f"{stem}_placement.json").write_text(json.dumps(data, indent=1))
+    for name, picture in files.items():
+        picture.save(folder / name)
+    archive = result.path("all.zip")
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                out.write(path, path.relative_to(folder))
+    return str(archive)
+
+
+# ---- input checks (all before any compute is spent) ---------------------------------------------------------
+def whole_number(value, what: str) -> int:
+    if value is None or float(value) != int(value):
+        raise InputError(f"{what} must be a whole number, got {value}")
+    return int(value)
+
+
+def check_request(loaded: Loaded, prompt: str, size: str, steps: int, guidance: float, seed: int,
+                  names: list[str]) -> tuple[int, int]:
+    """The image size to generate at, once everything asked for is known to be servable and every word or
+    phrase named (words to show, words of layout statements) is in the prompt."""
+    pipe = loaded.pipe
+    dims = parse_size(size) if (size or "").strip() else native_size(pipe)
+    check_inputs(pipe, prompt, dims, steps, guidance, seed=seed, max_pixels=loaded.limits.max_pixels,
+                 max_steps=loaded.limits.max_steps)
+    known = prompt_words(family_of(pipe).word_tokenizer(pipe), prompt)
+    for name in names:
+        find_word(known, *placement.word_ref(name))
+    return dims
+
+
+def step_slider(steps: int, value: int) -> dict:
+    """A 1-based step slider over `steps` steps; hidden for a single step (a slider needs min < max)."""
+    if steps == 1:
+        return gr.update(visible=False, value=1)
+    return gr.update(visible=True, minimum=1, maximum=steps, value=value)
+
+
+# ---- the page -----------------------------------------------------------------------------------------------
+class DemoApp:
+    """The page's components (one method per section) and the callbacks that fill them."""
+
+    def __init__(self, models: Models):
+        self.models = models
+        self.default = models.get(None)  # loaded before the first request: the first click is fast
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="crossattn — where did each word go?", delete_cache=(FILES_TTL_S, FILES_TTL_S)) as page:
+            self.state = gr.State(None)
+            gr.Markdown("# crossattn — where did each word of the prompt go?\n"
+                        "Generate an image; every word gets a heat map of the pixels that attended to it. "
+                        "Scroll down for who owns each pixel, where each object landed, when that was decided, and "
+                        "what each layer and head saw.")
+            self.inputs_section()
+            self.filters_section()
+            self.words_section()
+            self.placement_section()
+            self.time_section()
+            self.model_section()
+            self.downloads_section()
+            self.wire()
+        return page
+
+    # ---- sections ----
+    def inputs_section(self) -> None:
+        limits, pipe = self.default.limits, self.default.pipe
+        width, height = native_size(pipe)
+        with gr.Row():
+            with gr.Column(scale=1):
+                self.prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, elem_id="prompt")
+                self.negative = gr.Textbox(label="Negative prompt", value="")
+                with gr.Row():
+                    self.seed = gr.Number(label="Seed", value=0, precision=0)
+                    self.dice = gr.Button("Random seed", size="sm")
+                with gr.Row():
+                    self.steps = gr.Slider(1, limits.max_steps, value=DEFAULT_STEPS, step=1, label="Steps",
+                                           elem_id="steps")
+                    self.guidance = gr.Slider(0, 20, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
+                self.size = gr.Textbox(label="Image size (WIDTHxHEIGHT)", value="",
+                                       info=f"empty = the model's {width}x{height}; "
+                                            f"{limits.size_hint(size_multiple(pipe))} here")
+                with gr.Row():
+                    self.model = gr.Dropdown(self.models.choices, value=self.models.default, label="Model")
+                    self.other_model = gr.Textbox(label="Other model (hub id or folder)", value="",
+                                                  visible=self.models.allow_any)
+                self.words = gr.Textbox(label="Words to show (comma-separated; empty = all; Enter to apply)", value="",
+                                        elem_id="words")
+                self.expect = gr.Textbox(label="Intended layout (one per line, e.g. “circle left_of square”, "
+                                               "“circle on the left”, “circle in 0,0,0.5,1”); empty = read from prompt",
+                                         value="", lines=2, elem_id="expect")
+                self.keep_heads = gr.Checkbox(label="Keep every layer and head",
+                                              info="for the model view below; slower and heavier")
+                with gr.Row():
+                    self.run = gr.Button("Generate", variant="primary")
+                    self.stop = gr.Button("Stop", variant="stop")
+                gr.Examples(EXAMPLES, inputs=[self.prompt])
+            with gr.Column(scale=1):
+                self.image = gr.Image(label="Generated image", type="filepath", height=420,
+                                      elem_id="generated-image", elem_classes="pixels")
+                self.notes = gr.Markdown(label="Notes", elem_id="notes")
+
+    def filters_section(self) -> None:
+        with gr.Accordion("Display and filters (every view redraws from the stored maps)", open=True):
+            with gr.Row():
+                self.alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay alpha")
+                self.cmap = gr.Dropdown(list(render.COLORMAPS), value="jet", label="Colour map")
+                self.resolutions = gr.CheckboxGroup(label="Resolutions (none ticked = all)", choices=[])
+                self.blocks = gr.CheckboxGroup(label="Blocks (none ticked = all)", choices=[])
+                self.first_step = gr.Slider(1, DEFAULT_STEPS, value=1, step=1, label="First step")
+                self.last_step = gr.Slider(1, DEFAULT_STEPS, value=DEFAULT_STEPS, step=1, label="Last step")
+
+    def words_section(self) -> None:
+        gr.Markdown("## Words — click one to select it")
+        with gr.Row():
+            self.gallery = gr.Gallery(label="Per-word heat maps", columns=5, height="auto", allow_preview=False,
+                                      elem_id="word-gallery", elem_classes="pixels")
+            with gr.Column():
+                self.selected = gr.Dropdown(label="Selected word", choices=[], interactive=True, elem_id="selected")
+                self.big = gr.Image(label="Selected word, large", type="filepath", height=420, elem_id="selected-map")
+
+    def placement_section(self) -> None:
+        gr.Markdown("## Who owns each pixel, and where did each object land?")
+        with gr.Row():
+            self.segmentation = gr.Image(label="Segmentation (one region per object phrase)", type="filepath",
+                                         elem_id="segmentation", scale=1)
+            self.checks = gr.Markdown(label="Layout checks", elem_id="checks")
+        self.table = gr.Dataframe(headers=placement.TABLE_HEADERS, label="Placement", interactive=False, wrap=True,
+                                  elem_id="placement-table")
+
+    def time_section(self) -> None:
+        gr.Markdown("## Time — how the selected word's map evolved over the denoising steps")
+        with gr.Row():
+            with gr.Column():
+                self.step = gr.Slider(1, DEFAULT_STEPS, value=DEFAULT_STEPS, step=1, label="Step",
+                                      elem_id="time-slider")
+                self.frame = gr.Image(label="Map at this step", type="filepath", elem_id="time-frame")
+            self.animation = gr.Image(label="Animation", type="filepath", elem_id="animation")
+            self.paths = gr.Image(label="Centroid paths (dark = early, ring = final)", type="filepath",
+                                  elem_id="paths")
+
+    def model_section(self) -> None:
+        with gr.Column(visible=False) as self.model_view:
+            gr.Markdown("## Model view — the selected word per layer (rows) and head (columns); click to enlarge")
+            with gr.Row():
+                self.grid = gr.Gallery(label="Layers × heads", columns=4, height="auto", allow_preview=False,
+                                       elem_id="layer-head-grid", elem_classes="pixels", scale=1)
+                self.cell = gr.Image(label="Layer and head", type="filepath", elem_id="cell", scale=1)
+            self.legend = gr.Markdown(label="Layers")
+
+    def downloads_section(self) -> None:
+        gr.Markdown("## Downloads")
+        with gr.Row():
+            self.prepare = gr.Button("Prepare downloads")
+            self.download = gr.File(label="Everything at the current settings (zip)", elem_id="downloads")
+
+    # ---- wiring ----
+    @property
+    def view_inputs(self) -> dict[str, gr.components.Component]:
+        return {"words": self.words, "expect": self.expect, "alpha": self.alpha, "cmap": self.cmap,
+                "resolutions": self.resolutions, "blocks": self.blocks, "first_step": self.first_step,
+                "last_step": self.last_step, "selected": self.selected, "step": self.step}
+
+    @property
+    def selection_outputs(self) -> list:
+        return [self.state, self.selected, self.big, self.frame, self.animation, self.grid, self.cell, self.legend]
+
+    def wire(self) -> None:
+        generation = self.run.click(
+            friendly(self.on_generate),
+            inputs=[self.prompt, self.negative, self.seed, self.steps, self.guidance, self.size, self.model,
+                    self.other_model, self.words, self.expect, self.keep_heads],
+            outputs=[self.state, self.image, self.notes, self.resolutions, self.blocks, self.first_step,
+                     self.last_step, self.step, self.model_view, self.grid],
+            api_name="generate", concurrency_limit=1, show_progress="full",
+        )
+        everything = [*self.selection_outputs, self.gallery, self.segmentation, self.table, self.checks, self.paths]
+        generation.success(friendly(self.on_render), inputs=[self.state], inputs_kwargs=self.view_inputs,
+                           outputs=everything, api_name="render")
+        self.stop.click(fn=None, cancels=[generation])
+        self.dice.click(lambda: random.randint(0, 2**31 - 1), outputs=self.seed, api_visibility="private")
+        private = dict(inputs=[self.state], inputs_kwargs=self.view_inputs, api_visibility="private",
+                       trigger_mode="always_last")
+        # .input and .submit fire on user edits only: .change would also fire when a generation updates a control
+        display = [self.alpha.input, self.cmap.input, self.resolutions.input, self.blocks.input,
+                   self.first_step.input, self.last_step.input, self.words.submit, self.expect.blur]
+        gr.on(display, friendly(self.on_render), outputs=everything, **private)
+        self.selected.input(friendly(self.on_select), outputs=self.selection_outputs, **private)
+        self.gallery.select(friendly(self.on_pick_word), outputs=self.selection_outputs, **private)
+        self.step.input(friendly(self.on_step), outputs=[self.frame], **private)
+        self.grid.select(friendly(self.on_pick_cell), outputs=[self.cell], **private)
+        self.prepare.click(friendly(self.on_prepare), inputs=[self.state], inputs_kwargs=self.view_inputs,
+                           outputs=[self.download], api_name="prepare_downloads")
+
+    # ---- callbacks ----
+    def on_generate(self, prompt: str, negative: str, seed: float, steps: float, guidance: float, size: str,
+                    model: str, other_model: str, words: str, expect: str, keep_heads: bool,
+                    progress=gr.Progress()) -> dict:  # noqa: B008 (how Gradio hands out progress bars)
+        """Check everything, generate one image with its maps, and set the filter panel up for them."""
+        statements = View(expect=expect).statements
+        names = split_list(words) + [n for s in statements for n in placement.statement_words(s)]
+        loaded = self.models.get(other_model or model)
+        seed, steps = whole_number(seed, "seed"), whole_number(steps, "steps")
+        dims = check_request(loaded, prompt, size, steps, float(guidance), seed, names)
+
+        def on_step(done: int, total: int) -> None:
+            if abandoned():
+                raise Stopped(f"generation stopped after step {done} of {total}: cancelled or the client left")
+            progress((done, total), desc="denoising", unit="steps")
+
+        progress(0, desc="waiting for the model")
+        with loaded.lock:
+            image, maps = generate(loaded.pipe, prompt, seed=seed, steps=steps, guidance=float(guidance), size=dims,
+                                   negative_prompt=negative or None, on_step=on_step, per_layer=bool(keep_heads),
+                                   per_head=bool(keep_heads))
+        maps.meta["model"] = other_model or model
+        result = Result.new(image, maps)
+        resolutions = [f"{h}x{w}" for h, w in maps.resolutions]
+        return {
+            self.state: result,
+            self.image: result.save(image, "image"),
+            self.notes: notes_text(maps),
+            self.resolutions: gr.update(choices=resolutions, value=resolutions,
+                                        visible=maps.meta.get("resolution_sites", True)),
+            self.blocks: gr.update(choices=maps.blocks, value=maps.blocks),
+            self.first_step: step_slider(steps, 1),
+            self.last_step: step_slider(steps, steps),
+            self.step: step_slider(steps, steps),
+            self.model_view: gr.update(visible=maps.per_head),
+            self.grid: gr.update(columns=maps.heads),
+        }
+
+    def on_render(self, result: Result | None, **view) -> dict:
+        """Every view, from the stored maps at the current settings."""
+        if result is None:
+            return {}
+        view = View(**view)
+        maps = view.filtered(result.maps)
+        if not maps.words:
+            return {self.state: replace(result, shown=[], cells=[]), self.selected: gr.update(choices=[], value=None),
+                    self.gallery: [], self.big: None, self.frame: None, self.animation: None, self.grid: [],
+                    self.cell: None, self.legend: "", self.segmentation: None, self.table: None,
+                    self.checks: "_No words to map._", self.paths: None}
+        shown = split_list(view.words) or result.names
+        segmentation, table, checks, paths = placement_views(result, maps, view)
+        out = self.selection(replace(result, shown=shown), maps, view)
+        return out | {self.gallery: gallery_items(result, maps, shown, view), self.segmentation: segmentation,
+                      self.table: table, self.checks: checks, self.paths: paths}
+
+    def selection(self, result: Result, maps: HeatMaps, view: View) -> dict:
+        """The views of the selected word: enlarged map, time, model view (the first object by default)."""
+        objects = maps.objects()
+        choices = list(dict.fromkeys(result.shown + objects))
+        name = view.selected if view.selected in choices else (objects or choices)[0]
+        frame, animation = time_views(result, maps, name, view)
+        out = {self.selected: gr.update(choices=choices, value=name), self.frame: frame, self.animation: animation,
+               self.big: selected_figure(result, maps, name, view), self.cell: None}
+        cells = []
+        if maps.per_head:
+            items, cells, legend = layer_head_cells(result, maps, name, view)
+            out |= {self.grid: items, self.legend: legend}
+        return out | {self.state: replace(result, cells=cells)}
+
+    def on_select(self, result: Result | None, **view) -> dict:
+        if result is None or not result.shown:
+            return {}
+        view = View(**view)
+        return self.selection(result, view.filtered(result.maps), view)
+
+    def on_pick_word(self, result: Result | None, evt: gr.SelectData, **view) -> dict:
+        """A gallery click: the word of the clicked tile, as the gallery shows it (not as the words box reads now)."""
+        if result is None or not 0 <= evt.index < len(result.shown):
+            raise InputError("that tile is gone: generate again or pick a word from the list")
+        return self.on_select(result, **(view | {"selected": result.shown[evt.index]}))
+
+    def on_step(self, result: Result | None, **view) -> dict:
+        if result is None or not result.shown:
+            return {}
+        view = View(**view)
+        maps = view.filtered(result.maps)
+        return {self.frame: time_views(result, maps, view.selected or result.shown[0], view)[0]}
+
+    def on_pick_cell(self, result: Result | None, evt: gr.SelectData, **view) -> dict:
+        """A model-view click: that layer and head of the selected word, large, named in the label."""
+        if result is None or not 0 <= evt.index < len(result.cells):
+            raise InputError("that cell is gone: generate again")
+        layer, head = result.cells[evt.index]
+        view = View(**view)
+        maps = view.filtered(result.maps)
+        if head >= maps.sums[layer].shape[1]:
+            return {self.cell: gr.update(value=None, label=f"{layer} has no head {head}")}
+        m = placement.word_map(maps.filter(layers=[layer], heads=[head]), view.selected)
+        row = list(maps.sites).index(layer)
+        figure = m.figure(result.image, view.alpha, view.cmap, tile=BIG)
+        return {self.cell: gr.update(value=result.save(figure, f"{slug(view.selected)}_L{row}_h{head}_large"),
+                                     label=f"layer L{row} = {layer}, head {head}")}
+
+    def on_prepare(self, result: Result | None, **view) -> dict:
+        if result is None:
+            raise InputError("generate an image first")
+        return {self.download: write_zip(result, View(**view))}
+
+
+# ---- starting the server ------------------------------------------------------------------------------------
+def check_port(host: str, port: int) -> None:
+    """Fail with one clear line when the port is taken (Gradio's own message points at an environment variable)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise InputError(f"port {port} on {host} is already in use: pick another with --port, "
+                             f"e.g. --port {port + 1}") from None
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def build_app(models: Models) -> gr.Blocks:
+    return DemoApp(models).build()
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, allow_any_model: bool = False,
+           share: bool = False, block: bool = True) -> tuple[gr.Blocks, str]:
+    """Build and start the app; returns (app, local URL). With `block`, serve until interrupted."""
+    check_port(host, port)
+    # Tiny attention probabilities become denormal floats, which CPUs process ~10x slower (see cli.main).
+    torch.set_flush_denormal(True)
+    app = build_app(Models(model, allow_any_model))
+    app.queue(default_concurrency_limit=4)
+    _, url, _ = app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                           show_error=False, theme=gr.themes.Soft(), footer_links=["api"], css=CSS)
+    return app, url

@@ -1,0 +1,749 @@
+"""Sweeps: many prompts × seeds, one traced generation each, resumable, in-process or on Ray; one report.
+
+    crossattn sweep prompts.txt --out sweeps/a --seeds 0-7             # in-process, one pipeline
+    crossattn sweep prompts.jsonl --out sweeps/a --ray --workers 4     # the same items on a local Ray runtime
+    crossattn sweep prompts.csv --out sweeps/a --ray=auto              # ... or on an existing Ray cluster
+    crossattn sweep --out sweeps/a --report-only                       # rebuild summary.jsonl and report.html
+
+**Items.** PROMPTS is a text file (one prompt a line; blank lines are skipped), JSONL (``{"prompt": ...,
+"expect": [...], "seed": 3}``) or CSV (columns ``prompt``, ``expect`` with statements separated by ``;``,
+``seed`` or ``seeds``). An item is one (prompt, seed); rows without seeds get ``--seeds`` (``0-7``,
+``0,3,5``). Its id is a short hash of prompt, seed, statements, model and every option that changes results,
+so the same item lands in the same folder from any run and either engine.
+
+**On disk** (``DIR``)::
+
+    items/<id>/image.png, maps.safetensors, heatmaps.json, diagnosis.json, [concepts/]   (HeatMaps.save)
+    items/<id>/placement.json   placement.report: objects, checks of the statements, timelines
+    items/<id>/diagnosis.png    the image with each object's region and verdict (the report's gallery)
+    items/<id>/summary.json     the item's summary line; written last: its presence means "finished"
+    summary.jsonl               one line per finished item, sorted by (prompt, seed, id)
+    report.html, report.json    the aggregate (self-contained page; its numbers as JSON)
+
+**Resume and atomicity.** An item is written into ``DIR/.tmp/`` and renamed into ``items/<id>`` in one
+``rename``, so a folder under ``items/`` is always complete, whenever the process dies (even SIGKILL). A rerun
+skips every id whose ``summary.json`` exists; ``summary.jsonl`` is only ever rewritten whole from those
+(temp file + ``os.replace``): at the start, every 10 s and at the end. An item that raises is finished
+too, with its error (an `InputError`'s message, else the exception's type and message, and the traceback);
+delete its folder to try it again. One sweep process per DIR at a time (``.tmp/`` is cleared at the start).
+
+**Engines.** Both run `Worker.run`, which returns the item's files as bytes and its summary; the driver
+writes them (`write_item`), so outputs are identical and DIR need not be shared with Ray's nodes. ``ray``: one
+actor (one pipeline) per ``workers``, ``num_gpus=1`` each when the cluster has GPUs (default: one actor per
+GPU), else an equal share of a node's CPUs; a worker that dies (out of memory...) is restarted by Ray and
+the items it held are left for the next run (`Outcome.lost`). ``crossattn`` must be importable on the nodes.
+
+    >>> import tempfile
+    >>> from crossattn import sweep
+    >>> out = tempfile.mkdtemp()
+    >>> prompts = ["a red circle left of a blue square", "a green triangle"]
+    >>> done = sweep.run(prompts, out, seeds=[0, 1], steps=4, progress=False)
+    >>> done.ran, done.errors, len(open(f"{out}/summary.jsonl").readlines())
+    (4, 0, 4)
+    >>> sweep.run(prompts[:1], out, seeds=[1], steps=4, progress=False).skipped   # finished before
+    1
+    >>> numbers = sweep.build_report(out)                                            # from DIR alone
+    >>> numbers["items"], sorted(numbers["relations"]["by_type"])
+    (4, ['left_of'])
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import html
+import json
+import os
+import re
+import resource
+import shutil
+import tempfile
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import placement
+from .errors import InputError, UnknownWordError, one_line
+from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, check_inputs, generate, native_size
+from .models import DEFAULT_MODEL, load_pipeline
+from .render import png_bytes
+from .shapes.evaluate import centroid, colour_masks, largest_blob
+from .shapes.world import parse_caption
+
+SUMMARY = "summary.json"
+FLUSH_EVERY_S = 10.0
+IN_FLIGHT = 2  # tasks queued per Ray actor: the next item is ready while the driver writes the last
+STARTUP_TIMEOUT_S = 900
+DRAWN_SHARE = 0.004  # a named colour counts as drawn from this share of the image (as shapes.evaluate)
+MAX_SEEDS = 1_000_000
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+# ---- items ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """What every item of a sweep shares. All but `device` change results, so they go into item ids."""
+
+    model: str = DEFAULT_MODEL
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    size: tuple[int, int] | None = None  # (width, height); None: the model's native size
+    concepts: tuple[str, ...] = ()
+    expect_from_prompt: bool = False
+    device: str | None = None
+
+    def identity(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "device"}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One generation of a sweep: a prompt, a seed and the layout statements to check."""
+
+    prompt: str
+    seed: int
+    expect: tuple[str, ...] = ()
+
+
+def item_id(item: Item, settings: Settings) -> str:
+    """12 hex digits of SHA-256 over the item and the result-changing settings (stable across runs and engines)."""
+    key = {"prompt": item.prompt, "seed": item.seed, "expect": list(item.expect), **settings.identity()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,10' -> [0, 1, 2, 3, 10] (ranges inclusive, repeats dropped)."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or int(m[2] or m[1]) < int(m[1]):
+            raise InputError(f"bad seeds {text!r}: write e.g. 0-7, 0,3,5 or 0-3,10")
+        seeds += range(int(m[1]), int(m[2] or m[1]) + 1)
+        if len(seeds) > MAX_SEEDS:
+            raise InputError(f"bad seeds {text!r}: at most {MAX_SEEDS:,} seeds per prompt")
+    return list(dict.fromkeys(seeds))
+
+
+def _row_seeds(value) -> list[int] | None:
+    """A row's own seeds: an int, a list of ints or a seeds string; None when the row gives none."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    if isinstance(value, str):
+        return parse_seeds(value)
+    raise InputError(f"bad seeds {value!r}: a whole number, a list of them or a string like '0-7'")
+
+
+def _row_expect(value) -> tuple[str, ...]:
+    """Statements as a list, or one string with several separated by ';'."""
+    if value is None:
+        return ()
+    parts = value.split(";") if isinstance(value, str) else value
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        raise InputError(f"bad expect {value!r}: a list of statements or one string separated by ';'")
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def _items_of_row(row: dict, where: str, seeds: list[int]) -> list[Item]:
+    if not isinstance(row, dict) or "prompt" not in row:
+        raise InputError(f"{where}: each row needs a 'prompt'")
+    if not isinstance(row["prompt"], str):
+        raise InputError(f"{where}: 'prompt' must be text, got {row['prompt']!r}")
+    try:
+        own = _row_seeds(row["seeds"] if row.get("seeds") not in (None, "") else row.get("seed"))
+        expect = _row_expect(row.get("expect"))
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    return [Item(row["prompt"], seed, expect) for seed in (own or seeds)]
+
+
+def _rows(path: Path) -> Iterator[tuple[dict, str]]:
+    """(row, where) per prompt of a text, JSONL or CSV file."""
+    if not path.is_file():
+        raise InputError(f"prompts file not found: {path}")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if "prompt" not in (reader.fieldnames or []):
+            raise InputError(f"{path}: the CSV needs a 'prompt' column (and optionally expect, seed or seeds)")
+        for n, row in enumerate(reader, start=2):
+            yield row, f"{path}:{n}"
+        return
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix.lower() != ".jsonl":
+            yield {"prompt": line.strip()}, f"{path}:{n}"
+            continue
+        try:
+            yield json.loads(line), f"{path}:{n}"
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{n}: not JSON ({exc.msg})") from None
+
+
+def read_items(source: str | Path | Iterable[str | dict | Item], seeds: Iterable[int] = (0,)) -> list[Item]:
+    """Items from a prompts file (a str or Path is a file name) or from prompts, row dicts or `Item`s;
+    prompts without seeds of their own get `seeds`."""
+    seeds = list(seeds)
+    if isinstance(source, (str, Path)):
+        rows = _rows(Path(source))
+    else:
+        rows = (({"prompt": r} if isinstance(r, str) else r, f"item {k}") for k, r in enumerate(source))
+    items: list[Item] = []
+    for row, where in rows:
+        items += [row] if isinstance(row, Item) else _items_of_row(row, where, seeds)
+    return items
+
+
+# ---- one item: the worker --------------------------------------------------------------------------------------
+@dataclass
+class ItemResult:
+    """What a worker sends back: the item folder's files (relative path -> bytes) and its summary."""
+
+    id: str
+    files: dict[str, bytes]
+    summary: dict
+
+
+def error_text(exc: BaseException) -> str:
+    """An `InputError`'s message (the user's input was wrong), or the exception's type and message."""
+    return one_line(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {one_line(exc)}"
+
+
+def _relation_kind(statement: str) -> str:
+    _, relation, obj = placement.parse_statement(statement)
+    return {"side": f"on the {obj}", "in": "in a box"}.get(relation, relation)
+
+
+def _saved_maps(maps) -> dict[str, bytes]:
+    """The files `HeatMaps.save` writes (maps, heatmaps.json, diagnosis.json, concepts/), as bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        maps.save(tmp)
+        return {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+
+
+def pixel_truth(image, maps) -> dict | None:
+    """On shapes-world prompts (`parse_caption` reads them): which named objects the image draws, and for a
+    drawn two-object relation the verdict of the pixels next to the attention's (as `shapes.evaluate`)."""
+    pairs, relation = parse_caption(maps.meta["prompt"])
+    if not pairs:
+        return None
+    masks = colour_masks(np.asarray(image.convert("RGB")))
+    blobs = {pair: largest_blob(masks[pair[0]]) for pair in pairs}
+    drawn = {pair: bool(blob.sum() >= DRAWN_SHARE * blob.size) for pair, blob in blobs.items()}
+    truth: dict = {"drawn": {f"{c} {s}": ok for (c, s), ok in drawn.items()}, "relation": None}
+    if relation and len(pairs) == 2 and pairs[0][0] != pairs[1][0] and all(drawn.values()):
+        (ca, sa), (cb, sb) = pairs
+        statement = f"{ca} {sa} {relation} {cb} {sb}"
+        try:
+            attention = maps.check(statement, margin=0.0).passed
+        except UnknownWordError:  # an object past the text encoder's 77 tokens has no map
+            return truth
+        pixels = placement.relation_gap(centroid(blobs[pairs[0]]), centroid(blobs[pairs[1]]), relation) > 0
+        truth["relation"] = {"statement": statement, "pixels": bool(pixels), "attention": bool(attention)}
+    return truth
+
+
+def _record(item: Item, data: dict, diagnosis, image, maps) -> dict:
+    """The result part of an item's summary: checks, diagnosis, settle steps, pixel truth, notes."""
+    checks = [{"statement": c["statement"], "passed": c["passed"], "relation": _relation_kind(c["statement"]),
+               "names": placement.statement_words(c["statement"]),
+               "source": "given" if c["statement"] in item.expect else "prompt"} for c in data["checks"]]
+    objects = [{"name": o.name, "head": o.head, "neglect": round(o.neglect, 4), "missing": o.missing,
+                "wrong_attribute": o.wrong_attribute} for o in diagnosis.objects]
+    return {"status": "ok", "checks": checks, "objects": objects, "merged": [list(p) for p in diagnosis.merged],
+            "failed": diagnosis.failed, "verdicts": diagnosis.verdicts(),
+            "settled": {t["word"]: t["decided_at"] for t in data["timelines"]},
+            "pixels": pixel_truth(image, maps), "notes": maps.meta.get("notes", []) + data["notes"]}
+
+
+class Worker:
+    """One pipeline, and one item at a time through it: the local engine runs one in-process, the Ray engine
+    one per actor. It sets `torch.set_flush_denormal(True)` for its process, as the CLI does (denormal
+    attention probabilities are ~10× slower on CPUs), so that both engines compute alike."""
+
+    def __init__(self, settings: Settings, threads: int | None = None):
+        torch.set_flush_denormal(True)
+        if threads:
+            torch.set_num_threads(threads)
+        self.settings = settings
+        self.pipe = load_pipeline(settings.model, device=settings.device)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def run(self, item: Item) -> ItemResult:
+        """Generate one item; an exception of the item's own becomes its recorded error."""
+        s = self.settings
+        start = time.perf_counter()
+        try:
+            files, record = self._generate(item)
+        except Exception as exc:
+            files, record = {}, {"status": "error", "error": error_text(exc)}
+            if not isinstance(exc, InputError):  # a bug: keep what is needed to find it
+                record["traceback"] = traceback.format_exc()
+        summary = {"id": item_id(item, s), "prompt": item.prompt, "seed": item.seed, "expect": list(item.expect),
+                   **s.identity(), "size": list(s.size) if s.size else None, "concepts": list(s.concepts),
+                   **record, "seconds": round(time.perf_counter() - start, 3)}
+        return ItemResult(summary["id"], files, summary)
+
+    def _generate(self, item: Item) -> tuple[dict[str, bytes], dict]:
+        s = self.settings
+        named = [placement.word_ref(n)[0] for st in item.expect for n in placement.statement_words(st)]
+        size = s.size or native_size(self.pipe)
+        check_inputs(self.pipe, item.prompt, size, s.steps, s.guidance, named, seed=item.seed)  # before compute
+        image, maps = generate(self.pipe, item.prompt, seed=item.seed, steps=s.steps, guidance=s.guidance,
+                               size=size, concepts=list(s.concepts) or None)
+        maps.meta["model"] = s.model
+        data = placement.report(maps, list(item.expect), from_prompt=s.expect_from_prompt)
+        diagnosis = maps.diagnose()
+        files = {"image.png": png_bytes(image), **_saved_maps(maps),
+                 "placement.json": json.dumps(data, indent=1).encode(),
+                 "diagnosis.png": png_bytes(diagnosis.picture(image, tile=256))}
+        return files, _record(item, data, diagnosis, image, maps)
+
+    def peak_rss_mib(self) -> float:
+        """This process's peak resident memory (Linux reports KiB)."""
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- the folder: atomic item writes, summary.jsonl -------------------------------------------------------------
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def prepare(out: str | Path) -> Path:
+    """Create DIR/items and an empty DIR/.tmp (what a killed run left half-written there is dropped)."""
+    out = Path(out)
+    try:
+        (out / "items").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out / ".tmp", ignore_errors=True)
+        (out / ".tmp").mkdir()
+    except OSError as exc:
+        raise InputError(f"cannot write to --out {str(out)!r}: {exc.strerror or exc}") from None
+    return out
+
+
+def write_item(out: Path, result: ItemResult) -> bool:
+    """Put one item's folder in place in a single rename; False if it was already finished."""
+    final = out / "items" / result.id
+    if (final / SUMMARY).exists():
+        return False
+    tmp = out / ".tmp" / f"{result.id}.{uuid.uuid4().hex}"
+    for name, data in result.files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(data)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / SUMMARY).write_text(json.dumps(result.summary, indent=1))
+    if final.exists():  # not written by a sweep (those are complete): nothing in it can be trusted
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    return True
+
+
+def finished(out: Path) -> dict[str, dict]:
+    """id -> summary of every finished item: the truth about DIR."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted((out / "items").glob(f"*/{SUMMARY}"))}
+
+
+def _ordered(summaries: dict[str, dict]) -> list[dict]:
+    return sorted(summaries.values(), key=lambda s: (s["prompt"], s["seed"], s["id"]))
+
+
+def write_summary_lines(out: Path, summaries: dict[str, dict]) -> None:
+    """Rewrite DIR/summary.jsonl whole (temp file + os.replace): never torn, never a line twice."""
+    _write_atomic(out / "summary.jsonl", "".join(json.dumps(s) + "\n" for s in _ordered(summaries)))
+
+
+# ---- engines -------------------------------------------------------------------------------------------------
+class LocalEngine:
+    """One `Worker` in this process."""
+
+    def __init__(self, settings: Settings, workers: int | None = None, address: str | None = None):
+        if (workers or 1) != 1 or address:
+            raise InputError("--workers and a Ray address need --ray: the local engine runs one pipeline")
+        self.settings, self.lost, self.peak_rss_mib = settings, 0, []
+
+    def __enter__(self) -> LocalEngine:
+        self.worker = Worker(self.settings)
+        return self
+
+    def map(self, items: list[Item]) -> Iterator[ItemResult]:
+        return map(self.worker.run, items)
+
+    def __exit__(self, *exc) -> None:
+        self.peak_rss_mib = [self.worker.peak_rss_mib()]
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError("the Ray engine needs Ray: pip install 'crossattn[ray]'") from None
+    return ray
+
+
+def _largest_node_cpus(ray) -> float:
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]), default=1.0)
+
+
+class RayEngine:
+    """An actor pool on Ray: a local runtime without `address`, else the cluster at `address` ("auto",
+    "host:6379", "ray://host:10001" with ray[client]). A Ray already initialised by the caller is used as is."""
+
+    def __init__(self, settings: Settings, workers: int | None = None, address: str | None = None):
+        if workers is not None and workers < 1:
+            raise InputError(f"--workers must be at least 1, got {workers}")
+        self.settings, self.workers, self.address = settings, workers, address
+        self.lost, self.peak_rss_mib, self.ray = 0, [], import_ray()
+
+    def __enter__(self) -> RayEngine:
+        ray = self.ray
+        self.owns = not ray.is_initialized()
+        if self.owns:
+            where = {"address": self.address} if self.address else {"num_cpus": os.cpu_count(),
+                                                                    "include_dashboard": False}
+            ray.init(**where, logging_level="ERROR", runtime_env={"env_vars": QUIET_ENV})
+        self.actors = []
+        try:
+            self._start_actors()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start_actors(self) -> None:
+        ray = self.ray
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        n = self.workers or max(gpus, 1)
+        if gpus and n > gpus:
+            raise InputError(f"--workers {n}: the Ray cluster has {gpus} GPUs (one pipeline per GPU)")
+        cpus = min(ray.cluster_resources().get("CPU", 1.0) / n, _largest_node_cpus(ray))
+        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": cpus}
+        threads = None if gpus else max(1, int(cpus))
+        # A worker process that dies (out of memory, a crash) comes back; the items it held are left for a rerun.
+        actor = ray.remote(Worker).options(**options, max_restarts=-1)
+        self.actors = [actor.remote(self.settings, threads) for _ in range(n)]
+        try:
+            ray.get([a.peak_rss_mib.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)  # pipelines loaded
+        except ray.exceptions.GetTimeoutError:
+            raise InputError(f"Ray could not start {n} workers ({options}) in {STARTUP_TIMEOUT_S} s: "
+                             f"the cluster has {ray.cluster_resources()}") from None
+
+    def map(self, items: list[Item]) -> Iterator[ItemResult]:
+        ray, queue, pending = self.ray, iter(items), {}
+
+        def submit(actor) -> None:
+            item = next(queue, None)
+            if item is not None:
+                pending[actor.run.remote(item)] = actor
+
+        for actor in self.actors:
+            for _ in range(IN_FLIGHT):
+                submit(actor)
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            actor = pending.pop(ref)
+            submit(actor)
+            try:
+                yield ray.get(ref)
+            except ray.exceptions.RayError:  # the worker died under the item: not the item's fault
+                self.lost += 1
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.peak_rss_mib = self.ray.get([a.peak_rss_mib.remote() for a in self.actors], timeout=60)
+        except self.ray.exceptions.RayError:
+            self.peak_rss_mib = []
+        for a in self.actors:
+            self.ray.kill(a)
+        if self.owns:
+            self.ray.shutdown()
+
+
+ENGINES = {"local": LocalEngine, "ray": RayEngine}
+
+
+# ---- the sweep -------------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What a `run` did. `lost`: items a dying worker left unfinished (a rerun does them)."""
+
+    out: Path
+    items: int
+    ran: int
+    skipped: int
+    errors: int
+    lost: int
+    startup_s: float
+    seconds: float
+    peak_rss_mib: list[float] = field(default_factory=list)
+    report: dict | None = None
+
+    def describe(self) -> str:
+        lost = f", {self.lost} lost to dying workers (rerun to do them)" if self.lost else ""
+        report = f"; report: {self.out / 'report.html'}" if self.report is not None else ""
+        return (f"sweep {self.out}: {self.items} items, {self.ran} generated now, {self.skipped} finished before, "
+                f"{self.errors} with errors{lost}{report}")
+
+
+def run(items: str | Path | Iterable[str | dict | Item], out: str | Path, engine: str = "local", *,
+        seeds: Iterable[int] = (0,), model: str | None = None, steps: int = DEFAULT_STEPS,
+        guidance: float = DEFAULT_GUIDANCE, size: tuple[int, int] | None = None, expect_from_prompt: bool = False,
+        concepts: Iterable[str] = (), address: str | None = None, workers: int | None = None,
+        device: str | None = None, progress: bool = True, report: bool = True) -> Outcome:
+    """Run a sweep into `out` and (with `report`) rebuild its report; see the module doc for the layout.
+
+    `items`: a prompts file name, or prompts / row dicts (``prompt``, ``expect``, ``seed``/``seeds``) / `Item`s;
+    `engine`: "local" (one pipeline in this process) or "ray" (`workers` actors; `address` of a cluster, or
+    a local runtime). Items finished in `out` before are skipped; nothing is started when none is left.
+    """
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; use 'local' or 'ray'")
+    settings = Settings(model or DEFAULT_MODEL, steps, guidance, tuple(size) if size else None,
+                        tuple(concepts), expect_from_prompt, device)
+    unique = {item_id(i, settings): i for i in read_items(items, seeds)}
+    out = prepare(out)
+    done = finished(out)
+    todo = {k: i for k, i in unique.items() if k not in done}
+    write_summary_lines(out, done)  # repairs a file that a killed run left behind its item folders
+    started = time.perf_counter()
+    pool = ENGINES[engine](settings, workers, address)
+    startup = 0.0
+    try:
+        if todo:
+            with pool:
+                startup = time.perf_counter() - started
+                _drain(pool.map(list(todo.values())), out, done, len(todo), progress, engine)
+    finally:
+        write_summary_lines(out, done)
+    return Outcome(out, len(unique), ran=sum(k in done for k in todo), skipped=len(unique) - len(todo),
+                   errors=sum(done[k]["status"] == "error" for k in unique if k in done), lost=pool.lost,
+                   startup_s=startup, seconds=time.perf_counter() - started, peak_rss_mib=pool.peak_rss_mib,
+                   report=build_report(out) if report else None)
+
+
+def _drain(results: Iterator[ItemResult], out: Path, done: dict[str, dict], total: int, progress: bool,
+           engine: str) -> None:
+    """Write results as they come, under a progress bar; keep summary.jsonl at most FLUSH_EVERY_S behind."""
+    flushed, errors = time.monotonic(), 0
+    with tqdm(total=total, desc=f"sweep ({engine})", unit="item", disable=not progress) as bar:
+        for result in results:
+            if write_item(out, result):
+                done[result.id] = result.summary
+                errors += result.summary["status"] == "error"
+            bar.update(1)
+            bar.set_postfix(errors=errors, refresh=False)
+            if time.monotonic() - flushed > FLUSH_EVERY_S:
+                write_summary_lines(out, done)
+                flushed = time.monotonic()
+
+
+# ---- the report ----------------------------------------------------------------------------------------------
+WORST = 12  # items in the gallery
+TABLE_ROWS = 40  # rows of a per-word table in the page (report.json has them all)
+ERROR_ROWS = 200
+
+
+def _rate(hit: int, n: int) -> dict:
+    return {"n": n, "hit": hit, "rate": round(hit / n, 4) if n else None}
+
+
+def _tally(pairs: Iterable[tuple[str, bool]]) -> dict[str, dict]:
+    """key -> rate of True, most frequent keys first."""
+    n, hit = Counter(), Counter()
+    for key, ok in pairs:
+        n[key] += 1
+        hit[key] += bool(ok)
+    return {k: _rate(hit[k], n[k]) for k in sorted(n, key=lambda k: (-n[k], k))}
+
+
+def head_word(name: str) -> str:
+    """The noun a statement's phrase stands for: its last word ("red circle#1" -> "circle")."""
+    return placement.word_ref(name)[0].split()[-1].lower()
+
+
+def badness(s: dict) -> tuple[int, float]:
+    """How wrong an item went: failed checks + diagnosed failures (+ a pixel verdict the attention
+    contradicts), then the highest neglect score."""
+    relation = (s.get("pixels") or {}).get("relation")
+    count = (sum(not c["passed"] for c in s["checks"]) + len(s["merged"])
+             + sum(o["missing"] + o["wrong_attribute"] for o in s["objects"])
+             + bool(relation and relation["pixels"] != relation["attention"]))
+    return count, max((o["neglect"] for o in s["objects"]), default=0.0)
+
+
+def _worst_first(s: dict) -> tuple:
+    count, neglect = badness(s)
+    return -count, -neglect, s["prompt"], s["seed"]
+
+
+def _pixel_numbers(ok: list[dict]) -> dict | None:
+    truths = [s["pixels"] for s in ok if s.get("pixels")]
+    if not truths:
+        return None
+    relations = [t["relation"] for t in truths if t["relation"]]
+    drawn = [v for t in truths for v in t["drawn"].values()]
+    return {"items": len(truths), "objects_drawn": _rate(sum(drawn), len(drawn)),
+            "agreement": _rate(sum(r["pixels"] == r["attention"] for r in relations), len(relations)),
+            "pixels_say_obeyed": _rate(sum(r["pixels"] for r in relations), len(relations)),
+            "attention_says_obeyed": _rate(sum(r["attention"] for r in relations), len(relations))}
+
+
+def aggregate(summaries: list[dict], worst: int = WORST) -> dict:
+    """The report's numbers from summary lines (JSON-ready)."""
+    ok = [s for s in summaries if s["status"] == "ok"]
+    checks = [c for s in ok for c in s["checks"]]
+    objects = [o for s in ok for o in s["objects"]]
+    settled = Counter(v for s in ok for v in s["settled"].values())
+    last = max([s["steps"] for s in ok if s["settled"]], default=0)
+    return {
+        "items": len(summaries), "ok": len(ok), "errors": len(summaries) - len(ok),
+        "models": sorted({s["model"] for s in summaries}), "steps": sorted({s["steps"] for s in summaries}),
+        "relations": {"overall": _rate(sum(c["passed"] for c in checks), len(checks)),
+                      "by_type": _tally((c["relation"], c["passed"]) for c in checks),
+                      "by_source": _tally((c["source"], c["passed"]) for c in checks),
+                      "by_word": _tally((head_word(n), c["passed"]) for c in checks for n in c["names"])},
+        "neglect": {"objects": _rate(sum(o["missing"] for o in objects), len(objects)),
+                    "items": _rate(sum(any(o["missing"] for o in s["objects"]) for s in ok), len(ok)),
+                    "by_word": _tally((o["head"].lower(), o["missing"]) for o in objects)},
+        "diagnosis_failed": _rate(sum(s["failed"] for s in ok), len(ok)),
+        "settle": {"histogram": [[step + 1, settled[step]] for step in range(last)], "never": settled[None]},
+        "pixels": _pixel_numbers(ok),
+        "error_list": [{"id": s["id"], "prompt": s["prompt"], "seed": s["seed"], "error": s["error"]}
+                       for s in summaries if s["status"] == "error"],
+        "worst": [s["id"] for s in sorted(ok, key=_worst_first)[:worst]],
+    }
+
+
+def build_report(out: str | Path, worst: int = WORST) -> dict:
+    """Rebuild DIR/summary.jsonl, DIR/report.json and the self-contained DIR/report.html from the item folders
+    alone (nothing is generated); return the numbers (report.json)."""
+    out = Path(out)
+    if not (out / "items").is_dir():
+        raise InputError(f"{out} has no items/ folder: not a sweep folder")
+    summaries = finished(out)
+    write_summary_lines(out, summaries)
+    numbers = aggregate(_ordered(summaries), worst)
+    _write_atomic(out / "report.json", json.dumps(numbers, indent=1))
+    _write_atomic(out / "report.html", render_html(out, numbers, summaries))
+    return numbers
+
+
+# ---- the page: plain HTML, inline CSS and SVG, images as data URIs ----------------------------------------------
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3}.gallery{display:flex;flex-wrap:wrap;gap:12px}
+figure.item{margin:0;width:530px;border:1px solid #ddd;padding:8px;border-radius:6px}
+figure.item img{width:256px;height:256px;image-rendering:pixelated;margin-right:4px}
+figcaption{font-size:12px}figcaption ul{padding-left:16px;margin:4px 0}.bad{color:#b00}code{font-size:12px}"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _pct(rate: dict | None) -> str:
+    if not rate or rate["rate"] is None:
+        return "-"
+    return f"{100 * rate['rate']:.1f} % ({rate['hit']}/{rate['n']})"
+
+
+def _tally_table(key: str, label: str, tally: dict[str, dict]) -> str:
+    rows = [[k, _pct(v)] for k, v in list(tally.items())[:TABLE_ROWS]]
+    more = f"<p>… and {len(tally) - TABLE_ROWS} more in report.json</p>" if len(tally) > TABLE_ROWS else ""
+    return _table([key, label], rows) + more if rows else "<p>none</p>"
+
+
+def _histogram_svg(bars: list[tuple[str, int]], width: int = 720, height: int = 200) -> str:
+    """Vertical bars with their counts above and labels below, as inline SVG."""
+    top, slot, base = max(c for _, c in bars) or 1, width / len(bars), height - 20
+    parts = []
+    for k, (label, count) in enumerate(bars):
+        h = (base - 20) * count / top
+        x = k * slot
+        parts.append(f'<rect x="{x + 1:.1f}" y="{base - h:.1f}" width="{slot - 2:.1f}" height="{h:.1f}" '
+                     f'fill="#4a78c2"/><text x="{x + slot / 2:.1f}" y="{base - h - 4:.1f}">{count}</text>'
+                     f'<text x="{x + slot / 2:.1f}" y="{height - 5}">{_esc(label)}</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+            f'aria-label="steps at which positions settle" font-size="11" text-anchor="middle">{"".join(parts)}</svg>')
+
+
+def _data_uri(path: Path) -> str | None:
+    return f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" if path.exists() else None
+
+
+def _figure(out: Path, s: dict) -> str:
+    """One gallery entry: image and diagnosis picture (linking to the item's folder), prompt, what went wrong."""
+    folder = f"items/{s['id']}/"
+    shots = "".join(f'<img alt="{name}" src="{uri}">' for name in ("image.png", "diagnosis.png")
+                    if (uri := _data_uri(out / folder / name)))
+    failed = [f"FAIL {c['statement']}" for c in s["checks"] if not c["passed"]]
+    relation = (s.get("pixels") or {}).get("relation")
+    if relation and relation["pixels"] != relation["attention"]:
+        failed.append(f"the pixels say {relation['statement']!r} is {'' if relation['pixels'] else 'not '}obeyed, "
+                      "the attention says the opposite")
+    lines = "".join(f'<li class="bad">{_esc(t)}</li>' for t in failed)
+    lines += "".join(f"<li>{_esc(t)}</li>" for t in s["verdicts"][:4])
+    return (f'<figure class="item"><a href="{folder}">{shots}</a><figcaption><b>{_esc(s["prompt"])}</b> '
+            f'seed {s["seed"]} · <a href="{folder}"><code>{s["id"]}</code></a><ul>{lines}</ul></figcaption></figure>')
+
+
+def render_html(out: Path, numbers: dict, summaries: dict[str, dict]) -> str:
+    """The report page: overview, relations, neglect, settle steps, worst items, errors, pixel truth."""
+    rel, neg = numbers["relations"], numbers["neglect"]
+    settle = [(str(step), count) for step, count in numbers["settle"]["histogram"]]
+    settle += [("never", numbers["settle"]["never"])] if numbers["settle"]["never"] else []
+    sections = [
+        "<h1>crossattn sweep</h1>",
+        '<p>Every line: <a href="summary.jsonl">summary.jsonl</a>; these numbers: <a href="report.json">report.json'
+        '</a>; each item: <a href="items/">items/&lt;id&gt;/</a>.</p>',
+        _table(["items", "ok", "errors", "models", "steps", "relation obeyed (attention)", "objects neglected",
+                "items with a diagnosed failure"],
+               [[numbers["items"], numbers["ok"], numbers["errors"], ", ".join(numbers["models"]),
+                 ", ".join(map(str, numbers["steps"])), _pct(rel["overall"]), _pct(neg["objects"]),
+                 _pct(numbers["diagnosis_failed"])]]),
+        "<h2>Relations obeyed, by the attention verdict</h2>",
+        _tally_table("relation", "obeyed", rel["by_type"]), _tally_table("statement from", "obeyed", rel["by_source"]),
+        _tally_table("word", "obeyed in the checks naming it", rel["by_word"]),
+        "<h2>Neglected objects (diagnosis)</h2>",
+        f"<p>objects neglected: {_pct(neg['objects'])}; items with a neglected object: {_pct(neg['items'])}</p>",
+        _tally_table("word", "neglected", neg["by_word"]),
+        "<h2>Step at which each object's position settles</h2>",
+        "<p>Per object: the first step from which its centroid stays within 10 % of the image side of where it "
+        "ends up (placement timelines).</p>",
+        _histogram_svg(settle) if settle else "<p>no timelines</p>",
+        '<section id="gallery"><h2>Worst items</h2><div class="gallery">'
+        + "".join(_figure(out, summaries[k]) for k in numbers["worst"]) + "</div></section>",
+        f"<h2>Errors ({numbers['errors']})</h2>",
+        _table(["id", "prompt", "seed", "error"],
+               [[e["id"], e["prompt"], e["seed"], e["error"]] for e in numbers["error_list"][:ERROR_ROWS]]),
+    ]
+    if numbers["pixels"]:
+        px = numbers["pixels"]
+        sections += ["<h2>Shapes world: attention verdicts against the pixels</h2>",
+                     _table(["items", "named objects drawn", "relations scored", "attention agrees with pixels",
+                             "pixels: obeyed", "attention: obeyed"],
+                            [[px["items"], _pct(px["objects_drawn"]), px["agreement"]["n"], _pct(px["agreement"]),
+                              _pct(px["pixels_say_obeyed"]), _pct(px["attention_says_obeyed"])]])]
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>crossattn sweep</title>'
+            f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n")
