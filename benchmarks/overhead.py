@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/overhead.py            # ≈ 15 min on a quiet 2-core CPU; table + results/overhead.json
     .venv/bin/python benchmarks/overhead.py --quick    # every row at tiny sizes, 1 repeat (≈ 1 min): checks the script
+                                                       # (writes results/overhead_quick.json)
 
 The 15 minutes are an estimate from per-step times (the JSON records each model's seconds): about 5 for the
 UNet rows (as before: timing, 10/50-step memory, 512 px memory, overlays, two fresh-process RSS probes), 3 for
@@ -314,7 +315,7 @@ def render_cost(pipe, steps: int, size: int, repeats: int = 5) -> dict:
 def peak_rss_probe(tool: str, size: int, steps: int) -> int:
     """Peak RSS (KiB) of a fresh process that builds SD 1.5 and generates once, plain or traced."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import overhead as o, resource; "
-            f"o.run(o.sd15_pipeline(), {steps}, {size}, {tool!r}); "
+            f"o.torch.set_num_threads({torch.get_num_threads()}); o.run(o.sd15_pipeline(), {steps}, {size}, {tool!r}); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
@@ -326,8 +327,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per tool (the embedded model: 4×)")
     parser.add_argument("--quick", action="store_true",
                         help="every row at tiny sizes, 1 repeat, no 512 px / RSS probes: checks the script")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "overhead.json"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice, one per core); on a host busy with other "
+                             "work, 2 threads on 2 cores can make small models 10-50x slower (OpenMP threads "
+                             "waiting for each other), and 1 gives steadier, different figures")
+    parser.add_argument("--json", default=None, help="default: benchmarks/results/overhead.json "
+                                                     "(overhead_quick.json with --quick, so a check never "
+                                                     "overwrites the real figures)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.json is None:
+        args.json = str(ROOT / "benchmarks" / "results" / ("overhead_quick.json" if args.quick else "overhead.json"))
     torch.set_flush_denormal(True)
     _quiet_libraries()
     quick = args.quick

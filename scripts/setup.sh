@@ -10,6 +10,9 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q torch==2.13.0
 if [ "${1:-}" = "--dev" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
+  # The peer tool, as a second independent oracle in tests/test_oracle.py and benchmarks/oracle.py. --no-deps:
+  # its declared torchvision/accelerate are never imported on the capture path we use.
+  .venv/bin/python -m pip install -q --no-deps attention-map-diffusers==1.0.0
   if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
