@@ -28,7 +28,8 @@ too, with its error (an `InputError`'s message, else the exception's type and me
 delete its folder to try it again. One sweep process per DIR at a time (``.tmp/`` is cleared at the start).
 
 **Engines.** Both run `Worker.run`, which returns the item's files as bytes and its summary; the driver
-writes them (`write_item`), so outputs are identical and DIR need not be shared with Ray's nodes. ``ray``: one
+writes them (`write_item`), so outputs are identical (bit for bit on CPUs where both use as many torch threads:
+float sums split differently over threads) and DIR need not be shared with Ray's nodes. ``ray``: one
 actor (one pipeline) per ``workers``, ``num_gpus=1`` each when the cluster has GPUs (default: one actor per
 GPU), else an equal share of a node's CPUs; a worker that dies (out of memory...) is restarted by Ray and
 the items it held are left for the next run (`Outcome.lost`). ``crossattn`` must be importable on the nodes.
@@ -37,14 +38,14 @@ the items it held are left for the next run (`Outcome.lost`). ``crossattn`` must
     >>> from crossattn import sweep
     >>> out = tempfile.mkdtemp()
     >>> prompts = ["a red circle left of a blue square", "a green triangle"]
-    >>> done = sweep.run(prompts, out, seeds=[0, 1], steps=4, progress=False)
+    >>> done = sweep.run(prompts, out, seeds=[0], steps=4, progress=False)
     >>> done.ran, done.errors, len(open(f"{out}/summary.jsonl").readlines())
-    (4, 0, 4)
-    >>> sweep.run(prompts[:1], out, seeds=[1], steps=4, progress=False).skipped   # finished before
+    (2, 0, 2)
+    >>> sweep.run(prompts[:1], out, seeds=[0, 1], steps=4, progress=False).skipped   # seed 0 was done
     1
     >>> numbers = sweep.build_report(out)                                            # from DIR alone
     >>> numbers["items"], sorted(numbers["relations"]["by_type"])
-    (4, ['left_of'])
+    (3, ['left_of'])
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,6 @@ IN_FLIGHT = 2  # tasks queued per Ray actor: the next item is ready while the dr
 STARTUP_TIMEOUT_S = 900
 DRAWN_SHARE = 0.004  # a named colour counts as drawn from this share of the image (as shapes.evaluate)
 MAX_SEEDS = 1_000_000
-QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
-             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 
 
 # ---- items ---------------------------------------------------------------------------------------------------
@@ -103,7 +102,10 @@ class Settings:
     device: str | None = None
 
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "device"}
+        """The settings that change results, as JSON values (what item ids hash and summaries carry)."""
+        return {"model": self.model, "steps": self.steps, "guidance": self.guidance,
+                "size": list(self.size) if self.size else None, "concepts": list(self.concepts),
+                "expect_from_prompt": self.expect_from_prompt}
 
 
 @dataclass(frozen=True)
@@ -126,11 +128,12 @@ def parse_seeds(text: str) -> list[int]:
     seeds: list[int] = []
     for part in str(text).split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m or int(m[2] or m[1]) < int(m[1]):
+        low, high = (int(m[1]), int(m[2] or m[1])) if m else (1, 0)
+        if high < low:
             raise InputError(f"bad seeds {text!r}: write e.g. 0-7, 0,3,5 or 0-3,10")
-        seeds += range(int(m[1]), int(m[2] or m[1]) + 1)
-        if len(seeds) > MAX_SEEDS:
+        if len(seeds) + high - low >= MAX_SEEDS:
             raise InputError(f"bad seeds {text!r}: at most {MAX_SEEDS:,} seeds per prompt")
+        seeds += range(low, high + 1)
     return list(dict.fromkeys(seeds))
 
 
@@ -276,7 +279,7 @@ class Worker:
     attention probabilities are ~10× slower on CPUs), so that both engines compute alike."""
 
     def __init__(self, settings: Settings, threads: int | None = None):
-        torch.set_flush_denormal(True)
+        torch.set_flush_denormal(True)  # Ray runs an actor's methods on the thread that ran __init__
         if threads:
             torch.set_num_threads(threads)
         self.settings = settings
@@ -294,8 +297,7 @@ class Worker:
             if not isinstance(exc, InputError):  # a bug: keep what is needed to find it
                 record["traceback"] = traceback.format_exc()
         summary = {"id": item_id(item, s), "prompt": item.prompt, "seed": item.seed, "expect": list(item.expect),
-                   **s.identity(), "size": list(s.size) if s.size else None, "concepts": list(s.concepts),
-                   **record, "seconds": round(time.perf_counter() - start, 3)}
+                   **s.identity(), **record, "seconds": round(time.perf_counter() - start, 3)}
         return ItemResult(summary["id"], files, summary)
 
     def _generate(self, item: Item) -> tuple[dict[str, bytes], dict]:
@@ -385,7 +387,7 @@ class LocalEngine:
         return map(self.worker.run, items)
 
     def __exit__(self, *exc) -> None:
-        self.peak_rss_mib = [self.worker.peak_rss_mib()]
+        self.peak_rss_mib = [self.worker.peak_rss_mib()]  # of this whole process
 
 
 def import_ray():
@@ -416,12 +418,13 @@ class RayEngine:
         if self.owns:
             where = {"address": self.address} if self.address else {"num_cpus": os.cpu_count(),
                                                                     "include_dashboard": False}
-            ray.init(**where, logging_level="ERROR", runtime_env={"env_vars": QUIET_ENV})
+            # Workers' output stays in Ray's logs: their errors come back as exceptions or recorded item errors.
+            ray.init(**where, logging_level="ERROR", log_to_driver=False)
         self.actors = []
         try:
             self._start_actors()
         except BaseException:
-            self.__exit__()
+            self._close()
             raise
         return self
 
@@ -456,18 +459,22 @@ class RayEngine:
                 submit(actor)
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(ref)
-            submit(actor)
+            submit(pending.pop(ref))
             try:
-                yield ray.get(ref)
+                result = ray.get(ref)
             except ray.exceptions.RayError:  # the worker died under the item: not the item's fault
                 self.lost += 1
+                continue
+            yield result
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         try:
-            self.peak_rss_mib = self.ray.get([a.peak_rss_mib.remote() for a in self.actors], timeout=60)
-        except self.ray.exceptions.RayError:
-            self.peak_rss_mib = []
+            if kind is None:  # a clean finish: each worker's peak memory, to size the next run
+                self.peak_rss_mib = self.ray.get([a.peak_rss_mib.remote() for a in self.actors], timeout=60)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
         if self.owns:
@@ -515,14 +522,13 @@ def run(items: str | Path | Iterable[str | dict | Item], out: str | Path, engine
         raise InputError(f"unknown engine {engine!r}; use 'local' or 'ray'")
     settings = Settings(model or DEFAULT_MODEL, steps, guidance, tuple(size) if size else None,
                         tuple(concepts), expect_from_prompt, device)
+    pool = ENGINES[engine](settings, workers, address)  # checks its options before anything is written
     unique = {item_id(i, settings): i for i in read_items(items, seeds)}
     out = prepare(out)
     done = finished(out)
     todo = {k: i for k, i in unique.items() if k not in done}
     write_summary_lines(out, done)  # repairs a file that a killed run left behind its item folders
-    started = time.perf_counter()
-    pool = ENGINES[engine](settings, workers, address)
-    startup = 0.0
+    started, startup = time.perf_counter(), 0.0
     try:
         if todo:
             with pool:

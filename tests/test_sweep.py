@@ -21,7 +21,9 @@ from crossattn.errors import InputError
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STEPS = 3  # enough for every artefact; the numbers are not what is tested here
 PROMPTS = ["a red circle left of a blue square", "a small green triangle above a yellow circle", "a cyan square"]
-BAD = [{"prompt": "", "seed": 0}, {"prompt": "a blue square", "expect": "square somewhere", "seed": 0}]
+# Rows that are not ordinary prompts: two fail validation (recorded errors), one has no word at all (an item).
+ODD = [{"prompt": "", "seed": 0}, {"prompt": "a blue square", "expect": "square somewhere", "seed": 0},
+       {"prompt": "🙂🙂", "seed": 0}]
 ITEM_FILES = {"image.png", "maps.safetensors", "heatmaps.json", "diagnosis.json", "diagnosis.png", "placement.json",
               "summary.json"}
 
@@ -82,6 +84,20 @@ def test_write_item_is_one_rename_and_never_twice(tmp_path):
     assert sweep.finished(out) == {"abc": result.summary} and not any((out / ".tmp").iterdir())
 
 
+def test_an_item_that_raises_is_recorded_with_its_type_and_traceback(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(sweep, "check_inputs", lambda *args, **kwargs: [])
+    monkeypatch.setattr(sweep, "generate", broken)
+    worker = sweep.Worker.__new__(sweep.Worker)  # no pipeline needed: generation is what fails
+    worker.settings, worker.pipe = sweep.Settings(size=(64, 64)), None
+    result = worker.run(sweep.Item("a cat", 0))
+    assert result.files == {} and result.summary["status"] == "error"
+    assert result.summary["error"] == "RuntimeError: out of memory, say"
+    assert "Traceback" in result.summary["traceback"]
+
+
 def test_ray_missing_is_a_clear_input_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(InputError, match=r"pip install 'crossattn\[ray\]'"):
@@ -92,28 +108,30 @@ def test_ray_missing_is_a_clear_input_error(monkeypatch):
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "local"
-    outcome = sweep.run(PROMPTS + BAD, out, seeds=[0, 1], steps=STEPS, progress=False)
+    outcome = sweep.run(PROMPTS + ODD, out, seeds=[0, 1], steps=STEPS, progress=False)
     return out, outcome
 
 
 @pytest.mark.slow
 def test_local_sweep_writes_every_item_once(local):
     out, outcome = local
-    assert (outcome.items, outcome.ran, outcome.skipped, outcome.errors) == (8, 8, 0, 2)
+    assert (outcome.items, outcome.ran, outcome.skipped, outcome.errors) == (9, 9, 0, 2)
     summaries = lines(out)
-    assert len(summaries) == 8 and len({s["id"] for s in summaries}) == 8
+    assert len(summaries) == 9 and len({s["id"] for s in summaries}) == 9
     for s in summaries:
         folder = out / "items" / s["id"]
         assert json.loads((folder / "summary.json").read_text()) == s
         files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
         assert files == (ITEM_FILES if s["status"] == "ok" else {"summary.json"})
     ok = [s for s in summaries if s["status"] == "ok"]
-    assert {(s["prompt"], s["seed"]) for s in ok} == {(p, k) for p in PROMPTS for k in (0, 1)}
+    assert {(s["prompt"], s["seed"]) for s in ok} == {(p, k) for p in PROMPTS for k in (0, 1)} | {("🙂🙂", 0)}
+    wordless = next(s for s in ok if s["prompt"] == "🙂🙂")
+    assert wordless["checks"] == wordless["objects"] == [] and wordless["pixels"] is None
     relation = next(s for s in ok if s["prompt"] == PROMPTS[0])
     assert [c["statement"] for c in relation["checks"]] == ["red circle left_of blue square"]
     assert relation["pixels"]["drawn"].keys() == {"red circle", "blue square"}
     page = (out / "report.html").read_text()
-    assert 'id="gallery"' in page and page.count('src="data:image/png;base64,') == 2 * 6
+    assert 'id="gallery"' in page and page.count('src="data:image/png;base64,') == 2 * 7
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # no external assets
 
 
@@ -152,8 +170,8 @@ def test_report_opens_in_chromium_with_its_gallery(local):
             page = browser.new_page()
             page.goto((out / "report.html").as_uri())
             widths = page.eval_on_selector_all("#gallery img", "images => images.map(i => i.naturalWidth)")
-            assert len(widths) == 12 and all(w > 0 for w in widths)
-            assert page.locator("#gallery a[href^='items/']").count() >= 6
+            assert len(widths) == 2 * 7 and all(w > 0 for w in widths)
+            assert page.locator("#gallery a[href^='items/']").count() >= 7
         finally:
             browser.close()
 
@@ -163,7 +181,7 @@ def test_resume_after_sigkill_finishes_every_item_exactly_once(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "crossattn", "sweep", str(prompts), "--out", str(out), "--seeds", "0-2",
+    command = [sys.executable, "-m", "crossattn", "sweep", str(prompts), "--out", str(out), "--seeds", "0-1",
                "--steps", str(STEPS)]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -172,29 +190,31 @@ def test_resume_after_sigkill_finishes_every_item_exactly_once(tmp_path):
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     done_before = len(list(out.glob("items/*/summary.json")))
-    assert 1 <= done_before < 9, "the sweep was not killed midway"
+    assert 1 <= done_before < 6, "the sweep was not killed midway"
     assert all((d / "summary.json").exists() for d in (out / "items").iterdir())  # no half-written item folder
-    outcome = sweep.run(prompts, out, seeds=[0, 1, 2], steps=STEPS, progress=False, report=False)
-    assert outcome.skipped >= done_before and outcome.skipped + outcome.ran == 9
+    outcome = sweep.run(prompts, out, seeds=[0, 1], steps=STEPS, progress=False, report=False)
+    assert outcome.skipped >= done_before and outcome.skipped + outcome.ran == 6
     ids = [s["id"] for s in lines(out)]
-    assert len(ids) == len(set(ids)) == 9 == len(list((out / "items").iterdir()))
+    assert len(ids) == len(set(ids)) == 6 == len(list((out / "items").iterdir()))
     assert not any((out / ".tmp").iterdir())
 
 
 @pytest.mark.slow
 def test_ray_engine_gives_the_same_items(local, tmp_path):
+    """One actor on the 2-CPU runtime computes with 2 torch threads, as this process does: float sums are
+    bit-identical only at equal thread counts (2 actors × 1 thread give the same summaries, not the same bytes)."""
     ray = pytest.importorskip("ray")
     out, _ = local
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
-        outcome = sweep.run(PROMPTS + BAD, tmp_path / "ray", "ray", seeds=[0, 1], steps=STEPS, workers=2,
+        outcome = sweep.run(PROMPTS + ODD, tmp_path / "ray", "ray", seeds=[0, 1], steps=STEPS, workers=1,
                             progress=False)
     finally:
         ray.shutdown()
-    assert (outcome.ran, outcome.errors, outcome.lost, len(outcome.peak_rss_mib)) == (8, 2, 0, 2)
+    assert (outcome.ran, outcome.errors, outcome.lost, len(outcome.peak_rss_mib)) == (9, 2, 0, 1)
     assert [without_timing(s) for s in lines(tmp_path / "ray")] == [without_timing(s) for s in lines(out)]
     for s in lines(out):
-        if s["status"] == "ok":
-            for name in ("image.png", "placement.json", "diagnosis.json"):
-                assert (tmp_path / "ray/items" / s["id"] / name).read_bytes() == (out / "items" / s["id"] / name
-                                                                                  ).read_bytes()
+        ours, theirs = out / "items" / s["id"], tmp_path / "ray/items" / s["id"]
+        names = sorted(p.name for p in ours.iterdir() if p.name != "summary.json")
+        assert sorted(p.name for p in theirs.iterdir() if p.name != "summary.json") == names
+        assert all((ours / name).read_bytes() == (theirs / name).read_bytes() for name in names)
