@@ -205,6 +205,7 @@ class Result:
         return cls(image, maps, Path(tempfile.mkdtemp(prefix=stem[:20] + "-", dir=_files_root())), stem)
 
     def path(self, suffix: str) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)  # a session idle past FILES_TTL_S lost its folder
         return self.folder / f"{self.stem}_{suffix}"
 
     def save(self, picture: Image.Image, suffix: str) -> str:
@@ -240,6 +241,10 @@ class View:
         resolutions = self.resolutions if maps.meta.get("resolution_sites", True) else None
         return maps.filter(steps=slice(max(first, 1) - 1, last), resolutions=resolutions or None,
                            blocks=self.blocks or None)
+
+    def shown(self, result: Result) -> list[str]:
+        """The words to show: those typed, or every word of the prompt."""
+        return split_list(self.words) or result.names
 
     @property
     def statements(self) -> list[str]:
@@ -301,16 +306,23 @@ def layer_head_cells(result: Result, maps: HeatMaps, name: str, view: View) -> t
     return items, cells, "  \n".join(legend)
 
 
-def placement_views(result: Result, maps: HeatMaps, view: View) -> tuple[str, pd.DataFrame, str, str]:
-    """(segmentation, placement table, layout checks, centroid paths) of the prompt's objects."""
+def placement_of_objects(image: Image.Image, maps: HeatMaps, view: View,
+                         tile: int) -> tuple[Image.Image, dict, Image.Image]:
+    """(segmentation picture, placement report, centroid-path picture) of the prompt's objects."""
     labels, names = maps.segmentation()
-    segmentation = placement.segmentation_picture(result.image, labels, names, tile=TILE)
+    segmentation = placement.segmentation_picture(image, labels, names, tile=tile)
     data = placement.report(maps, view.statements, from_prompt=not view.statements)
+    paths = placement.timeline_picture(image, [placement.placement_timeline(maps, n) for n in names], tile=tile)
+    return segmentation, data, paths
+
+
+def placement_views(result: Result, maps: HeatMaps, view: View) -> tuple[str, pd.DataFrame, str, str]:
+    """(segmentation, placement table, layout checks, centroid paths) as the page shows them."""
+    segmentation, data, paths = placement_of_objects(result.image, maps, view, TILE)
     table = pd.DataFrame(placement.table_rows(data), columns=placement.TABLE_HEADERS)
     checks = [f"- **{'PASS' if c['passed'] else 'FAIL'}** {c['statement']}: {c['reason']}" for c in data["checks"]]
     checks = checks or ["_No relation stated; add one under “Intended layout”._"]
     checks += [f"- note: {n}" for n in data["notes"]]
-    paths = placement.timeline_picture(result.image, [placement.placement_timeline(maps, n) for n in names], tile=TILE)
     return result.save(segmentation, "segmentation"), table, "\n".join(checks), result.save(paths, "timeline")
 
 
@@ -329,15 +341,12 @@ def write_zip(result: Result, view: View) -> str:
     shutil.rmtree(folder, ignore_errors=True)
     result.maps.save(folder / f"{stem}_maps")
     files = {f"{stem}_image.png": result.image}
-    for k, name in enumerate(result.shown):
+    for k, name in enumerate(view.shown(result)):
         files[f"{stem}_overlay_{k:02d}_{slug(name)}.png"] = placement.word_map(maps, name).figure(
             result.image, view.alpha, view.cmap, tile=max(BIG, *result.image.size))
     if maps.words:
-        labels, names = maps.segmentation()
-        files[f"{stem}_segmentation.png"] = placement.segmentation_picture(result.image, labels, names)
-        lines = [placement.placement_timeline(maps, n) for n in names]
-        files[f"{stem}_timeline.png"] = placement.timeline_picture(result.image, lines)
-        data = placement.report(maps, view.statements, from_prompt=not view.statements)
+        segmentation, data, paths = placement_of_objects(result.image, maps, view, BIG)
+        files |= {f"{stem}_segmentation.png": segmentation, f"{stem}_timeline.png": paths}
         data |= {"seed": maps.meta.get("seed"), "steps": len(maps.trace_counts)}
         (folder / f"{stem}_placement.json").write_text(json.dumps(data, indent=1))
     for name, picture in files.items():
@@ -351,7 +360,7 @@ def write_zip(result: Result, view: View) -> str:
 
 
 # ---- input checks (all before any compute is spent) ---------------------------------------------------------
-def whole_number(value, what: str) -> int:
+def whole_number(value: float | None, what: str) -> int:
     if value is None or float(value) != int(value):
         raise InputError(f"{what} must be a whole number, got {value}")
     return int(value)
@@ -405,26 +414,9 @@ class DemoApp:
 
     # ---- sections ----
     def inputs_section(self) -> None:
-        limits, pipe = self.default.limits, self.default.pipe
-        width, height = native_size(pipe)
         with gr.Row():
             with gr.Column(scale=1):
-                self.prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, elem_id="prompt")
-                self.negative = gr.Textbox(label="Negative prompt", value="")
-                with gr.Row():
-                    self.seed = gr.Number(label="Seed", value=0, precision=0)
-                    self.dice = gr.Button("Random seed", size="sm")
-                with gr.Row():
-                    self.steps = gr.Slider(1, limits.max_steps, value=DEFAULT_STEPS, step=1, label="Steps",
-                                           elem_id="steps")
-                    self.guidance = gr.Slider(0, 20, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
-                self.size = gr.Textbox(label="Image size (WIDTHxHEIGHT)", value="",
-                                       info=f"empty = the model's {width}x{height}; "
-                                            f"{limits.size_hint(size_multiple(pipe))} here")
-                with gr.Row():
-                    self.model = gr.Dropdown(self.models.choices, value=self.models.default, label="Model")
-                    self.other_model = gr.Textbox(label="Other model (hub id or folder)", value="",
-                                                  visible=self.models.allow_any)
+                self.request_form()
                 self.words = gr.Textbox(label="Words to show (comma-separated; empty = all; Enter to apply)", value="",
                                         elem_id="words")
                 self.expect = gr.Textbox(label="Intended layout (one per line, e.g. “circle left_of square”, "
@@ -441,6 +433,27 @@ class DemoApp:
                                       elem_id="generated-image", elem_classes="pixels")
                 self.notes = gr.Markdown(label="Notes", elem_id="notes")
 
+    def request_form(self) -> None:
+        """What to generate and with which model; the limits shown are those of the default model here."""
+        limits, pipe = self.default.limits, self.default.pipe
+        width, height = native_size(pipe)
+        self.prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, elem_id="prompt")
+        self.negative = gr.Textbox(label="Negative prompt", value="")
+        with gr.Row():
+            self.seed = gr.Number(label="Seed", value=0, precision=0)
+            self.dice = gr.Button("Random seed", size="sm")
+        with gr.Row():
+            self.steps = gr.Slider(1, limits.max_steps, value=DEFAULT_STEPS, step=1, label="Steps",
+                                   elem_id="steps")
+            self.guidance = gr.Slider(0, 20, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
+        self.size = gr.Textbox(label="Image size (WIDTHxHEIGHT)", value="",
+                               info=f"empty = the model's {width}x{height}; "
+                                    f"{limits.size_hint(size_multiple(pipe))} here")
+        with gr.Row():
+            self.model = gr.Dropdown(self.models.choices, value=self.models.default, label="Model")
+            self.other_model = gr.Textbox(label="Other model (hub id or folder)", value="",
+                                          visible=self.models.allow_any)
+
     def filters_section(self) -> None:
         with gr.Accordion("Display and filters (every view redraws from the stored maps)", open=True):
             with gr.Row():
@@ -448,8 +461,9 @@ class DemoApp:
                 self.cmap = gr.Dropdown(list(render.COLORMAPS), value="jet", label="Colour map")
                 self.resolutions = gr.CheckboxGroup(label="Resolutions (none ticked = all)", choices=[])
                 self.blocks = gr.CheckboxGroup(label="Blocks (none ticked = all)", choices=[])
-                self.first_step = gr.Slider(1, DEFAULT_STEPS, value=1, step=1, label="First step")
-                self.last_step = gr.Slider(1, DEFAULT_STEPS, value=DEFAULT_STEPS, step=1, label="Last step")
+                self.first_step = gr.Slider(1, DEFAULT_STEPS, value=1, step=1, label="First step", elem_id="first-step")
+                self.last_step = gr.Slider(1, DEFAULT_STEPS, value=DEFAULT_STEPS, step=1, label="Last step",
+                                           elem_id="last-step")
 
     def words_section(self) -> None:
         gr.Markdown("## Words — click one to select it")
@@ -538,10 +552,10 @@ class DemoApp:
                     model: str, other_model: str, words: str, expect: str, keep_heads: bool,
                     progress=gr.Progress()) -> dict:  # noqa: B008 (how Gradio hands out progress bars)
         """Check everything, generate one image with its maps, and set the filter panel up for them."""
+        seed, steps = whole_number(seed, "seed"), whole_number(steps, "steps")
         statements = View(expect=expect).statements
         names = split_list(words) + [n for s in statements for n in placement.statement_words(s)]
         loaded = self.models.get(other_model or model)
-        seed, steps = whole_number(seed, "seed"), whole_number(steps, "steps")
         dims = check_request(loaded, prompt, size, steps, float(guidance), seed, names)
 
         def on_step(done: int, total: int) -> None:
@@ -582,7 +596,7 @@ class DemoApp:
                     self.gallery: [], self.big: None, self.frame: None, self.animation: None, self.grid: [],
                     self.cell: None, self.legend: "", self.segmentation: None, self.table: None,
                     self.checks: "_No words to map._", self.paths: None}
-        shown = split_list(view.words) or result.names
+        shown = view.shown(result)
         segmentation, table, checks, paths = placement_views(result, maps, view)
         out = self.selection(replace(result, shown=shown), maps, view)
         return out | {self.gallery: gallery_items(result, maps, shown, view), self.segmentation: segmentation,
@@ -603,6 +617,7 @@ class DemoApp:
         return out | {self.state: replace(result, cells=cells)}
 
     def on_select(self, result: Result | None, **view) -> dict:
+        """A word picked from the list: its enlarged map, time and model views."""
         if result is None or not result.shown:
             return {}
         view = View(**view)
@@ -615,6 +630,7 @@ class DemoApp:
         return self.on_select(result, **(view | {"selected": result.shown[evt.index]}))
 
     def on_step(self, result: Result | None, **view) -> dict:
+        """The step slider moved: the selected word's map at that step."""
         if result is None or not result.shown:
             return {}
         view = View(**view)
@@ -628,15 +644,16 @@ class DemoApp:
         layer, head = result.cells[evt.index]
         view = View(**view)
         maps = view.filtered(result.maps)
-        if head >= maps.sums[layer].shape[1]:
-            return {self.cell: gr.update(value=None, label=f"{layer} has no head {head}")}
-        m = placement.word_map(maps.filter(layers=[layer], heads=[head]), view.selected)
+        if layer not in maps.sites or head >= maps.sums[layer].shape[1]:
+            raise InputError("that tile shows no map: its layer has fewer heads or is filtered out")
         row = list(maps.sites).index(layer)
-        figure = m.figure(result.image, view.alpha, view.cmap, tile=BIG)
+        m = placement.word_map(maps.filter(layers=[layer], heads=[head]), view.selected)
+        figure = replace(m, word=f"{m.word}: L{row} head {head}").figure(result.image, view.alpha, view.cmap, BIG)
         return {self.cell: gr.update(value=result.save(figure, f"{slug(view.selected)}_L{row}_h{head}_large"),
                                      label=f"layer L{row} = {layer}, head {head}")}
 
     def on_prepare(self, result: Result | None, **view) -> dict:
+        """The one zip of everything, written now (never on a mere display change)."""
         if result is None:
             raise InputError("generate an image first")
         return {self.download: write_zip(result, View(**view))}
@@ -658,6 +675,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def build_app(models: Models) -> gr.Blocks:
+    """The page, not yet queued or served (tests and embedding apps call this)."""
     return DemoApp(models).build()
 
 
