@@ -326,6 +326,23 @@ def placement_views(result: Result, maps: HeatMaps, view: View) -> tuple[str, pd
     return result.save(segmentation, "segmentation"), table, "\n".join(checks), result.save(paths, "timeline")
 
 
+def concept_items(result: Result, maps: HeatMaps, view: View) -> list[tuple[str, str]]:
+    """The concept maps ("locate other words"), drawn like the words' maps."""
+    if maps.concepts is None:
+        return []
+    return [(result.save(maps.concept(c).overlay(result.image, view.alpha, view.cmap, size=TILE),
+                         f"concept{k:02d}_{slug(c)}"), c) for k, c in enumerate(maps.concepts.words)]
+
+
+def diagnosis_views(result: Result, maps: HeatMaps) -> tuple[str | None, str]:
+    """(the outlined picture, the verdict lines) of the maps' diagnosis."""
+    d = maps.diagnose()
+    if not d.objects:
+        return None, "_No object phrase could be read from the prompt to diagnose._"
+    lines = [f"- {line}" for line in d.verdicts()] + [f"- note: {n}" for n in d.notes]
+    return result.save(d.picture(result.image, tile=TILE), "diagnosis"), "\n".join(lines)
+
+
 def notes_text(maps: HeatMaps) -> str:
     notes = list(maps.meta.get("notes", []))
     if not maps.words:
@@ -406,6 +423,7 @@ class DemoApp:
             self.filters_section()
             self.words_section()
             self.placement_section()
+            self.diagnosis_section()
             self.time_section()
             self.model_section()
             self.downloads_section()
@@ -422,6 +440,9 @@ class DemoApp:
                 self.expect = gr.Textbox(label="Intended layout (one per line, e.g. “circle left_of square”, "
                                                "“circle on the left”, “circle in 0,0,0.5,1”); empty = read from prompt",
                                          value="", lines=2, elem_id="expect")
+                self.concepts = gr.Textbox(label="Locate other words (comma-separated; need not be in the prompt)",
+                                           value="", elem_id="concepts",
+                                           info="concept maps: e.g. “sky, background, square”")
                 self.keep_heads = gr.Checkbox(label="Keep every layer and head",
                                               info="for the model view below; slower and heavier")
                 with gr.Row():
@@ -473,6 +494,9 @@ class DemoApp:
             with gr.Column():
                 self.selected = gr.Dropdown(label="Selected word", choices=[], interactive=True, elem_id="selected")
                 self.big = gr.Image(label="Selected word, large", type="filepath", height=420, elem_id="selected-map")
+        self.concept_gallery = gr.Gallery(label="Other words located (concept maps: each pixel's share among them)",
+                                          columns=5, height="auto", allow_preview=False, visible=False,
+                                          elem_id="concept-gallery", elem_classes="pixels")
 
     def placement_section(self) -> None:
         gr.Markdown("## Who owns each pixel, and where did each object land?")
@@ -482,6 +506,13 @@ class DemoApp:
             self.checks = gr.Markdown(label="Layout checks", elem_id="checks")
         self.table = gr.Dataframe(headers=placement.TABLE_HEADERS, label="Placement", interactive=False, wrap=True,
                                   elem_id="placement-table")
+
+    def diagnosis_section(self) -> None:
+        gr.Markdown("## Diagnosis — why did it go wrong?")
+        with gr.Row():
+            self.diagnosis_picture = gr.Image(label="Each object's region, with its verdict", type="filepath",
+                                              elem_id="diagnosis-picture", scale=1)
+            self.verdicts = gr.Markdown(label="Verdicts", elem_id="verdicts")
 
     def time_section(self) -> None:
         gr.Markdown("## Time — how the selected word's map evolved over the denoising steps")
@@ -524,12 +555,13 @@ class DemoApp:
         generation = self.run.click(
             friendly(self.on_generate),
             inputs=[self.prompt, self.negative, self.seed, self.steps, self.guidance, self.size, self.model,
-                    self.other_model, self.words, self.expect, self.keep_heads],
+                    self.other_model, self.words, self.expect, self.keep_heads, self.concepts],
             outputs=[self.state, self.image, self.notes, self.resolutions, self.blocks, self.first_step,
-                     self.last_step, self.step, self.model_view, self.grid],
+                     self.last_step, self.step, self.model_view, self.grid, self.concept_gallery],
             api_name="generate", concurrency_limit=1, show_progress="full",
         )
-        everything = [*self.selection_outputs, self.gallery, self.segmentation, self.table, self.checks, self.paths]
+        everything = [*self.selection_outputs, self.gallery, self.segmentation, self.table, self.checks, self.paths,
+                      self.concept_gallery, self.diagnosis_picture, self.verdicts]
         generation.success(friendly(self.on_render), inputs=[self.state], inputs_kwargs=self.view_inputs,
                            outputs=everything, api_name="render")
         self.stop.click(fn=None, cancels=[generation])
@@ -549,7 +581,7 @@ class DemoApp:
 
     # ---- callbacks ----
     def on_generate(self, prompt: str, negative: str, seed: float, steps: float, guidance: float, size: str,
-                    model: str, other_model: str, words: str, expect: str, keep_heads: bool,
+                    model: str, other_model: str, words: str, expect: str, keep_heads: bool, concepts: str = "",
                     progress=gr.Progress()) -> dict:  # noqa: B008 (how Gradio hands out progress bars)
         """Check everything, generate one image with its maps, and set the filter panel up for them."""
         seed, steps = whole_number(seed, "seed"), whole_number(steps, "steps")
@@ -567,7 +599,7 @@ class DemoApp:
         with loaded.lock:
             image, maps = generate(loaded.pipe, prompt, seed=seed, steps=steps, guidance=float(guidance), size=dims,
                                    negative_prompt=negative or None, on_step=on_step, per_layer=bool(keep_heads),
-                                   per_head=bool(keep_heads))
+                                   per_head=bool(keep_heads), concepts=split_list(concepts) or None)
         maps.meta["model"] = other_model or model
         result = Result.new(image, maps)
         resolutions = [f"{h}x{w}" for h, w in maps.resolutions]
@@ -583,6 +615,7 @@ class DemoApp:
             self.step: step_slider(steps, steps),
             self.model_view: gr.update(visible=maps.per_head),
             self.grid: gr.update(columns=maps.heads),
+            self.concept_gallery: gr.update(visible=maps.concepts is not None),
         }
 
     def on_render(self, result: Result | None, **view) -> dict:
@@ -595,12 +628,16 @@ class DemoApp:
             return {self.state: replace(result, shown=[], cells=[]), self.selected: gr.update(choices=[], value=None),
                     self.gallery: [], self.big: None, self.frame: None, self.animation: None, self.grid: [],
                     self.cell: None, self.legend: "", self.segmentation: None, self.table: None,
-                    self.checks: "_No words to map._", self.paths: None}
+                    self.checks: "_No words to map._", self.paths: None, self.concept_gallery: [],
+                    self.diagnosis_picture: None, self.verdicts: "_No words to map._"}
         shown = view.shown(result)
         segmentation, table, checks, paths = placement_views(result, maps, view)
         out = self.selection(replace(result, shown=shown), maps, view)
+        picture, verdicts = diagnosis_views(result, maps)
         return out | {self.gallery: gallery_items(result, maps, shown, view), self.segmentation: segmentation,
-                      self.table: table, self.checks: checks, self.paths: paths}
+                      self.table: table, self.checks: checks, self.paths: paths,
+                      self.concept_gallery: concept_items(result, maps, view), self.diagnosis_picture: picture,
+                      self.verdicts: verdicts}
 
     def selection(self, result: Result, maps: HeatMaps, view: View) -> dict:
         """The views of the selected word: enlarged map, time, model view (the first object by default)."""

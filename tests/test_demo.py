@@ -149,6 +149,18 @@ def test_generate_then_render_every_view(user):
     assert "red circle left_of blue square" in rendered["Layout checks"]
     assert rendered["Selected word"]["value"] == "red circle"  # the first object by default
     assert Path(rendered["Map at this step"]).name == f"{STEM}_red_circle_step3.png"
+    assert "no failure found" in rendered["Verdicts"] or "neglected" in rendered["Verdicts"]
+    assert Path(rendered["Each object's region, with its verdict"]).name == f"{STEM}_diagnosis.png"
+
+
+@pytest.mark.slow
+def test_other_words_are_located_beside_the_prompts_words(server):
+    someone = User(server)
+    someone.generate(concepts="square, background, sky")
+    rendered = someone.render()
+    located = rendered["Other words located (concept maps: each pixel's share among them)"]
+    assert [item["caption"] for item in located] == ["square", "background", "sky"]
+    assert Image.open(located[0]["image"]).size == (256, 256)
 
 
 @pytest.mark.slow
