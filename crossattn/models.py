@@ -65,6 +65,19 @@ def _absent_parts(where: str) -> dict[str, None]:
     return {k: None for k, v in entries.items() if isinstance(v, list) and v == [None, None]}
 
 
+def _reason(exc: BaseException, where: str) -> str:
+    """Why loading failed, in one self-contained line (library messages point at tracebacks the user never sees)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not Path(where).exists():  # a hub id
+        if "cached" in text or "outgoing traffic" in text or "connect" in text.lower():
+            return ("it is not in the local Hugging Face cache and the Hub cannot be reached (offline?): download it "
+                    "where there is a network (huggingface-cli download), or give a local pipeline folder")
+        return text.split(" Please check")[0]
+    if "safetensors" in text:
+        return "it has no safetensors weights (pickled .bin weights are refused: convert them to safetensors)"
+    return text.split(". ")[0]
+
+
 def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None):
     """Load a diffusers pipeline (any supported family) from a local folder or a Hugging Face hub id.
@@ -85,7 +98,6 @@ def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.de
     try:
         pipe = DiffusionPipeline.from_pretrained(where, dtype=dtype, use_safetensors=True, **_absent_parts(where))
     except (OSError, ValueError) as exc:  # offline hub, missing safetensors, broken folder: say it in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"could not load {name_or_path or DEFAULT_MODEL!s}: {first}") from exc
+        raise InputError(f"could not load {name_or_path or DEFAULT_MODEL!s}: {_reason(exc, where)}") from exc
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
