@@ -196,8 +196,16 @@ def _cmap(text: str) -> str:
     return text
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line, like every other bad input (argparse would print the usage first)."""
+
+    def error(self, message: str):
+        print(f"crossattn: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crossattn", description="Per-word attention heat maps for diffusion models.")
+    parser = OneLineParser(prog="crossattn", description="Per-word attention heat maps for diffusion models.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
     model_help = "embedded model (shapes-unet, shapes-mmdit), local pipeline folder or hub id (default: shapes-unet)"

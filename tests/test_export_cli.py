@@ -1,4 +1,5 @@
-"""Save/load round trip, loading pipelines from folders, and the CLI end to end on a saved tiny pipeline."""
+"""Save/load round trip, loading pipelines from folders, the CLI end to end on a saved tiny pipeline, and the
+README's bad-input table (each row: the message and the exit status)."""
 
 from __future__ import annotations
 
@@ -42,12 +43,18 @@ def test_save_load_round_trip(tmp_path, tiny_sd3level, fmt):
     assert np.array_equal(back.filter(heads=[1], blocks=["up"]).word("circle").raw,
                           maps.filter(heads=[1], blocks=["up"]).word("circle").raw)
     info = json.loads((tmp_path / "heatmaps.json").read_text())
-    assert info["words"][6] == {"text": "cyan", "token_indices": [7, 8], "occurrence": 0}
+    assert info["words"][6] == {"text": "cyan", "token_indices": [7, 8], "occurrence": 0, "sources": {}}
+    assert info["format_version"] == 2 and (tmp_path / "diagnosis.json").exists()
+    assert oct((tmp_path / f"maps.{fmt}").stat().st_mode & 0o777) == oct((tmp_path / "heatmaps.json").stat().st_mode
+                                                                          & 0o777)  # one permission for both
     assert info["prompt"] == PROMPT and info["steps"] == 3
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="heatmaps.json"):
+    with pytest.raises(crossattn.InputError, match="heatmaps.json"):
+        crossattn.load_heat_maps(tmp_path)
+    (tmp_path / "heatmaps.json").write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(crossattn.InputError, match="format version 99"):
         crossattn.load_heat_maps(tmp_path)
 
 
@@ -55,9 +62,9 @@ def test_load_pipeline_from_folder(saved_pipeline, tmp_path):
     pipe = crossattn.load_pipeline(saved_pipeline, device="cpu")
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     assert pipe.unet.dtype == torch.float32 and pipe.device.type == "cpu"
-    with pytest.raises(FileNotFoundError, match="neither a local folder nor a hub id"):
+    with pytest.raises(crossattn.InputError, match="not an embedded model .*, a local pipeline folder or a hub id"):
         crossattn.load_pipeline(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="model_index.json"):
+    with pytest.raises(crossattn.InputError, match="model_index.json"):
         crossattn.load_pipeline(tmp_path)
 
 
@@ -65,7 +72,7 @@ def test_pickled_weights_are_refused(tiny_sd, tmp_path):
     tiny_sd.save_pretrained(tmp_path)
     (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     torch.save(tiny_sd.unet.state_dict(), tmp_path / "unet" / "diffusion_pytorch_model.bin")  # a pickle
-    with pytest.raises(OSError, match="safetensors"):
+    with pytest.raises(crossattn.InputError, match="no safetensors weights"):
         crossattn.load_pipeline(tmp_path, device="cpu")
 
 
@@ -80,32 +87,79 @@ def test_cli_generate_end_to_end(saved_pipeline, tmp_path):
     assert Image.open(out / "grid.png").width > 256
     info = json.loads((out / "heatmaps.json").read_text())
     assert info["seed"] == 7 and info["prompt"] == PROMPT and info["model"] == str(saved_pipeline)
+    assert json.loads((out / "diagnosis.json").read_text())["objects"][0]["name"] == "red circle"
     assert crossattn.load_heat_maps(out).word("circle").array.shape == (32, 32)
 
 
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--words", "elephant"], "'elephant' is not a word of the prompt; its words are: 'a', 'red'"),
-        (["--size", "30x30"], "bad size 30x30: width and height must be positive multiples of 4"),
-        (["--size", "big"], "bad size 'big'"),
-        (["--steps", "0"], "steps must be between 1 and 1000"),
-    ],
-)
-def test_cli_errors_are_one_line(saved_pipeline, tmp_path, capsys, extra, message):
-    code = main(["generate", PROMPT, "--model", str(saved_pipeline), "--out", str(tmp_path)] + extra)
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("crossattn: error:")]
-    assert code == 2 and len(errors) == 1 and message in errors[0]
+# The README's bad-input table, row by row: (command after the model, the one line it prints after "error: ").
+BAD_INPUT = [
+    (["generate", ""], "the prompt is empty: type what the image should show"),
+    (["generate", PROMPT, "--size", "30x30"], "bad size 30x30: width and height must be positive multiples of 4"),
+    (["generate", PROMPT, "--size", "big"], "bad size 'big': write WIDTHxHEIGHT"),
+    (["generate", PROMPT, "--size", "8192x8192"], "bad size 8192x8192: at most 16,777,216 pixels here"),
+    (["generate", PROMPT, "--steps", "0"], "steps must be between 1 and 1000, got 0"),
+    (["generate", PROMPT, "--guidance", "99"], "guidance must be between 0 and 50, got 99.0"),
+    (["generate", PROMPT, "--seed", "-1"], "argument --seed: must be from 0 to 9223372036854775807"),
+    (["generate", PROMPT, "--seed", str(2**70)], "argument --seed: must be from 0 to 9223372036854775807"),
+    (["generate", PROMPT, "--words", "elephant"], "'elephant' is not a word of the prompt; its words are: 'a', 'red'"),
+    (["generate", PROMPT, "--cmap", "bogus"], "argument --cmap: unknown colour map 'bogus'; choose one of: jet"),
+    (["generate", PROMPT, "--out", "/proc/crossattn"], "cannot write to --out '/proc/crossattn'"),
+    (["placement", PROMPT, "--expect", "circle left_of bird"], "'bird' is not a word of the prompt"),
+    (["placement", PROMPT, "--expect", "circle near square"], "cannot read 'circle near square': write 'X left_of Y'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT, ids=[" ".join(a[2:]) or "empty prompt" for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_status_2_before_generating(saved_pipeline, tmp_path, capsys, monkeypatch, args,
+                                                              message):
+    import crossattn.cli as cli
+
+    monkeypatch.setattr(cli, "generate", lambda *a, **k: pytest.fail("generated despite bad input"))
+    out = [] if "--out" in args else ["--out", str(tmp_path)]
+    try:
+        code = main(args + ["--model", str(saved_pipeline)] + out)
+    except SystemExit as exit_:  # argparse's own checks (seed, colour map) exit from parse_args
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("crossattn: error: ") and message in err[0]
     assert not (tmp_path / "image.png").exists()
+
+
+def test_an_internal_error_is_status_1_with_a_hint_and_a_traceback_with_debug(saved_pipeline, tmp_path, capsys,
+                                                                              monkeypatch):
+    import crossattn.cli as cli
+
+    def bug(*args, **kwargs):
+        raise KeyError("some_key")  # a programming bug, not the user's input
+
+    monkeypatch.setattr(cli, "generate", bug)
+    args = ["generate", PROMPT, "--model", str(saved_pipeline), "--out", str(tmp_path)]
+    assert main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crossattn:")]  # not the bar
+    assert err == ["crossattn: internal error: KeyError: 'some_key' (rerun with --debug for the traceback)"]
+    assert main(["--debug"] + args) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_cli_diagnose_exit_status_says_whether_a_failure_was_found(saved_pipeline, tmp_path, capsys):
+    code = main(["diagnose", PROMPT, "--model", str(saved_pipeline), "--steps", "3", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert code == (3 if data["failed"] else 0)
+    assert [o["name"] for o in data["objects"]] == ["red circle", "cyan square"]
+    assert Image.open(tmp_path / "diagnosis.png").size == (384, 384) and "object" in capsys.readouterr().out
 
 
 def test_cli_missing_model_via_console_script(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-m", "crossattn", "generate", "a cat", "--model", str(tmp_path / "nope")],
                           capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("crossattn: error: model not found")
+    assert proc.returncode == 2  # and nothing but that line: no torchvision / accelerate notices
+    assert proc.stderr.strip().splitlines() == [f"crossattn: error: model not found: '{tmp_path / 'nope'}' is not "
+                                                "an embedded model (shapes-unet, shapes-mmdit), a local pipeline "
+                                                "folder or a hub id (org/name)"]
+    proc = subprocess.run([sys.executable, "-m", "crossattn", "--help"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stderr == ""
 
 
 def test_cli_placement_end_to_end(saved_pipeline, tmp_path, capsys):
@@ -116,10 +170,8 @@ def test_cli_placement_end_to_end(saved_pipeline, tmp_path, capsys):
     data = json.loads((out / "placement.json").read_text())
     assert [c["statement"] for c in data["checks"]] == [
         "circle left_of square", "cyan square in 0.5,0,1,1", "red circle left_of cyan square"]
-    assert [w["word"] for w in data["words"]] == ["red", "circle", "cyan", "square"]
+    assert [w["word"] for w in data["words"]] == ["red circle", "cyan square"]  # objects, as noun phrases
     assert all(isinstance(c["passed"], bool) for c in data["checks"])
     assert Image.open(out / "segmentation.png").width == 384 and (out / "timeline.png").exists()
     printed = capsys.readouterr().out
     assert "circle left_of square" in printed and ("PASS" in printed or "FAIL" in printed)
-    code = main(["placement", PROMPT, "--model", str(saved_pipeline), "--expect", "circle near square"])
-    assert code == 2 and "cannot read 'circle near square'" in capsys.readouterr().err
