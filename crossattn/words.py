@@ -195,6 +195,9 @@ def find_word(words: list[Word], query: str, occurrence: int = 0) -> list[Word]:
     """
     wanted = query.lower().split()
     texts = [w.text.lower() for w in words]
+    exact = [i for i, t in enumerate(texts) if len(wanted) > 1 and t == " ".join(wanted)]  # one entry named so
+    if 0 <= occurrence < len(exact):  # (a concept "a circle")
+        return [words[exact[occurrence]]]
     matches = [i for i in range(len(words) - len(wanted) + 1) if wanted and texts[i : i + len(wanted)] == wanted]
     if 0 <= occurrence < len(matches):
         start = matches[occurrence]
