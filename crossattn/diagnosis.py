@@ -293,7 +293,8 @@ def diagnose(maps: HeatMaps, objects: list[str] | None = None, steps: slice | li
     subs, notes = subjects(maps, objects)
     window = maps if steps is None else maps.filter(steps=steps)
     n_steps = len(maps.trace_counts)
-    layout = window.filter(steps=slice(0, max(1, (max(window.steps) + 1) // 2))) if subs else window
+    kept = window.steps  # the first half of the window's steps: where the layout is decided
+    layout = window.filter(steps=kept[: max(1, (len(kept) + 1) // 2)]) if subs else window
     neglect = neglect_scores(layout, subs)
     owned = regions(window, subs) if subs else []
     leakage = leakage_scores(window, subs, owned)

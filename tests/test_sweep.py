@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from crossattn import sweep
 from crossattn.cli import main
@@ -108,7 +109,12 @@ def test_ray_missing_is_a_clear_input_error(monkeypatch):
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "local"
-    outcome = sweep.run(PROMPTS + ODD, out, seeds=[0, 1], steps=STEPS, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as the Ray actor on the 2-CPU runtime below, whatever OMP_NUM_THREADS says
+    try:
+        outcome = sweep.run(PROMPTS + ODD, out, seeds=[0, 1], steps=STEPS, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return out, outcome
 
 
