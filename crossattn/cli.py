@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import InputError, one_line
 from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEED, check_inputs, generate, native_size, parse_size
+from .placement import DEFAULT_TAU
 from .render import COLORMAPS
 from .words import slug, split_list
 
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                         '"circle in x0,y0,x1,y1" (normalised); repeatable')
     p.add_argument("--from-prompt", action="store_true", help="also check relations stated in the prompt")
     p.add_argument("--method", choices=["relative", "otsu"], default="relative")
-    p.add_argument("--tau", type=float, default=0.4, help="relative threshold (share of the peak)")
+    p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="relative threshold (share of the peak)")
     p.set_defaults(func=cmd_placement)
 
     q = sub.add_parser("diagnose", help="why did a generation go wrong? exit 3 if a failure is found, else 0")

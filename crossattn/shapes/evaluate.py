@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..generation import generate
-from ..placement import relation_gap
+from ..placement import DEFAULT_TAU, relation_gap
 from .world import BACKGROUND, COLOURS, HELD_OUT_SEED, SHAPES, parse_caption, sample_scene
 
 FILL_PROTOTYPES = {"triangle": 0.5, "circle": np.pi / 4, "square": 1.0}
@@ -106,7 +106,7 @@ def held_out_prompts(n: int, two_object_share: float = 0.6) -> list[str]:
 CONCEPTS = [*COLOURS, *SHAPES, "background"]
 
 
-def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: float = 0.4,
+def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: float = DEFAULT_TAU,
              show: int = 0, concepts: bool = False) -> tuple[dict, list]:
     """Run the evaluation: a JSON-ready dict of scores, and the first `show` (image, maps, prompt) triples.
 
