@@ -29,7 +29,7 @@ bit. If a traced output differed from the plain one, the tools would have seen d
 the comparison is then redone with both attached to one generation (recorded as ``"joint_run": true``).
 
 Families: the embedded shapes UNet (``crossattn.load_pipeline()``), and tiny random-weight SD 1.x, SDXL, SD3,
-Flux.1, PixArt-α and Sana pipelines (``tests/helpers.py``; Sana is built here), a few seconds each on a CPU.
+Flux.1, PixArt-α and Sana pipelines (``tests/helpers.py``, ``tests/helpers_more.py``), a few seconds each on a CPU.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers import quiet  # noqa: E402
+
 import crossattn  # noqa: E402
 from crossattn.cli import _quiet_libraries  # noqa: E402
 from crossattn.models import asset_path  # noqa: E402
@@ -67,54 +69,16 @@ class Case:
 
 
 def _embedded_unet():
-    return _quiet(crossattn.load_pipeline(device="cpu"))
+    return quiet(crossattn.load_pipeline(device="cpu"))
 
 
 def _embedded_mmdit():
-    return _quiet(crossattn.load_pipeline("shapes-mmdit", device="cpu"))
-
-
-def _quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def build_tiny_sana(seed: int = 0):
-    """Sana layout in miniature: linear self-attention, cross-attention (attn2) to a Gemma-2 encoder's states.
-
-    The tokenizer is the tests' SentencePiece-style one (Gemma's own cannot be downloaded here). Sana puts its
-    long "complex human instruction" before the prompt and keeps the first and the last
-    ``max_sequence_length - 1`` encoder positions; with this tokenizer that cut drops the prompt's first word
-    (the model never sees it, so neither tool maps it).
-    """
-    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
-    from helpers import _perturb, t5_tokenizer
-    from transformers import Gemma2Config, Gemma2Model
-
-    torch.manual_seed(seed)
-    transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=2,
-                                         num_attention_heads=2, attention_head_dim=4, num_cross_attention_heads=2,
-                                         cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
-                                         sample_size=16)
-    _perturb(transformer, seed)
-    vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
-                        encoder_block_types=("ResBlock", "EfficientViTBlock"),
-                        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
-                        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)),
-                        decoder_qkv_multiscales=((), (5,)), encoder_layers_per_block=(1, 1),
-                        decoder_layers_per_block=(1, 1), downsample_block_type="conv",
-                        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
-                        scaling_factor=0.41407)
-    tokenizer = t5_tokenizer()
-    text_encoder = Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
-                                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                            head_dim=4, pad_token_id=0)).eval()
-    return _quiet(SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                               scheduler=FlowMatchEulerDiscreteScheduler()))
+    return quiet(crossattn.load_pipeline("shapes-mmdit", device="cpu"))
 
 
 def cases() -> dict[str, Case]:
     import helpers
+    import helpers_more
 
     tiny = dict(height=32, width=32, num_inference_steps=4)
     dit = dict(tiny, max_sequence_length=24)
@@ -127,7 +91,8 @@ def cases() -> dict[str, Case]:
         "flux": Case("tiny Flux.1", helpers.build_tiny_flux, dict(dit, guidance_scale=3.5)),
         "pixart": Case("tiny PixArt-α", helpers.build_tiny_pixart,
                        dict(dit, guidance_scale=4.5, use_resolution_binning=False)),
-        "sana": Case("tiny Sana", build_tiny_sana, dict(dit, guidance_scale=4.5, use_resolution_binning=False)),
+        "sana": Case("tiny Sana", helpers_more.build_tiny_sana,
+                     dict(dit, guidance_scale=4.5, use_resolution_binning=False)),
     }
     if (asset_path("shapes-mmdit") / "model_index.json").exists():  # shipped once its training is done
         out["embedded-mmdit"] = Case("embedded shapes MMDiT", _embedded_mmdit,

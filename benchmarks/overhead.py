@@ -66,6 +66,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # helpers: tiny text encoders and the T5-style tokenizer
 
+from helpers import quiet  # noqa: E402
+
 import crossattn  # noqa: E402
 from crossattn.cli import _quiet_libraries  # noqa: E402
 from crossattn.shapes.model import MODEL_DIR, load_tokenizer, untrained_pipeline  # noqa: E402
@@ -110,7 +112,7 @@ def sd15_pipeline(tiny: bool = False):
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=load_tokenizer(), unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    return _quiet(pipe)
+    return quiet(pipe)
 
 
 def embedded_pipeline():
@@ -120,7 +122,7 @@ def embedded_pipeline():
     else:  # before the model is trained: same architecture, random weights (same cost)
         pipe = untrained_pipeline()
         name = "shapes architecture (untrained)"
-    return _quiet(pipe), name
+    return quiet(pipe), name
 
 
 def _factor8_vae(latent_channels: int):
@@ -148,7 +150,7 @@ def sd35_width_pipeline(tiny: bool = False):
                                         qk_norm="rms_norm", dual_attention_layers=(0,))
     # two CLIPs whose pooled outputs concatenate to the transformer's pooled width (SD3: 768 + 1280 = 2048)
     clip = dict(hidden_act="gelu", projection_dim=pooled // 2)
-    return _quiet(StableDiffusion3Pipeline(
+    return quiet(StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_factor8_vae(16),
         text_encoder=CLIPTextModelWithProjection(text_config(**clip)), tokenizer=clip_tokenizer(),
         text_encoder_2=CLIPTextModelWithProjection(text_config(**clip)), tokenizer_2=clip_tokenizer(),
@@ -167,19 +169,10 @@ def flux_width_pipeline(tiny: bool = False):
                                          attention_head_dim=head_dim, num_attention_heads=heads,
                                          joint_attention_dim=text_width, pooled_projection_dim=32,
                                          guidance_embeds=True, axes_dims_rope=rope)
-    return _quiet(FluxPipeline(
+    return quiet(FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(), vae=_factor8_vae(16),
         text_encoder=CLIPTextModel(text_config()), tokenizer=clip_tokenizer(),
         text_encoder_2=tiny_t5(text_width), tokenizer_2=t5_tokenizer(), transformer=transformer))
-
-
-def _quiet(pipe):
-    """Progress bars off; every module in eval mode (a freshly built T5 would apply dropout)."""
-    pipe.set_progress_bar_config(disable=True)
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
-    return pipe
 
 
 # ---- one call, with or without a tool -------------------------------------------------------------------------

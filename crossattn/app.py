@@ -405,6 +405,15 @@ def step_slider(steps: int, value: int) -> dict:
 
 
 # ---- the page -----------------------------------------------------------------------------------------------
+def picture_and_text(title: str, picture: tuple[str, str], text: tuple[str, str]) -> tuple[gr.Image, gr.Markdown]:
+    """A section: its title, then a picture beside a text, each given as (label, element id)."""
+    gr.Markdown(title)
+    with gr.Row():
+        image = gr.Image(label=picture[0], type="filepath", elem_id=picture[1], scale=1)
+        words = gr.Markdown(label=text[0], elem_id=text[1])
+    return image, words
+
+
 class DemoApp:
     """The page's components (one method per section) and the callbacks that fill them."""
 
@@ -499,20 +508,16 @@ class DemoApp:
                                           elem_id="concept-gallery", elem_classes="pixels")
 
     def placement_section(self) -> None:
-        gr.Markdown("## Who owns each pixel, and where did each object land?")
-        with gr.Row():
-            self.segmentation = gr.Image(label="Segmentation (one region per object phrase)", type="filepath",
-                                         elem_id="segmentation", scale=1)
-            self.checks = gr.Markdown(label="Layout checks", elem_id="checks")
+        self.segmentation, self.checks = picture_and_text(
+            "## Who owns each pixel, and where did each object land?",
+            ("Segmentation (one region per object phrase)", "segmentation"), ("Layout checks", "checks"))
         self.table = gr.Dataframe(headers=placement.TABLE_HEADERS, label="Placement", interactive=False, wrap=True,
                                   elem_id="placement-table")
 
     def diagnosis_section(self) -> None:
-        gr.Markdown("## Diagnosis — why did it go wrong?")
-        with gr.Row():
-            self.diagnosis_picture = gr.Image(label="Each object's region, with its verdict", type="filepath",
-                                              elem_id="diagnosis-picture", scale=1)
-            self.verdicts = gr.Markdown(label="Verdicts", elem_id="verdicts")
+        self.diagnosis_picture, self.verdicts = picture_and_text(
+            "## Diagnosis — why did it go wrong?", ("Each object's region, with its verdict", "diagnosis-picture"),
+            ("Verdicts", "verdicts"))
 
     def time_section(self) -> None:
         gr.Markdown("## Time — how the selected word's map evolved over the denoising steps")

@@ -303,7 +303,7 @@ class Trace:
         total = rec.step.total
         bins = next(iter(rec.sums.values())).shape[0]
         members = [[] for _ in range(bins)]
-        for s in range(total):
+        for s in range(min(total, len(rec.timesteps))):  # the steps that ran (all, unless stopped early)
             members[rec.bin_of(s, total)].append(s)
         trace = None
         if rec.trace and all(t is not None for t in rec.trace):

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
+import helpers
 import pytest
-from helpers import build_tiny_sd, build_tiny_sd3level, build_tiny_sdxl
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: runs a real generation loop or a browser (skip with -m 'not slow')")
 
 
-@pytest.fixture(scope="session")
-def tiny_sd():
-    return build_tiny_sd()
+# Session-wide tiny pipelines, by fixture name: each is built once, on first use.
+BUILDERS = {"tiny_sd": helpers.build_tiny_sd, "tiny_sd3level": helpers.build_tiny_sd3level,
+            "tiny_sdxl": helpers.build_tiny_sdxl, "sd3": helpers.build_tiny_sd3, "flux": helpers.build_tiny_flux,
+            "pixart": helpers.build_tiny_pixart}
 
 
-@pytest.fixture(scope="session")
-def tiny_sd3level():
-    return build_tiny_sd3level()
-
-
-@pytest.fixture(scope="session")
-def tiny_sdxl():
-    return build_tiny_sdxl()
+for name, build in BUILDERS.items():  # one fixture per entry, e.g. `def test_x(sd3): ...`
+    globals()[name] = pytest.fixture(scope="session", name=name)(lambda build=build: build())

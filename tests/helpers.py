@@ -98,7 +98,7 @@ def tiny_vae(**overrides) -> AutoencoderKL:
                             | overrides))
 
 
-def _quiet(pipe):
+def quiet(pipe):
     """Progress bars off; every module in eval mode (freshly built T5 would apply dropout)."""
     pipe.set_progress_bar_config(disable=True)
     for component in pipe.components.values():
@@ -108,7 +108,7 @@ def _quiet(pipe):
 
 
 def sd_pipeline(unet: UNet2DConditionModel, scheduler) -> StableDiffusionPipeline:
-    return _quiet(StableDiffusionPipeline(
+    return quiet(StableDiffusionPipeline(
         vae=tiny_vae(), text_encoder=CLIPTextModel(text_config()), tokenizer=clip_tokenizer(), unet=unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False))
 
@@ -145,32 +145,34 @@ def build_tiny_sdxl() -> StableDiffusionXLPipeline:
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
         cross_attention_dim=64,
     )
-    return _quiet(StableDiffusionXLPipeline(
+    return quiet(StableDiffusionXLPipeline(
         vae=tiny_vae(), text_encoder=CLIPTextModel(text_config()),
         text_encoder_2=CLIPTextModelWithProjection(text_config(projection_dim=32)),
         tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet,
         scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)))
 
 
-def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
-    """DiTs start as near-identities (adaLN-zero, zero-initialised outputs): nudge every weight so that random
-    models attend unevenly and produce varied outputs, as trained ones do."""
+def perturbed(cls, seed: int, scale: float = 0.05, **config) -> torch.nn.Module:
+    """`cls(**config)` built from `seed`, then every weight nudged. DiTs start as near-identities (adaLN-zero,
+    zero-initialised outputs): nudged, random models attend unevenly and produce varied outputs, as trained ones
+    do."""
+    torch.manual_seed(seed)
+    model = cls(**config)
     gen = seeded(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen))
+    return model
 
 
 def build_tiny_sd3(with_t5: bool = True, seed: int = 0) -> StableDiffusion3Pipeline:
     """SD3 layout: joint attention over [image tokens, 77 CLIP positions, T5 positions]; 32 px → 16×16 tokens."""
-    torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=4, num_layers=2,
-                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=64,
-                                        caption_projection_dim=16, pooled_projection_dim=64, out_channels=4,
-                                        pos_embed_max_size=16)
-    _perturb(transformer, seed)
+    transformer = perturbed(SD3Transformer2DModel, seed,
+        sample_size=16, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64, out_channels=4,
+        pos_embed_max_size=16)
     clip = dict(hidden_act="gelu", projection_dim=32)
-    return _quiet(StableDiffusion3Pipeline(
+    return quiet(StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=tiny_vae(shift_factor=0.0, scaling_factor=1.0),
         text_encoder=CLIPTextModelWithProjection(text_config(**clip)), tokenizer=clip_tokenizer(),
@@ -180,12 +182,10 @@ def build_tiny_sd3(with_t5: bool = True, seed: int = 0) -> StableDiffusion3Pipel
 
 def build_tiny_flux(seed: int = 0) -> FluxPipeline:
     """Flux.1 layout: one double-stream and one single-stream block, text first; 32 px → 8×8 packed tokens."""
-    torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
-    _perturb(transformer, seed)
-    return _quiet(FluxPipeline(
+    transformer = perturbed(FluxTransformer2DModel, seed,
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    return quiet(FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(shift_factor=0.0, scaling_factor=1.0),
         text_encoder=CLIPTextModel(text_config(projection_dim=32)), tokenizer=clip_tokenizer(),
         text_encoder_2=tiny_t5(32), tokenizer_2=t5_tokenizer(), transformer=transformer))
@@ -193,14 +193,11 @@ def build_tiny_flux(seed: int = 0) -> FluxPipeline:
 
 def build_tiny_pixart(seed: int = 0) -> PixArtAlphaPipeline:
     """PixArt-α layout: cross-attention (attn2) from 8×8 image tokens to T5 positions."""
-    torch.manual_seed(seed)
-    transformer = PixArtTransformer2DModel(sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8,
-                                           num_attention_heads=3, caption_channels=32, in_channels=4,
-                                           cross_attention_dim=24, out_channels=8, attention_bias=True,
-                                           activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
-                                           norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
-    _perturb(transformer, seed)
-    return _quiet(PixArtAlphaPipeline(transformer=transformer, vae=tiny_vae(), text_encoder=tiny_t5(32),
+    transformer = perturbed(PixArtTransformer2DModel, seed,
+        sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
+    return quiet(PixArtAlphaPipeline(transformer=transformer, vae=tiny_vae(), text_encoder=tiny_t5(32),
                                       tokenizer=t5_tokenizer(), scheduler=DDIMScheduler()))
 
 

@@ -29,7 +29,7 @@ from diffusers import (
     ZImageTransformer2DModel,
 )
 from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
-from helpers import CORPUS, _perturb, _quiet, clip_tokenizer, t5_tokenizer, text_config, tiny_t5, tiny_vae
+from helpers import CORPUS, clip_tokenizer, perturbed, quiet, t5_tokenizer, text_config, tiny_t5, tiny_vae
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPTextModelWithProjection,
@@ -113,11 +113,9 @@ def _flux2_vae() -> AutoencoderKLFlux2:
 
 def _flux2_transformer(seed: int, guidance: bool) -> Flux2Transformer2DModel:
     """Text features: two encoder layers' hidden states (16 each) side by side."""
-    torch.manual_seed(seed)
-    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                          axes_dims_rope=[4, 4, 4, 4], guidance_embeds=guidance)
-    _perturb(transformer, seed)
+    transformer = perturbed(Flux2Transformer2DModel, seed,
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=guidance)
     return transformer
 
 
@@ -133,7 +131,7 @@ def build_tiny_flux2(seed: int = 0) -> Flux2Pipeline:
                   intermediate_size=37, image_size=30, patch_size=6)
     encoder = Mistral3ForConditionalGeneration(Mistral3Config(text_config=text, vision_config=vision,
                                                               image_token_index=len(tok) - 1))
-    return _quiet(Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flux2_vae(), text_encoder=encoder,
+    return quiet(Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flux2_vae(), text_encoder=encoder,
                                 tokenizer=tok, transformer=_flux2_transformer(seed, guidance=True)))
 
 
@@ -144,7 +142,7 @@ def build_tiny_flux2_klein(seed: int = 0) -> Flux2KleinPipeline:
     encoder = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(qwen_tokenizer()), hidden_size=16, intermediate_size=16,
                                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                            max_position_embeddings=512))
-    return _quiet(Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flux2_vae(),
+    return quiet(Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flux2_vae(),
                                      text_encoder=encoder, tokenizer=qwen_tokenizer(),
                                      transformer=_flux2_transformer(seed, guidance=False)))
 
@@ -153,11 +151,9 @@ def build_tiny_qwenimage(seed: int = 0) -> QwenImagePipeline:
     """Qwen-Image layout: Qwen2.5-VL encoder, the system-prompt template's prefix dropped (``drop_idx`` set to this
     tokenizer's prefix length, as 34 is the real one's), joint attention text first, 8×8 tokens at 32 px."""
     tok = qwen_tokenizer()
-    torch.manual_seed(seed)
-    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
-                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
-                                              axes_dims_rope=(8, 4, 4))
-    _perturb(transformer, seed)
+    transformer = perturbed(QwenImageTransformer2DModel, seed,
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+        joint_attention_dim=16, axes_dims_rope=(8, 4, 4))
     vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
                                  latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
     text = dict(hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -171,33 +167,29 @@ def build_tiny_qwenimage(seed: int = 0) -> QwenImagePipeline:
                              transformer=transformer)
     prefix = pipe.prompt_template_encode.split("{}")[0]
     pipe.prompt_template_encode_start_idx = len(tok(prefix).input_ids)
-    return _quiet(pipe)
+    return quiet(pipe)
 
 
 def build_tiny_zimage(seed: int = 0) -> ZImagePipeline:
     """Z-Image layout: Qwen3 encoder (chat template), one unified sequence [image tokens, text tokens] per image,
     each part padded to a multiple of 32; CFG as one batch [prompts, negatives]."""
-    torch.manual_seed(seed)
-    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32,
-                                           n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
-                                           axes_dims=[8, 4, 4], axes_lens=[256, 32, 32])
-    _perturb(transformer, seed)
+    transformer = perturbed(ZImageTransformer2DModel, seed,
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2,
+        n_kv_heads=2, cap_feat_dim=16, axes_dims=[8, 4, 4], axes_lens=[256, 32, 32])
     encoder = Qwen3Model(Qwen3Config(vocab_size=len(qwen_tokenizer()), hidden_size=16, intermediate_size=16,
                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                      max_position_embeddings=512))
-    return _quiet(ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(), text_encoder=encoder,
+    return quiet(ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(), text_encoder=encoder,
                                  tokenizer=qwen_tokenizer(), transformer=transformer))
 
 
 def build_tiny_hidream(seed: int = 0) -> HiDreamImagePipeline:
     """HiDream-I1 layout: two CLIPs (pooled only), T5 and Llama 3 (2 layers, each block reads one); one double- and
     one single-stream block, image first, then [T5, Llama last layer, the block's Llama layer]."""
-    torch.manual_seed(seed)
-    transformer = HiDreamImageTransformer2DModel(
+    transformer = perturbed(HiDreamImageTransformer2DModel, seed,
         patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
         num_attention_heads=4, caption_channels=[32, 16], text_emb_dim=64, num_routed_experts=2,
         num_activated_experts=1, axes_dims_rope=(4, 2, 2), max_resolution=(32, 32), llama_layers=(0, 1))
-    _perturb(transformer, seed)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(llama_tokenizer()), hidden_size=16, intermediate_size=16,
                                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                          attn_implementation="eager"))  # HiDream asks it for attention weights
@@ -209,17 +201,15 @@ def build_tiny_hidream(seed: int = 0) -> HiDreamImagePipeline:
         text_encoder_3=tiny_t5(32), tokenizer_3=t5_tokenizer(), text_encoder_4=llama, tokenizer_4=llama_tokenizer(),
         transformer=transformer)
     pipe.default_sample_size = 16  # the pipeline rescales every request to this area: 32 px at VAE factor 2
-    return _quiet(pipe)
+    return quiet(pipe)
 
 
 def build_tiny_chroma(seed: int = 0) -> ChromaPipeline:
     """Chroma layout: Flux-like double/single-stream blocks, T5 only, its padding masked; true CFG as two calls."""
-    torch.manual_seed(seed)
-    transformer = ChromaTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                           axes_dims_rope=[4, 4, 8], approximator_num_channels=8,
-                                           approximator_hidden_dim=32, approximator_layers=1)
-    _perturb(transformer, seed)
-    return _quiet(ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(),
+    transformer = perturbed(ChromaTransformer2DModel, seed,
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=[4, 4, 8], approximator_num_channels=8, approximator_hidden_dim=32,
+        approximator_layers=1)
+    return quiet(ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(),
                                  vae=tiny_vae(shift_factor=0.0, scaling_factor=1.0), text_encoder=tiny_t5(32),
                                  tokenizer=t5_tokenizer(), transformer=transformer))

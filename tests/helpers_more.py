@@ -37,7 +37,7 @@ from diffusers import (
     VQModel,
 )
 from diffusers.models.embeddings import ImageProjection
-from helpers import CORPUS, _perturb, _quiet, build_tiny_sd, t5_tokenizer, tiny_t5, tiny_vae
+from helpers import CORPUS, build_tiny_sd, perturbed, quiet, t5_tokenizer, tiny_t5, tiny_vae
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     BertConfig,
@@ -105,12 +105,10 @@ def bert_tokenizer() -> BertTokenizer:
 
 def build_tiny_sana(seed: int = 0) -> SanaPipeline:
     """Sana: linear self-attention, cross-attention (attn2) to Gemma 2; AutoencoderDC (factor 2)."""
-    torch.manual_seed(seed)
-    transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=2,
-                                         num_attention_heads=2, attention_head_dim=8, num_cross_attention_heads=2,
-                                         cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
-                                         sample_size=16)
-    _perturb(transformer, seed)
+    transformer = perturbed(SanaTransformer2DModel, seed,
+        patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2, attention_head_dim=8,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
+        sample_size=16)
     vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
                         encoder_block_types=("ResBlock", "EfficientViTBlock"),
                         decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
@@ -119,7 +117,7 @@ def build_tiny_sana(seed: int = 0) -> SanaPipeline:
                         decoder_layers_per_block=[1, 1], downsample_block_type="conv",
                         upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
                         scaling_factor=0.41407)
-    return _quiet(SanaPipeline(tokenizer=gemma_tokenizer(), text_encoder=_tiny_gemma2(), vae=vae,
+    return quiet(SanaPipeline(tokenizer=gemma_tokenizer(), text_encoder=_tiny_gemma2(), vae=vae,
                                transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)))
 
 
@@ -131,13 +129,11 @@ def _tiny_gemma2() -> Gemma2Model:
 
 def build_tiny_lumina2(seed: int = 0) -> Lumina2Pipeline:
     """Lumina 2: context and noise refiners, then joint blocks (text first); 64 px → 8×8 latent → 4×4 tokens."""
-    torch.manual_seed(seed)
-    transformer = Lumina2Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, hidden_size=16, num_layers=2,
-                                            num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1,
-                                            multiple_of=16, axes_dim_rope=(4, 2, 2), axes_lens=(300, 16, 16),
-                                            cap_feat_dim=16)
-    _perturb(transformer, seed)
-    return _quiet(Lumina2Pipeline(transformer=transformer, vae=tiny_vae(block_out_channels=(32,),
+    transformer = perturbed(Lumina2Transformer2DModel, seed,
+        sample_size=8, patch_size=2, in_channels=4, hidden_size=16, num_layers=2, num_refiner_layers=1,
+        num_attention_heads=2, num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 2, 2), axes_lens=(300, 16, 16),
+        cap_feat_dim=16)
+    return quiet(Lumina2Pipeline(transformer=transformer, vae=tiny_vae(block_out_channels=(32,),
                                                                         down_block_types=("DownEncoderBlock2D",),
                                                                         up_block_types=("UpDecoderBlock2D",)),
                                   scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=_tiny_gemma2(),
@@ -146,33 +142,29 @@ def build_tiny_lumina2(seed: int = 0) -> Lumina2Pipeline:
 
 def build_tiny_cogview4(seed: int = 0) -> CogView4Pipeline:
     """CogView4: joint attention [text, image] per block; GLM text encoder; 32 px → 16×16 latent → 8×8 tokens."""
-    torch.manual_seed(seed)
-    transformer = CogView4Transformer2DModel(patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
-                                             num_attention_heads=2, out_channels=4, text_embed_dim=32,
-                                             time_embed_dim=8, condition_dim=4)
-    _perturb(transformer, seed)
+    transformer = perturbed(CogView4Transformer2DModel, seed,
+        patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2, out_channels=4,
+        text_embed_dim=32, time_embed_dim=8, condition_dim=4)
     glm = GlmModel(GlmConfig(vocab_size=len(glm_tokenizer()), hidden_size=32, intermediate_size=16,
                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                              pad_token_id=glm_tokenizer().pad_token_id))
     scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
                                                 use_dynamic_shifting=True, time_shift_type="linear")
-    return _quiet(CogView4Pipeline(tokenizer=glm_tokenizer(), text_encoder=glm, vae=tiny_vae(),
+    return quiet(CogView4Pipeline(tokenizer=glm_tokenizer(), text_encoder=glm, vae=tiny_vae(),
                                    transformer=transformer, scheduler=scheduler))
 
 
 def build_tiny_hunyuandit(seed: int = 0) -> HunyuanDiTPipeline:
     """HunyuanDiT: cross-attention (attn2) to [77 BERT positions, 256 mT5 positions]; VAE factor 1, 16 px → 8×8."""
-    torch.manual_seed(seed)
-    transformer = HunyuanDiT2DModel(sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8,
-                                    num_attention_heads=3, in_channels=4, cross_attention_dim=32,
-                                    cross_attention_dim_t5=32, pooled_projection_dim=16, hidden_size=24,
-                                    activation_fn="gelu-approximate")
-    _perturb(transformer, seed)
+    transformer = perturbed(HunyuanDiT2DModel, seed,
+        sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, in_channels=4,
+        cross_attention_dim=32, cross_attention_dim_t5=32, pooled_projection_dim=16, hidden_size=24,
+        activation_fn="gelu-approximate")
     bert = BertModel(BertConfig(vocab_size=len(bert_tokenizer()), hidden_size=32, num_hidden_layers=1,
                                 num_attention_heads=2, intermediate_size=37, max_position_embeddings=80))
     vae = tiny_vae(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",),
                    up_block_types=("UpDecoderBlock2D",))
-    return _quiet(HunyuanDiTPipeline(vae=vae, text_encoder=bert, tokenizer=bert_tokenizer(), transformer=transformer,
+    return quiet(HunyuanDiTPipeline(vae=vae, text_encoder=bert, tokenizer=bert_tokenizer(), transformer=transformer,
                                      scheduler=DDPMScheduler(), safety_checker=None, feature_extractor=None,
                                      requires_safety_checker=False, text_encoder_2=tiny_t5(32),
                                      tokenizer_2=t5_tokenizer()))
@@ -180,31 +172,27 @@ def build_tiny_hunyuandit(seed: int = 0) -> HunyuanDiTPipeline:
 
 def build_tiny_auraflow(seed: int = 0) -> AuraFlowPipeline:
     """AuraFlow: one joint (MMDiT) and one single block, [8 registers, UMT5 text, image]; 32 px → 8×8 tokens."""
-    torch.manual_seed(seed)
-    transformer = AuraFlowTransformer2DModel(sample_size=16, patch_size=2, in_channels=4, num_mmdit_layers=1,
-                                             num_single_dit_layers=1, attention_head_dim=8, num_attention_heads=2,
-                                             joint_attention_dim=32, caption_projection_dim=16, out_channels=4,
-                                             pos_embed_max_size=64)
-    _perturb(transformer, seed)
+    transformer = perturbed(AuraFlowTransformer2DModel, seed,
+        sample_size=16, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, out_channels=4, pos_embed_max_size=64)
     umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(t5_tokenizer()), d_model=32, d_kv=8, d_ff=37, num_layers=2,
                                        num_heads=2, relative_attention_num_buckets=8))
-    return _quiet(AuraFlowPipeline(tokenizer=t5_tokenizer(), text_encoder=umt5, vae=tiny_vae(),
+    return quiet(AuraFlowPipeline(tokenizer=t5_tokenizer(), text_encoder=umt5, vae=tiny_vae(),
                                    transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()))
 
 
 def build_tiny_kandinsky3(seed: int = 0) -> Kandinsky3Pipeline:
     """Kandinsky 3: two UNet levels, text cross-attention at the second (4×4 for a 64 px image's 8×8 latent)."""
-    torch.manual_seed(seed)
-    unet = Kandinsky3UNet(in_channels=4, time_embedding_dim=8, groups=2, attention_head_dim=4, layers_per_block=2,
-                          block_out_channels=(16, 32), cross_attention_dim=8, encoder_hid_dim=32)
-    _perturb(unet, seed, 0.02)
+    unet = perturbed(Kandinsky3UNet, seed, scale=0.02, in_channels=4, time_embedding_dim=8, groups=2,
+                     attention_head_dim=4, layers_per_block=2, block_out_channels=(16, 32), cross_attention_dim=8,
+                     encoder_hid_dim=32)
     movq = VQModel(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
                    in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
                    num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
                    vq_embed_dim=4)
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="squaredcos_cap_v2",
                               clip_sample=True, thresholding=False)
-    return _quiet(Kandinsky3Pipeline(tokenizer=t5_tokenizer(), text_encoder=tiny_t5(32), unet=unet,
+    return quiet(Kandinsky3Pipeline(tokenizer=t5_tokenizer(), text_encoder=tiny_t5(32), unet=unet,
                                      scheduler=scheduler, movq=movq))
 
 
@@ -222,7 +210,7 @@ def build_tiny_if(seed: int = 0) -> IFPipeline:
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001,
                               beta_end=0.02, thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.0,
                               prediction_type="epsilon", variance_type="learned_range")
-    return _quiet(IFPipeline(tokenizer=t5_tokenizer(), text_encoder=tiny_t5(32), unet=unet, scheduler=scheduler,
+    return quiet(IFPipeline(tokenizer=t5_tokenizer(), text_encoder=tiny_t5(32), unet=unet, scheduler=scheduler,
                              safety_checker=None, feature_extractor=None, watermarker=None,
                              requires_safety_checker=False))
 
@@ -244,4 +232,4 @@ def build_tiny_sd_ip_adapter(seed: int = 0, tokens: int = 4) -> StableDiffusionP
     image_proj = {"proj.weight": proj["image_embeds.weight"], "proj.bias": proj["image_embeds.bias"],
                   "norm.weight": proj["norm.weight"], "norm.bias": proj["norm.bias"]}
     unet._load_ip_adapter_weights([{"image_proj": image_proj, "ip_adapter": ip_layers}])
-    return _quiet(pipe)
+    return quiet(pipe)

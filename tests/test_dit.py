@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import build_tiny_flux, build_tiny_pixart, build_tiny_sd3, seeded
+from helpers import build_tiny_sd3, seeded
 from reference import expected_token_maps, record_attention
 
 import crossattn
@@ -17,21 +17,6 @@ SIZE = dict(height=32, width=32)
 
 def run(pipe, prompt=PROMPT, steps=3, **kw):
     return pipe(prompt, num_inference_steps=steps, generator=seeded(), output_type="latent", **SIZE, **kw).images
-
-
-@pytest.fixture(scope="module")
-def sd3():
-    return build_tiny_sd3()
-
-
-@pytest.fixture(scope="module")
-def flux():
-    return build_tiny_flux()
-
-
-@pytest.fixture(scope="module")
-def pixart():
-    return build_tiny_pixart()
 
 
 FAMILIES = {

@@ -8,8 +8,7 @@ so they are never kept. Text: UMT5's positions after them.
 
 from __future__ import annotations
 
-from ..capture import Layer
-from .base import Family, Segment, numbered_layers, whole
+from .base import Family, Segment, whole
 
 REGISTERS = 8  # AuraFlowTransformer2DModel.register_tokens: (1, 8, dim), fixed in its code
 
@@ -18,9 +17,8 @@ class AuraFlowFamily(Family):
     name = "AuraFlow"
     pipelines = ("AuraFlow*",)
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {r"joint_transformer_blocks\.(\d+)\.attn": ("joint", "text_first"),
-                                          r"single_transformer_blocks\.(\d+)\.attn": ("single", "text_first")})
+    layer_rules = {r"joint_transformer_blocks\.(\d+)\.attn": ("joint", "text_first"),
+                   r"single_transformer_blocks\.(\d+)\.attn": ("single", "text_first")}
 
     def text_len(self, args, kwargs) -> int:
         return REGISTERS + super().text_len(args, kwargs)

@@ -47,9 +47,13 @@ class Family:
     cfg = "batch"
     resolution_sites = False  # one resolution throughout: sites are named by block ("joint"), not "up.16x16"
 
+    # Which attention modules attend to the text: a regex of the module path (its group: the block's number) →
+    # (block name, layout kind); see `numbered_layers`. Families with other layer structures override `layers`.
+    layer_rules: dict[str, tuple[str, str]] = {}
+
     def layers(self, denoiser: torch.nn.Module) -> dict[str, Layer]:
         """Module path → how that attention layer is traced."""
-        raise NotImplementedError
+        return numbered_layers(denoiser, self.layer_rules)
 
     def patch(self, denoiser: torch.nn.Module) -> int:
         """Latent pixels per image token along a side."""

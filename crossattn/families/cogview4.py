@@ -9,8 +9,7 @@ to its own length, so each call has its own text length.
 
 from __future__ import annotations
 
-from ..capture import Layer
-from .base import Family, Segment, numbered_layers
+from .base import Family, Segment
 
 
 class CogView4Family(Family):
@@ -18,8 +17,7 @@ class CogView4Family(Family):
     pipelines = ("CogView4*",)
     cfg = "calls"
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn1": ("joint", "text_first")})
+    layer_rules = {r"transformer_blocks\.(\d+)\.attn1": ("joint", "text_first")}
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         ids = calls["text_encoder"][call][prompt]

@@ -12,15 +12,13 @@ does not call SDPA: coverage reports its layers as not observed).
 from __future__ import annotations
 
 from ..capture import Layer
-from .base import Family, Segment, whole
-from .unet import UNetFamily, unet_layers
+from .base import Segment, whole
+from .unet import T5UNetFamily, unet_layers
 
 
-class IFFamily(UNetFamily):
+class IFFamily(T5UNetFamily):
     name = "DeepFloyd IF"
     pipelines = ("IF*",)
-    prompt_ids = Family.prompt_ids  # T5 ids, padded to the text length
-    concept_engine = Family.concept_engine  # not available
 
     def layers(self, denoiser) -> dict[str, Layer]:
         return unet_layers(denoiser, {n: "cross" if m.only_cross_attention else "added_kv"

@@ -10,8 +10,7 @@ vector). True CFG (``true_cfg_scale``) runs the prompt and the negative as two c
 
 from __future__ import annotations
 
-from ..capture import Layer
-from .base import Family, Segment, numbered_layers, whole
+from .base import Family, Segment, whole
 
 
 class FluxFamily(Family):
@@ -20,9 +19,8 @@ class FluxFamily(Family):
     encoders = ("text_encoder_2",)
     cfg = "calls"
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn": ("double", "text_first"),
-                                          r"single_transformer_blocks\.(\d+)\.attn": ("single", "text_first")})
+    layer_rules = {r"transformer_blocks\.(\d+)\.attn": ("double", "text_first"),
+                   r"single_transformer_blocks\.(\d+)\.attn": ("single", "text_first")}
 
     def patch(self, denoiser) -> int:
         return 2  # the pipeline packs 2×2 latent pixels into one token

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import Layer
-from .base import Family, Segment, numbered_layers, whole
+from .base import Family, Segment, whole
 
 
 class HiDreamFamily(Family):
@@ -26,9 +25,8 @@ class HiDreamFamily(Family):
     pipelines = ("HiDreamImagePipeline",)
     encoders = ("text_encoder_3", "text_encoder_4")  # T5, Llama; the CLIPs (1, 2) give only pooled vectors
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {rf"{kind}_stream_blocks\.(\d+)\.block\.attn1": (kind, "text_last")
-                                          for kind in ("double", "single")})
+    layer_rules = {rf"{kind}_stream_blocks\.(\d+)\.block\.attn1": (kind, "text_last")
+                   for kind in ("double", "single")}
 
     def timestep(self, args, kwargs) -> float:
         return float(torch.as_tensor(kwargs["timesteps"]).flatten()[0])

@@ -8,8 +8,7 @@ padding replaced by a learned vector (not masked). ``attn1`` is image self-atten
 
 from __future__ import annotations
 
-from ..capture import Layer
-from .base import Family, Segment, numbered_layers, whole
+from .base import Family, Segment, whole
 from .unet import UNetFamily
 
 BERT_LEN, MT5_LEN = 77, 256  # what HunyuanDiTPipeline pads each encoder's prompt to
@@ -21,8 +20,7 @@ class HunyuanDiTFamily(Family):
     encoders = ("text_encoder", "text_encoder_2")
     timestep = UNetFamily.timestep  # same call as a UNet's: (latent, timestep, ...)
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {r"blocks\.(\d+)\.attn2": ("blocks", "cross")})
+    layer_rules = {r"blocks\.(\d+)\.attn2": ("blocks", "cross")}
 
     def text_len(self, args, kwargs) -> int:
         return int(kwargs["encoder_hidden_states"].shape[1] + kwargs["encoder_hidden_states_t5"].shape[1])

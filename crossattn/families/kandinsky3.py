@@ -13,15 +13,13 @@ negative prompt's tokens past that never reach the UNet. Without a negative prom
 from __future__ import annotations
 
 from ..capture import Layer
-from .base import Family, Segment
-from .unet import UNetFamily, unet_layers
+from .base import Segment
+from .unet import T5UNetFamily, unet_layers
 
 
-class Kandinsky3Family(UNetFamily):
+class Kandinsky3Family(T5UNetFamily):
     name = "Kandinsky 3"
     pipelines = ("Kandinsky3*",)
-    prompt_ids = Family.prompt_ids  # T5 ids, padded to the text length
-    concept_engine = Family.concept_engine  # not available
 
     def layers(self, denoiser) -> dict[str, Layer]:
         return unet_layers(denoiser, {f"{kind}.{i}.attentions.{k}.attention": "cross"

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import Layer
-from .base import Family, Segment, numbered_layers, template_skip
+from .base import Family, Segment, template_skip
 
 
 class Lumina2Family(Family):
@@ -25,8 +24,7 @@ class Lumina2Family(Family):
     pipelines = ("Lumina2*",)
     cfg = "calls"
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {r"layers\.(\d+)\.attn": ("joint", "text_first")})
+    layer_rules = {r"layers\.(\d+)\.attn": ("joint", "text_first")}
 
     def timestep(self, args, kwargs) -> float:
         # the pipeline passes 1 - t/1000 (rising); the tracer expects falling timesteps

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import inspect
 
-from ..capture import Layer
-from .base import Family, Segment, numbered_layers, template_skip, whole
+from .base import Family, Segment, template_skip, whole
 
 
 class PixArtFamily(Family):
     name = "PixArt-α / PixArt-Σ"
     pipelines = ("PixArt*",)
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn2": ("blocks", "cross")})
+    layer_rules = {r"transformer_blocks\.(\d+)\.attn2": ("blocks", "cross")}
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         return [whole("t5", pipe.tokenizer, calls["text_encoder"][call][prompt])]

@@ -12,8 +12,7 @@ per step, prompt first; their texts may differ in length (columns past a call's 
 
 from __future__ import annotations
 
-from ..capture import Layer
-from .base import Family, Segment, numbered_layers
+from .base import Family, Segment
 from .chat import chat_segment, unpadded_positions
 
 
@@ -22,8 +21,7 @@ class QwenImageFamily(Family):
     pipelines = ("QwenImagePipeline",)
     cfg = "calls"
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn": ("joint", "text_first")})
+    layer_rules = {r"transformer_blocks\.(\d+)\.attn": ("joint", "text_first")}
 
     def grid(self, denoiser, args, kwargs) -> tuple[int, int]:
         _, h, w = kwargs["img_shapes"][0][0]

@@ -12,10 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..capture import Layer
 from ..concepts import ConceptEngine, encode_concepts
 from ..words import tokenize_prompt
-from .base import Family, Segment, numbered_layers, whole
+from .base import Family, Segment, whole
 
 
 class SD3Family(Family):
@@ -23,8 +22,7 @@ class SD3Family(Family):
     pipelines = ("StableDiffusion3*",)
     encoders = ("text_encoder", "text_encoder_3")
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {r"transformer_blocks\.(\d+)\.attn": ("joint", "text_last")})
+    layer_rules = {r"transformer_blocks\.(\d+)\.attn": ("joint", "text_last")}
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         clip = calls["text_encoder"][call][prompt]
@@ -46,7 +44,7 @@ class SD3Family(Family):
         states = encode_concepts(pipe, concepts, lambda texts: pipe.encode_prompt(
             texts, None, None, device=device, do_classifier_free_guidance=False)[0])
         blocks = {layer.name: trace.denoiser.get_submodule(path.removesuffix(".attn"))
-                  for path, layer in trace.layers.items()}
+                   for path, layer in trace.layers.items()}
         return JointConcepts(trace.concept_recorder, trace.denoiser, blocks, states)
 
 

@@ -84,4 +84,12 @@ class UNetFamily(Family):
         return CrossConcepts(trace.concept_recorder, modules, states)
 
 
+class T5UNetFamily(UNetFamily):
+    """A UNet of another kind that reads a T5 encoder (Kandinsky 3, DeepFloyd IF): UNet-like sites and timesteps,
+    T5 ids padded to the text length when maps are asked of given embeddings, no concept maps yet."""
+
+    prompt_ids = Family.prompt_ids
+    concept_engine = Family.concept_engine
+
+
 UNET = UNetFamily()

@@ -19,8 +19,7 @@ import math
 
 import torch
 
-from ..capture import Layer
-from .base import Family, Segment, numbered_layers
+from .base import Family, Segment
 from .chat import chat_segment, qwen_chat_ids, unpadded_positions
 
 
@@ -29,8 +28,7 @@ class ZImageFamily(Family):
     pipelines = ("ZImagePipeline",)
     cfg = "batch_prompts_first"
 
-    def layers(self, denoiser) -> dict[str, Layer]:
-        return numbered_layers(denoiser, {r"layers\.(\d+)\.attention": ("single", "text_last")})
+    layer_rules = {r"layers\.(\d+)\.attention": ("single", "text_last")}
 
     def patch(self, denoiser) -> int:
         return denoiser.config.all_patch_size[0]  # what the pipeline uses (it never passes patch_size)
