@@ -4,13 +4,13 @@ Failures are made likely on purpose — two- and three-object prompts, few denoi
 the truth is read from the generated pixels (`crossattn.shapes.evaluate`'s palette segmentation):
 
 - **missing**: the object's colour is absent from the image (no blob of it covering ≥ 0.4 % of the pixels);
-- **wrong colour**: the object's colour is present, but its largest blob is not the named shape while the named
-  shape is drawn in another colour (the colour landed on the wrong object);
+- **wrong colour**: the object's colour is present, but its largest blob is not the named shape, while the named
+  shape is drawn in a colour that no named object of that shape has (the colours went to the wrong objects);
 - **merged**: both objects' colours are present and their largest blobs touch (the world never draws objects
   closer than 2 px);
 - **relation broken**: for "X <relation> Y" prompts with both objects drawn, the pixels' centroids break it.
 
-Scores: neglect (per object) against missing; the object's largest attribute leakage against wrong colour; the
+Scores: neglect (per object) against missing; the leakage of the object's colour word against wrong colour; the
 pair's mask IoU against merged; the attention verdict against broken relations. Thresholds are chosen on
 *training* seeds (F1-optimal) and written, with a calibration table (share of real failures per score range),
 to ``crossattn/assets/diagnosis.json``; the figures are then measured on *held-out* seeds, for the full run and
@@ -41,7 +41,7 @@ from crossattn.shapes import evaluate as ev  # noqa: E402
 from crossattn.shapes.world import HELD_OUT_SEED, parse_caption, sample_scene  # noqa: E402
 
 TRAIN_SEED = 300_000_000  # scenes for choosing thresholds: a training-range stream no recipe uses
-SETTINGS = [(4, 2.0), (6, 3.0), (8, 1.5), (12, 5.0)]  # (steps, guidance): failure-prone to normal
+SETTINGS = [(3, 1.5), (4, 2.0), (6, 3.0), (8, 1.5), (12, 5.0)]  # (steps, guidance): failure-prone to normal
 WINDOWS = {"full": None, "first 50 %": 0.5, "first 25 %": 0.25}
 
 
@@ -67,7 +67,7 @@ def truth(image: np.ndarray, caption: str) -> dict:
     objects = {}
     for colour, shape in pairs:
         wrong = present[colour] and drawn_shapes[colour] != shape and any(
-            s == shape for c, s in shape_in_colour.items() if c != colour)
+            s == shape and (c, s) not in pairs for c, s in shape_in_colour.items() if c != colour)
         objects[f"{colour} {shape}"] = {"missing": not present[colour], "wrong_colour": bool(wrong)}
     merged = {}
     for i in range(len(pairs)):
@@ -75,7 +75,7 @@ def truth(image: np.ndarray, caption: str) -> dict:
             a, b = pairs[i][0], pairs[j][0]
             touch = present[a] and present[b] and bool(
                 (cv2.dilate(blobs[a].astype(np.uint8), np.ones((3, 3), np.uint8)) & blobs[b]).any())
-            merged[(f"{a} {pairs[i][1]}", f"{b} {pairs[j][1]}")] = touch
+            merged[f"{a} {pairs[i][1]} | {b} {pairs[j][1]}"] = touch  # the pair, keyed as diagnose's merging is
     broken = None
     if relation and len(pairs) == 2 and all(present[c] for c, _ in pairs):
         gap = relation_gap(ev.centroid(blobs[pairs[0][0]]), ev.centroid(blobs[pairs[1][0]]), relation)
@@ -83,11 +83,12 @@ def truth(image: np.ndarray, caption: str) -> dict:
     return {"objects": objects, "merged": merged, "relation_broken": broken}
 
 
-def collect(pipe, captions: list[str], label: str) -> list[dict]:
-    """Per generation: the truth and the diagnosis scores for each window."""
+def collect(pipes: list, captions: list[str], label: str) -> list[dict]:
+    """Per generation: the truth and the diagnosis scores for each window (the models take turns)."""
     rows = []
     for k, caption in enumerate(tqdm(captions, desc=label, unit="image")):
         steps, guidance = SETTINGS[k % len(SETTINGS)]
+        pipe = pipes[(k // len(SETTINGS)) % len(pipes)]
         image, maps = generate(pipe, caption, seed=k, steps=steps, guidance=guidance)
         objects = [f"{c} {s}" for c, s in parse_caption(caption)[0]]
         row = {"caption": caption, "steps": steps, "guidance": guidance, "truth": truth(np.asarray(image), caption)}
@@ -101,7 +102,7 @@ def collect(pipe, captions: list[str], label: str) -> list[dict]:
                     relation[0]).passed
             row[window] = {
                 "neglect": {o.name: o.neglect for o in d.objects},
-                "leakage": {o.name: max(o.leakage.values(), default=0.0) for o in d.objects},
+                "leakage": {o.name: o.leakage.get(o.name.split()[0], 0.0) for o in d.objects},  # the colour word's
                 "merging": {" | ".join(p): v for p, v in d.merging.items()},
                 "relation_broken": attention_says_broken,
             }
@@ -125,7 +126,7 @@ def cases(rows: list[dict], kind: str, window: str) -> tuple[np.ndarray, np.ndar
                     truths.append(info["wrong_colour"])
         else:
             for pair, merged in t["merged"].items():
-                scores.append(d["merging"][" | ".join(pair)])
+                scores.append(d["merging"][pair])
                 truths.append(merged)
     return np.asarray(scores, float), np.asarray(truths, bool)
 
@@ -168,16 +169,19 @@ def calibration_bins(scores: np.ndarray, truths: np.ndarray, n: int = 5) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="shapes-unet")
+    parser.add_argument("--model", action="append", default=None,
+                        help="model(s) to generate with, taking turns (default: shapes-unet)")
     parser.add_argument("--n", type=int, default=600, help="generations for thresholds and as many held out")
     parser.add_argument("--json", default=None)
     parser.add_argument("--write-calibration", action="store_true",
                         help="write the chosen thresholds to crossattn/assets/diagnosis.json")
     args = parser.parse_args()
-    pipe = crossattn.load_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    train = collect(pipe, prompts(TRAIN_SEED, args.n), "training seeds")
-    held = collect(pipe, prompts(HELD_OUT_SEED + 5_000_000, args.n), "held-out seeds")
+    args.model = args.model or ["shapes-unet"]
+    pipes = [crossattn.load_pipeline(m) for m in args.model]
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+    train = collect(pipes, prompts(TRAIN_SEED, args.n), "training seeds")
+    held = collect(pipes, prompts(HELD_OUT_SEED + 5_000_000, args.n), "held-out seeds")
     thresholds, bins = {}, {}
     for kind in KINDS:
         s, t = cases(train, kind, "full")
@@ -204,12 +208,12 @@ def main() -> None:
         print(f"| {row['kind']} | {row['window']} | {row['cases']} ({row['true']}) | {fmt(row['auc'])} | "
               f"{fmt(row['precision'])} | {fmt(row['recall'])} | {fmt(row['threshold'])} |")
     result = {"model": args.model, "n": args.n, "settings": SETTINGS, "table": table, "thresholds": thresholds,
-              "bins": bins}
+              "bins": bins, "held_out": held, "training": train}  # every generation's truth and scores
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.write_calibration:
-        source = f"benchmarks/diagnosis_eval.py --model {args.model} --n {args.n} (training seeds)"
+        source = f"benchmarks/diagnosis_eval.py --model {' --model '.join(args.model)} --n {args.n} (training seeds)"
         asset_path("diagnosis.json").write_text(json.dumps(
             {"thresholds": thresholds, "bins": bins, "source": source}, indent=1))
         print(f"wrote {asset_path('diagnosis.json')}")

@@ -7,7 +7,8 @@ Scores (all in [0, 1]; higher = more likely a failure), from the maps of a windo
 
 - **neglect** of an object: ``1 − peak(object) / max(peak of the prompt's objects)``, where peak is the
   highest mean attention probability of the object's head word on any pixel (Attend-and-Excite's signal). A
-  neglected word gets a flat, weak map. Computed over the first half of the steps, where the layout is decided.
+  neglected word gets a flat, weak map. Computed over the first half of the generation's steps, where the layout
+  is decided (over all of an early window).
 - **leakage** of an attribute word ("red" of "red circle"): the share of its attention mass (over the pixels
   the objects own: where an object's head word gets the most attention, and ≥ 0.4 × its peak) that falls on
   *other* objects' pixels.
@@ -293,8 +294,9 @@ def diagnose(maps: HeatMaps, objects: list[str] | None = None, steps: slice | li
     subs, notes = subjects(maps, objects)
     window = maps if steps is None else maps.filter(steps=steps)
     n_steps = len(maps.trace_counts)
-    kept = window.steps  # the first half of the window's steps: where the layout is decided
-    layout = window.filter(steps=kept[: max(1, (len(kept) + 1) // 2)]) if subs else window
+    # neglect looks at the first half of the generation, where the layout is decided (all of an early window)
+    total = maps.meta.get("steps") or n_steps
+    layout = window.filter(steps=[s for s in window.steps if s < max(1, total // 2)] or window.steps[:1])
     neglect = neglect_scores(layout, subs)
     owned = regions(window, subs) if subs else []
     leakage = leakage_scores(window, subs, owned)
