@@ -12,11 +12,14 @@ the truth is read from the generated pixels (`crossattn.shapes.evaluate`'s palet
 
 Scores: neglect (per object) against missing; the leakage of the object's colour word against wrong colour; the
 pair's mask IoU against merged; the attention verdict against broken relations. Thresholds are chosen on
-*training* seeds (F1-optimal) and written, with a calibration table (share of real failures per score range),
-to ``crossattn/assets/diagnosis.json``; the figures are then measured on *held-out* seeds, for the full run and
-for the early verdict from the first 25 % and 50 % of the steps.
+*training* seeds (the lowest at which the verdict is right more often than not; none if there is none, and that
+verdict is never issued) and written, with a calibration table (share of real failures per score range), to
+``crossattn/assets/diagnosis.json``; the figures are then measured on *held-out* seeds, for the full run and
+for the early verdict from the first 25 % and 50 % of the steps. Every generation's
+truth and scores go to the JSON; ``--rescore JSON`` scores them again without generating.
 
-    .venv/bin/python benchmarks/diagnosis_eval.py --n 600 --json benchmarks/results/diagnosis_eval.json
+    .venv/bin/python benchmarks/diagnosis_eval.py --model shapes-unet --model BASE_MODEL_FOLDER --n 1500 \
+        --json benchmarks/results/diagnosis_eval.json --write-calibration
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def truth(image: np.ndarray, caption: str) -> dict:
     masks = ev.colour_masks(image)
     pairs, relation = parse_caption(caption)
     blobs = {c: ev.largest_blob(masks[c]) for c, _ in pairs}
-    present = {c: b.sum() >= 0.004 * b.size for c, b in blobs.items()}
+    present = {c: bool(b.sum() >= 0.004 * b.size) for c, b in blobs.items()}
     drawn_shapes = {c: ev.classify_shape(b) for c, b in blobs.items() if present[c]}
     every = {c: ev.largest_blob(m) for c, m in masks.items()}
     shape_in_colour = {c: ev.classify_shape(b) for c, b in every.items() if b.sum() >= 0.004 * b.size}
@@ -79,7 +82,7 @@ def truth(image: np.ndarray, caption: str) -> dict:
     broken = None
     if relation and len(pairs) == 2 and all(present[c] for c, _ in pairs):
         gap = relation_gap(ev.centroid(blobs[pairs[0][0]]), ev.centroid(blobs[pairs[1][0]]), relation)
-        broken = gap <= 0
+        broken = bool(gap <= 0)
     return {"objects": objects, "merged": merged, "relation_broken": broken}
 
 
@@ -91,7 +94,8 @@ def collect(pipes: list, captions: list[str], label: str) -> list[dict]:
         pipe = pipes[(k // len(SETTINGS)) % len(pipes)]
         image, maps = generate(pipe, caption, seed=k, steps=steps, guidance=guidance)
         objects = [f"{c} {s}" for c, s in parse_caption(caption)[0]]
-        row = {"caption": caption, "steps": steps, "guidance": guidance, "truth": truth(np.asarray(image), caption)}
+        row = {"caption": caption, "model": k // len(SETTINGS) % len(pipes), "steps": steps, "guidance": guidance,
+               "truth": truth(np.asarray(image), caption)}
         for window, share in WINDOWS.items():
             span = None if share is None else slice(0, max(1, round(share * steps)))
             d = diagnose(maps, objects, span)
@@ -146,23 +150,25 @@ def precision_recall(scores, truths, threshold) -> tuple[float | None, float | N
     return (float(tp / said.sum()) if said.sum() else None, float(tp / truths.sum()) if truths.sum() else None)
 
 
-def best_threshold(scores: np.ndarray, truths: np.ndarray) -> float:
-    """The threshold with the best F1 on these (training) cases."""
-    best, best_f1 = 0.5, -1.0
+def best_threshold(scores: np.ndarray, truths: np.ndarray, precision: float = 0.5) -> float | None:
+    """The lowest threshold whose verdict was right at least `precision` of the time on these (training) cases
+    (the most recall a verdict that is right more often than not can have); None if there is none — that verdict
+    is then never issued. (F1 chose an IoU of 0.002 for merging, a verdict right one time in ten.)"""
     for t in np.unique(scores):
-        p, r = precision_recall(scores, truths, t)
-        f1 = 0.0 if not p or not r else 2 * p * r / (p + r)
-        if f1 > best_f1:
-            best, best_f1 = float(t), f1
-    return best
+        p, _ = precision_recall(scores, truths, t)
+        if p is not None and p >= precision and (scores >= t).sum() >= 5:  # not 1 lucky case
+            return float(t)
+    return None
 
 
-def calibration_bins(scores: np.ndarray, truths: np.ndarray, n: int = 5) -> list[list[float]]:
-    """Score ranges holding equal numbers of cases, each with its share of real failures."""
-    edges = np.unique(np.quantile(scores, np.linspace(0, 1, n + 1)))
+def calibration_bins(scores: np.ndarray, truths: np.ndarray, threshold: float | None,
+                     n: int = 5) -> list[list[float]]:
+    """Score ranges holding equal numbers of cases, split at the threshold (so the range a verdict quotes holds
+    only scores that give it), each with its share of real failures."""
+    edges = np.unique([*np.quantile(scores, np.linspace(0, 1, n + 1)), *([] if threshold is None else [threshold])])
     out = []
     for low, high in zip(edges[:-1], edges[1:]):
-        inside = (scores >= low) & (scores <= high)
+        inside = (scores >= low) & ((scores < high) if high == threshold else (scores <= high))
         out.append([float(low), float(high), float(truths[inside].mean()) if inside.any() else 0.0])
     return out
 
@@ -175,23 +181,29 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--write-calibration", action="store_true",
                         help="write the chosen thresholds to crossattn/assets/diagnosis.json")
+    parser.add_argument("--rescore", default=None, metavar="JSON",
+                        help="score the generations saved in a previous run's JSON instead of generating")
     args = parser.parse_args()
-    args.model = args.model or ["shapes-unet"]
-    pipes = [crossattn.load_pipeline(m) for m in args.model]
-    for pipe in pipes:
-        pipe.set_progress_bar_config(disable=True)
-    train = collect(pipes, prompts(TRAIN_SEED, args.n), "training seeds")
-    held = collect(pipes, prompts(HELD_OUT_SEED + 5_000_000, args.n), "held-out seeds")
+    if args.rescore:
+        saved = json.loads(Path(args.rescore).read_text())
+        args.model, args.n, train, held = saved["model"], saved["n"], saved["training"], saved["held_out"]
+    else:
+        args.model = args.model or ["shapes-unet"]
+        pipes = [crossattn.load_pipeline(m) for m in args.model]
+        for pipe in pipes:
+            pipe.set_progress_bar_config(disable=True)
+        train = collect(pipes, prompts(TRAIN_SEED, args.n), "training seeds")
+        held = collect(pipes, prompts(HELD_OUT_SEED + 5_000_000, args.n), "held-out seeds")
     thresholds, bins = {}, {}
     for kind in KINDS:
         s, t = cases(train, kind, "full")
         thresholds[kind] = best_threshold(s, t)
-        bins[kind] = calibration_bins(s, t)
+        bins[kind] = calibration_bins(s, t, thresholds[kind])
     table = []
     for kind in KINDS:
         for window in WINDOWS:
             s, t = cases(held, kind, window)
-            p, r = precision_recall(s, t, thresholds[kind])
+            p, r = precision_recall(s, t, np.inf if thresholds[kind] is None else thresholds[kind])
             table.append({"kind": kind, "window": window, "cases": int(len(t)), "true": int(t.sum()),
                           "auc": auc(s, t), "precision": p, "recall": r, "threshold": thresholds[kind]})
     for window in WINDOWS:
@@ -207,11 +219,21 @@ def main() -> None:
     for row in table:
         print(f"| {row['kind']} | {row['window']} | {row['cases']} ({row['true']}) | {fmt(row['auc'])} | "
               f"{fmt(row['precision'])} | {fmt(row['recall'])} | {fmt(row['threshold'])} |")
+    print("\nROC AUC of the full run by model and by (steps, guidance), held-out seeds:")
+    groups = {f"model {m}": [r for r in held if r["model"] == i] for i, m in enumerate(args.model)}
+    groups |= {f"{st} steps, guidance {g}": [r for r in held if (r["steps"], r["guidance"]) == (st, g)]
+               for st, g in SETTINGS}
+    for name, rows in groups.items():
+        parts = []
+        for kind in KINDS:
+            s, t = cases(rows, kind, "full")
+            parts.append(f"{kind} {fmt(auc(s, t))} ({int(t.sum())} true)")
+        print(f"  {name}: " + ", ".join(parts))
     result = {"model": args.model, "n": args.n, "settings": SETTINGS, "table": table, "thresholds": thresholds,
               "bins": bins, "held_out": held, "training": train}  # every generation's truth and scores
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        Path(args.json).write_text(json.dumps(result, separators=(",", ":")))  # every generation: keep it compact
     if args.write_calibration:
         source = f"benchmarks/diagnosis_eval.py --model {' --model '.join(args.model)} --n {args.n} (training seeds)"
         asset_path("diagnosis.json").write_text(json.dumps(

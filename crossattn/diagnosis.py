@@ -24,6 +24,7 @@ from the per-step trace, stays what it ends as.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
     from .heatmaps import HeatMaps
 
 KINDS = ("neglect", "leakage", "merging")
-# Used until benchmarks/diagnosis_eval.py has written crossattn/assets/diagnosis.json.
-DEFAULT_THRESHOLDS = {"neglect": 0.5, "leakage": 0.5, "merging": 0.5}
 
 
 @dataclass(frozen=True)
@@ -48,22 +47,26 @@ class Calibration:
 
     thresholds: dict[str, float]
     bins: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)  # (low, high, share true)
-    source: str = "defaults (not yet calibrated)"
+    source: str = "given by the caller"
 
     def confidence(self, kind: str, score: float) -> float | None:
         """How often a score like this one was a real failure in the validation run (None: uncalibrated)."""
-        for low, high, share in self.bins.get(kind, []):
-            if low <= score <= high:
-                return share
-        return None
+        found = None
+        for low, _high, share in self.bins.get(kind, []):  # ascending, contiguous: the last range starting below
+            if score >= low:
+                found = share
+        return found
 
     @classmethod
     def load(cls) -> Calibration:
+        """The shipped calibration, written by benchmarks/diagnosis_eval.py --write-calibration.
+
+        A threshold of null means no threshold was right more often than not in validation: that verdict is
+        never issued (its score is still reported)."""
         path = asset_path("diagnosis.json")
-        if not path.exists():
-            return cls(dict(DEFAULT_THRESHOLDS))
         data = json.loads(path.read_text())
-        return cls(data["thresholds"], {k: [tuple(b) for b in v] for k, v in data.get("bins", {}).items()},
+        thresholds = {k: math.inf if v is None else v for k, v in data["thresholds"].items()}
+        return cls(thresholds, {k: [tuple(b) for b in v] for k, v in data.get("bins", {}).items()},
                    data.get("source", str(path)))
 
 
@@ -96,6 +99,7 @@ class Diagnosis:
     objects: list[ObjectDiagnosis]
     merged: list[tuple[str, str]]
     merging: dict[tuple[str, str], float]  # pair -> IoU of their masks
+    merging_confidence: dict[tuple[str, str], float | None]  # pair -> share of real merges at that IoU
     misplaced: list[str]  # relations that fail
     checks: list[dict]
     steps: int
@@ -122,14 +126,15 @@ class Diagnosis:
         lines = []
         for o in self.objects:
             if o.missing:
-                lines.append(f"'{o.name}' was probably neglected (neglect {o.neglect:.2f}{_conf(o, 'neglect')})"
-                             f"{_when(o, 'missing')}")
+                lines.append(f"'{o.name}' was probably neglected (neglect {o.neglect:.2f}"
+                             f"{_conf(o.confidence.get('neglect'))}){_when(o, 'missing')}")
             for attribute, share in o.leakage.items():
                 if share >= self.thresholds["leakage"]:
-                    lines.append(f"'{attribute}' leaks onto other objects ({share:.0%} of its attention)"
-                                 f"{_when(o, 'wrong_attribute')}")
+                    lines.append(f"'{attribute}' leaks onto other objects ({share:.0%} of its attention"
+                                 f"{_conf(o.confidence.get('leakage'))}){_when(o, 'wrong_attribute')}")
         for a, b in self.merged:
-            lines.append(f"'{a}' and '{b}' share one region (IoU {self.merging[(a, b)]:.2f})")
+            lines.append(f"'{a}' and '{b}' share one region (IoU {self.merging[(a, b)]:.2f}"
+                         f"{_conf(self.merging_confidence.get((a, b)))})")
         lines += [f"relation fails: {s}" for s in self.misplaced]
         if not lines:
             lines.append("no failure found: every object was attended, attributes stayed on their objects, "
@@ -139,9 +144,11 @@ class Diagnosis:
     def to_dict(self) -> dict:
         return {"failed": self.failed, "objects": [o.to_dict() for o in self.objects],
                 "merged": [list(p) for p in self.merged],
-                "merging": [{"objects": list(p), "iou": round(v, 4)} for p, v in self.merging.items()],
+                "merging": [{"objects": list(p), "iou": round(v, 4), "confidence": self.merging_confidence.get(p)}
+                            for p, v in self.merging.items()],
                 "misplaced": self.misplaced, "checks": self.checks, "steps": self.steps, "window": self.window,
-                "calibration": self.calibration, "thresholds": self.thresholds, "verdicts": self.verdicts(),
+                "calibration": self.calibration, "verdicts": self.verdicts(),
+                "thresholds": {k: None if math.isinf(v) else v for k, v in self.thresholds.items()},
                 "notes": self.notes}
 
     def report(self) -> str:
@@ -150,7 +157,9 @@ class Diagnosis:
         for o in self.objects:
             leak = ", ".join(f"{k} {v:.0%}" for k, v in o.leakage.items()) or "-"
             rows.append(f"{o.name:<18} {o.neglect:>8.2f} {'yes' if o.missing else 'no':>8}  {leak}")
-        return "\n".join(rows + [""] + [f"- {line}" for line in self.verdicts()])
+        pairs = [f"{a} / {b}: mask IoU {v:.2f}" for (a, b), v in self.merging.items()]
+        return "\n".join(rows + pairs + [""] + [f"- {line}" for line in self.verdicts()]
+                         + [f"note: {n}" for n in self.notes])
 
     def picture(self, image: Image.Image | np.ndarray, tile: int = 384) -> Image.Image:
         """The image with each object's region outlined and labelled with its verdict."""
@@ -176,8 +185,7 @@ class Diagnosis:
         return out
 
 
-def _conf(o: ObjectDiagnosis, kind: str) -> str:
-    share = o.confidence.get(kind)
+def _conf(share: float | None) -> str:
     return "" if share is None else f"; {share:.0%} of such cases were real failures in validation"
 
 
@@ -317,13 +325,16 @@ def diagnose(maps: HeatMaps, objects: list[str] | None = None, steps: slice | li
         objects=result,
         merged=[pair for pair, iou in merging.items() if iou >= th["merging"]],
         merging=merging,
+        merging_confidence={pair: calibration.confidence("merging", iou) for pair, iou in merging.items()},
         misplaced=[c["statement"] for c in checks if not c["passed"]],
         checks=checks,
         steps=n_steps,
         window=window.steps,
         calibration=calibration.source,
         thresholds=dict(th),
-        notes=notes + relation_notes,
+        notes=notes + relation_notes + [
+            f"no {kind} verdict: no {kind} threshold was right more often than not in validation; scores only"
+            for kind in KINDS if math.isinf(th[kind])],
     )
 
 
