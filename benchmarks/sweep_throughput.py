@@ -4,7 +4,7 @@ memory per worker, and the time to rebuild the report of 1,000 items.
     .venv/bin/python benchmarks/sweep_throughput.py           # 200 items per engine; results/sweep_throughput.json
     .venv/bin/python benchmarks/sweep_throughput.py --quick   # 10 items, a 100-item report: checks the script
 
-Items: the first N held-out shapes-world captions of ``crossattn eval-shapes`` (`held_out_prompts`), seed 0,
+Items: the first N distinct held-out shapes-world captions of ``crossattn eval-shapes`` (`held_out_prompts`), seed 0,
 the embedded model, 20 steps; each engine writes a fresh folder, so nothing is skipped. Items per second count
 the generation phase only, items / (wall time − start-up); the start-up is measured by `sweep.run` itself and
 reported on its own: loading the pipeline in-process, ``ray.init`` + every actor's pipeline loaded on Ray (a
@@ -96,7 +96,7 @@ def main() -> None:
                                                      "(none with --quick)")
     args = parser.parse_args()
     n, report_items = (10, 100) if args.quick else (args.items, args.report_items)
-    prompts = held_out_prompts(n)
+    prompts = list(dict.fromkeys(held_out_prompts(4 * n)))[:n]  # N distinct captions: one item each
     result = {"date": date.today().isoformat(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "ray": ray.__version__, "python": platform.python_version(), "steps": args.steps, "engines": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The package as users install it: build the wheel, install it alone into a fresh venv, and from a folder
-# outside the checkout run `crossattn generate`, `crossattn diagnose` and a short request to `crossattn demo`.
+# outside the checkout run `crossattn generate` (both embedded models), `crossattn diagnose` and a short request
+# to `crossattn demo`.
 #   bash scripts/check_wheel.sh        (scripts/test.sh runs it; needs scripts/setup.sh --dev first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ cd "$WORK"  # nothing of the checkout is importable from here
 "$WORK/venv/bin/python" -c "import crossattn, sys; assert '$ROOT' not in crossattn.__file__, crossattn.__file__"
 "$WORK/venv/bin/crossattn" generate "a red circle left of a blue square" --steps 4 --out out
 test -s out/heatmaps.json && test -s out/grid.png && test -s out/diagnosis.json
+"$WORK/venv/bin/crossattn" generate "a red circle left of a blue square" --model shapes-mmdit --steps 4 --out mmdit
+test -s mmdit/heatmaps.json && test -s mmdit/grid.png
 status=0
 "$WORK/venv/bin/crossattn" diagnose "a red circle left of a blue square" --steps 4 --out diag >/dev/null || status=$?
 [ "$status" = 0 ] || [ "$status" = 3 ] || { echo "diagnose exited with $status" >&2; exit 1; }

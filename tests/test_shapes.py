@@ -1,4 +1,4 @@
-"""The shapes world, its trainer, its evaluation, and the shipped model."""
+"""The shapes world, its trainer, its evaluation, and the shipped models."""
 
 from __future__ import annotations
 
@@ -313,3 +313,40 @@ def test_mmdit_flow_target_and_a_resumable_run(tmp_path):
     assert type(pipe).__name__ == "StableDiffusion3Pipeline" and pipe.text_encoder_3 is None
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
+
+
+def test_shipped_mmdit_is_small_traces_exactly_and_finds_the_objects():
+    """The embedded MMDiT: ≤ 25 MB of safetensors, loads by name offline, traced output bit-identical (concepts on),
+    and its heat maps sit on the objects it draws."""
+    from crossattn.generation import generate
+    from crossattn.models import asset_path
+
+    files = [p for p in asset_path("shapes-mmdit").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    weights = [p.name for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
+    assert weights and all(w.endswith(".safetensors") for w in weights)
+    pipe = crossattn.load_pipeline("shapes-mmdit", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and pipe.text_encoder_3 is None
+    prompt = "a red circle left of a blue square"
+    call = dict(num_inference_steps=6, guidance_scale=5.0, output_type="np")
+    plain = pipe(prompt, generator=torch.Generator().manual_seed(0), **call).images
+    with crossattn.trace(pipe, concepts=["circle", "square", "background"]) as tr:
+        traced = pipe(prompt, generator=torch.Generator().manual_seed(0), **call).images
+    assert np.array_equal(plain, traced)
+    maps = tr.heat_maps()
+    assert maps.sites and all(site.startswith("joint") for site in maps.sites)
+    assert maps.concept("circle").array.shape == (64, 64)
+    on_object, objects = 0, 0
+    for k, caption in enumerate(ev.held_out_prompts(6, two_object_share=1.0)):
+        image, maps = generate(pipe, caption, seed=k, steps=10)
+        masks = ev.colour_masks(np.asarray(image))
+        for colour, shape in parse_caption(caption)[0]:
+            blob = ev.largest_blob(masks[colour])
+            if blob.sum() < 16:
+                continue
+            x, y = maps.placement([f"{colour} {shape}"])[f"{colour} {shape}"].centroid
+            ys, xs = np.nonzero(blob)
+            objects += 1
+            on_object += bool(np.min(np.hypot(xs + 0.5 - x, ys + 0.5 - y)) <= 3)
+    assert objects >= 6 and on_object / objects >= 0.7

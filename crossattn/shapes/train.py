@@ -29,6 +29,7 @@ import copy
 import functools
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -43,7 +44,7 @@ from tqdm import tqdm
 
 from ..models import EMBEDDED, asset_path
 from . import grounding
-from .model import ARCHITECTURES, BETA_SCHEDULE, PREDICTION_TYPE, build_vae, load_tokenizer, sink_logit
+from .model import ARCHITECTURES, BETA_SCHEDULE, PREDICTION_TYPE, TOKENIZER_DIR, build_vae, load_tokenizer, sink_logit
 from .world import (
     HELD_OUT_SEED,
     PLACING_SEED,
@@ -504,6 +505,10 @@ class Trainer:
             if component is None and name not in entries:  # or DiffusionPipeline.from_pretrained refuses the folder
                 entries[name] = [None, None]
         index.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+        for folder in Path(out_dir).glob("tokenizer*"):  # the BPE files (1.5 MB) instead of tokenizer.json (3.6 MB):
+            (folder / "tokenizer.json").unlink(missing_ok=True)  # the same tokens (tested), and the MMDiT has two
+            for name in ("vocab.json", "merges.txt"):
+                shutil.copyfile(TOKENIZER_DIR / name, folder / name)
         return Path(out_dir)
 
 
