@@ -63,10 +63,10 @@ def truth(image: np.ndarray, caption: str) -> dict:
     masks = ev.colour_masks(image)
     pairs, relation = parse_caption(caption)
     blobs = {c: ev.largest_blob(masks[c]) for c, _ in pairs}
-    present = {c: bool(b.sum() >= 0.004 * b.size) for c, b in blobs.items()}
+    present = {c: ev.drawn(b) for c, b in blobs.items()}
     drawn_shapes = {c: ev.classify_shape(b) for c, b in blobs.items() if present[c]}
     every = {c: ev.largest_blob(m) for c, m in masks.items()}
-    shape_in_colour = {c: ev.classify_shape(b) for c, b in every.items() if b.sum() >= 0.004 * b.size}
+    shape_in_colour = {c: ev.classify_shape(b) for c, b in every.items() if ev.drawn(b)}
     objects = {}
     for colour, shape in pairs:
         wrong = present[colour] and drawn_shapes[colour] != shape and any(
@@ -91,10 +91,10 @@ def collect(pipes: list, captions: list[str], label: str) -> list[dict]:
     rows = []
     for k, caption in enumerate(tqdm(captions, desc=label, unit="image")):
         steps, guidance = SETTINGS[k % len(SETTINGS)]
-        pipe = pipes[(k // len(SETTINGS)) % len(pipes)]
-        image, maps = generate(pipe, caption, seed=k, steps=steps, guidance=guidance)
+        model = k // len(SETTINGS) % len(pipes)
+        image, maps = generate(pipes[model], caption, seed=k, steps=steps, guidance=guidance)
         objects = [f"{c} {s}" for c, s in parse_caption(caption)[0]]
-        row = {"caption": caption, "model": k // len(SETTINGS) % len(pipes), "steps": steps, "guidance": guidance,
+        row = {"caption": caption, "model": model, "steps": steps, "guidance": guidance,
                "truth": truth(np.asarray(image), caption)}
         for window, share in WINDOWS.items():
             span = None if share is None else slice(0, max(1, round(share * steps)))

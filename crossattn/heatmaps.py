@@ -362,9 +362,10 @@ class HeatMaps:
         return render.grid(tiles, cols)
 
     # ---- files ------------------------------------------------------------------------------------------
-    def save(self, directory: str | Path, fmt: str = "safetensors") -> Path:
+    def save(self, directory: str | Path, fmt: str = "safetensors",
+             diagnosis: diagnosis.Diagnosis | None = None) -> Path:
         """Write ``maps.safetensors`` (or ``maps.npz``) with the raw sums, ``heatmaps.json`` with the rest, and
-        ``diagnosis.json`` (`diagnose`); concept maps go to ``concepts/``."""
+        ``diagnosis.json`` (`diagnosis`, or `diagnose()` when not given); concept maps go to ``concepts/``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         arrays = {f"sums/{k}": t.contiguous().cpu() for k, t in self.sums.items()}
@@ -396,7 +397,7 @@ class HeatMaps:
         }
         (out / "heatmaps.json").write_text(json.dumps(info, indent=1))
         if self.meta.get("kind") != "concepts":  # the diagnosis travels with the maps it was read from
-            (out / "diagnosis.json").write_text(json.dumps(self.diagnose().to_dict(), indent=1))
+            (out / "diagnosis.json").write_text(json.dumps((diagnosis or self.diagnose()).to_dict(), indent=1))
         if self.concepts is not None:
             self.concepts.save(out / "concepts", fmt)
         return out

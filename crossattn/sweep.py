@@ -77,14 +77,13 @@ from .errors import InputError, UnknownWordError, one_line
 from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, check_inputs, generate, native_size
 from .models import DEFAULT_MODEL, load_pipeline
 from .render import png_bytes
-from .shapes.evaluate import centroid, colour_masks, largest_blob
+from .shapes.evaluate import centroid, colour_masks, drawn, largest_blob
 from .shapes.world import parse_caption
 
 SUMMARY = "summary.json"
 FLUSH_EVERY_S = 10.0
 IN_FLIGHT = 2  # tasks queued per Ray actor: the next item is ready while the driver writes the last
 STARTUP_TIMEOUT_S = 900
-DRAWN_SHARE = 0.004  # a named colour counts as drawn from this share of the image (as shapes.evaluate)
 MAX_SEEDS = 1_000_000
 
 
@@ -231,10 +230,10 @@ def _relation_kind(statement: str) -> str:
     return {"side": f"on the {obj}", "in": "in a box"}.get(relation, relation)
 
 
-def _saved_maps(maps) -> dict[str, bytes]:
+def _saved_maps(maps, diagnosis) -> dict[str, bytes]:
     """The files `HeatMaps.save` writes (maps, heatmaps.json, diagnosis.json, concepts/), as bytes."""
     with tempfile.TemporaryDirectory() as tmp:
-        maps.save(tmp)
+        maps.save(tmp, diagnosis=diagnosis)
         return {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
 
 
@@ -246,9 +245,9 @@ def pixel_truth(image, maps) -> dict | None:
         return None
     masks = colour_masks(np.asarray(image.convert("RGB")))
     blobs = {pair: largest_blob(masks[pair[0]]) for pair in pairs}
-    drawn = {pair: bool(blob.sum() >= DRAWN_SHARE * blob.size) for pair, blob in blobs.items()}
-    truth: dict = {"drawn": {f"{c} {s}": ok for (c, s), ok in drawn.items()}, "relation": None}
-    if relation and len(pairs) == 2 and pairs[0][0] != pairs[1][0] and all(drawn.values()):
+    present = {pair: drawn(blob) for pair, blob in blobs.items()}
+    truth: dict = {"drawn": {f"{c} {s}": ok for (c, s), ok in present.items()}, "relation": None}
+    if relation and len(pairs) == 2 and pairs[0][0] != pairs[1][0] and all(present.values()):
         (ca, sa), (cb, sb) = pairs
         statement = f"{ca} {sa} {relation} {cb} {sb}"
         try:
@@ -310,7 +309,7 @@ class Worker:
         maps.meta["model"] = s.model
         data = placement.report(maps, list(item.expect), from_prompt=s.expect_from_prompt)
         diagnosis = maps.diagnose()
-        files = {"image.png": png_bytes(image), **_saved_maps(maps),
+        files = {"image.png": png_bytes(image), **_saved_maps(maps, diagnosis),
                  "placement.json": json.dumps(data, indent=1).encode(),
                  "diagnosis.png": png_bytes(diagnosis.picture(image, tile=256))}
         return files, _record(item, data, diagnosis, image, maps)

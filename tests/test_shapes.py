@@ -163,23 +163,33 @@ def test_eval_runs_on_a_handful_of_prompts(shipped):
     assert "mIoU, colour+shape" in ev.format_table(result)
 
 
-def test_heat_maps_find_the_objects_actually_drawn(shipped):
-    """Ground truth from pixels: each drawn object's heat map sits on it, and left/right verdicts agree."""
+def drawn_scenes(pipe, n: int, steps: int = 20):
+    """For n held-out two-object prompts: the maps, the named (colour, shape) pairs, and each named object's blob
+    where the model actually drew it."""
     from crossattn.generation import generate
 
-    on_object, ious, objects, agree, pairs = 0, [], 0, 0, 0
-    for k, prompt in enumerate(ev.held_out_prompts(12, two_object_share=1.0)):
-        image, maps = generate(shipped, prompt, seed=k)
+    for k, prompt in enumerate(ev.held_out_prompts(n, two_object_share=1.0)):
+        image, maps = generate(pipe, prompt, seed=k, steps=steps)
         masks = ev.colour_masks(np.asarray(image))
         named = parse_caption(prompt)[0]
         blobs = {(c, s): ev.largest_blob(masks[c]) for c, s in named}
-        drawn = {key: blob for key, blob in blobs.items() if blob.sum() >= 16}
+        yield maps, named, {key: blob for key, blob in blobs.items() if blob.sum() >= 16}
+
+
+def near(point: tuple[float, float], blob: np.ndarray, px: float = 3) -> bool:
+    """Is the point within px pixels of the blob?"""
+    ys, xs = np.nonzero(blob)
+    return bool(np.min(np.hypot(xs + 0.5 - point[0], ys + 0.5 - point[1])) <= px)
+
+
+def test_heat_maps_find_the_objects_actually_drawn(shipped):
+    """Ground truth from pixels: each drawn object's heat map sits on it, and left/right verdicts agree."""
+    on_object, ious, objects, agree, pairs = 0, [], 0, 0, 0
+    for maps, named, drawn in drawn_scenes(shipped, 12):
         for (colour, shape), blob in drawn.items():
             place = maps.placement([f"{colour} {shape}"])[f"{colour} {shape}"]
-            x, y = place.centroid
-            ys, xs = np.nonzero(blob)
             objects += 1
-            on_object += bool(np.min(np.hypot(xs + 0.5 - x, ys + 0.5 - y)) <= 3)  # within 3 px of the object
+            on_object += near(place.centroid, blob)
             ious.append(ev.iou(place.mask, blob))
         if len(drawn) == 2:
             (ca, sa), (cb, sb) = named
@@ -318,7 +328,6 @@ def test_mmdit_flow_target_and_a_resumable_run(tmp_path):
 def test_shipped_mmdit_is_small_traces_exactly_and_finds_the_objects():
     """The embedded MMDiT: ≤ 25 MB of safetensors, loads by name offline, traced output bit-identical (concepts on),
     and its heat maps sit on the objects it draws."""
-    from crossattn.generation import generate
     from crossattn.models import asset_path
 
     files = [p for p in asset_path("shapes-mmdit").rglob("*") if p.is_file()]
@@ -338,15 +347,8 @@ def test_shipped_mmdit_is_small_traces_exactly_and_finds_the_objects():
     assert maps.sites and all(site.startswith("joint") for site in maps.sites)
     assert maps.concept("circle").array.shape == (64, 64)
     on_object, objects = 0, 0
-    for k, caption in enumerate(ev.held_out_prompts(6, two_object_share=1.0)):
-        image, maps = generate(pipe, caption, seed=k, steps=10)
-        masks = ev.colour_masks(np.asarray(image))
-        for colour, shape in parse_caption(caption)[0]:
-            blob = ev.largest_blob(masks[colour])
-            if blob.sum() < 16:
-                continue
-            x, y = maps.placement([f"{colour} {shape}"])[f"{colour} {shape}"].centroid
-            ys, xs = np.nonzero(blob)
+    for maps, _, drawn in drawn_scenes(pipe, 6, steps=10):
+        for (colour, shape), blob in drawn.items():
             objects += 1
-            on_object += bool(np.min(np.hypot(xs + 0.5 - x, ys + 0.5 - y)) <= 3)
+            on_object += near(maps.placement([f"{colour} {shape}"])[f"{colour} {shape}"].centroid, blob)
     assert objects >= 6 and on_object / objects >= 0.7

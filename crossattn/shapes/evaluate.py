@@ -31,6 +31,7 @@ from ..placement import DEFAULT_TAU, relation_gap
 from .world import BACKGROUND, COLOURS, HELD_OUT_SEED, SHAPES, parse_caption, sample_scene
 
 FILL_PROTOTYPES = {"triangle": 0.5, "circle": np.pi / 4, "square": 1.0}
+DRAWN_SHARE = 0.004  # a named colour counts as drawn when its largest blob covers this share of the image
 
 
 def colour_masks(image: np.ndarray, max_distance: float = 90.0) -> dict[str, np.ndarray]:
@@ -47,6 +48,11 @@ def largest_blob(mask: np.ndarray) -> np.ndarray:
     if n <= 1:
         return np.zeros_like(mask, dtype=bool)
     return labels == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+
+
+def drawn(blob: np.ndarray) -> bool:
+    """Is this blob (from `largest_blob`) big enough to count as a drawn object?"""
+    return bool(blob.sum() >= DRAWN_SHARE * blob.size)
 
 
 def classify_shape(blob: np.ndarray) -> str | None:
@@ -129,7 +135,7 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
         blobs = {}
         for colour, shape in pairs:
             blob = largest_blob(masks[colour])
-            present = blob.sum() >= 0.004 * blob.size
+            present = drawn(blob)
             colour_ok.add(present)
             if not present:
                 continue
