@@ -114,7 +114,7 @@ class Trace:
         self._observers.clear()
         self.recorder.listener = None
         if self._swapped:
-            self.denoiser.set_attn_processor({**self.denoiser.attn_processors, **self._swapped})
+            self.denoiser.set_attn_processor({**_processors(self.denoiser), **self._swapped})
         self._swapped = None
 
     # ---- hooks (read-only on the inputs) ------------------------------------------------------------

@@ -27,8 +27,7 @@ class AuraFlowFamily(Family):
         return [whole("umt5", pipe.tokenizer, calls["text_encoder"][call][prompt], offset=REGISTERS)]
 
     def prompt_ids(self, pipe, prompt, text_len) -> dict[str, list[int]]:
-        return {"text_encoder": pipe.tokenizer(prompt, padding="max_length", max_length=text_len - REGISTERS,
-                                               truncation=True).input_ids}
+        return super().prompt_ids(pipe, prompt, text_len - REGISTERS)
 
 
 AURAFLOW = AuraFlowFamily()

@@ -42,6 +42,7 @@ class Family:
     pipelines: tuple[str, ...] = ()  # pipeline class names (or prefixes ending in "*") it covers
     denoiser = "transformer"  # pipeline attribute of the denoiser
     encoders: tuple[str, ...] = ("text_encoder",)  # text encoders whose calls are watched (prompt, negative)
+    source = "t5"  # the name of the text the first encoder makes (`maps.word(w, source=...)`)
     # "batch": [negative, prompt] halves of one call; "batch_prompts_first": [prompt, negative] halves;
     # "calls": a prompt call, then a negative call
     cfg = "batch"
@@ -83,8 +84,9 @@ class Family:
     def segments(self, pipe, calls: dict[str, list[list[list[int]]]], call: int, prompt: int,
                  text_len: int) -> list[Segment]:
         """The text segments of prompt `prompt` of text-encoder call `call` (0: prompts, 1: negatives), given
-        the denoiser's text length."""
-        raise NotImplementedError
+        the denoiser's text length. Default: the first encoder's tokens, each at its own index."""
+        encoder = self.encoders[0]
+        return [whole(self.source, self.tokenizer(pipe, encoder), calls[encoder][call][prompt])]
 
     def prompt_ids(self, pipe, prompt: str, text_len: int) -> dict[str, list[int]]:
         """Encoder → the ids the pipeline would give it for `prompt` (for maps of a call given embeddings).

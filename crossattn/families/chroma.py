@@ -9,7 +9,6 @@ True CFG (``guidance_scale`` > 1) runs the prompt and the negative as two calls 
 
 from __future__ import annotations
 
-from .base import Segment, whole
 from .flux import FluxFamily
 
 
@@ -18,8 +17,6 @@ class ChromaFamily(FluxFamily):
     pipelines = ("ChromaPipeline",)
     encoders = ("text_encoder",)
 
-    def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
-        return [whole("t5", pipe.tokenizer, calls["text_encoder"][call][prompt])]
 
 
 CHROMA = ChromaFamily()

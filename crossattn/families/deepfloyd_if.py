@@ -12,7 +12,6 @@ does not call SDPA: coverage reports its layers as not observed).
 from __future__ import annotations
 
 from ..capture import Layer
-from .base import Segment, whole
 from .unet import T5UNetFamily, unet_layers
 
 
@@ -28,8 +27,6 @@ class IFFamily(T5UNetFamily):
     def vae_scale(self, pipe) -> int:
         return 1
 
-    def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
-        return [whole("t5", pipe.tokenizer, calls["text_encoder"][call][prompt])]
 
 
 IF = IFFamily()

@@ -10,7 +10,7 @@ vector). True CFG (``true_cfg_scale``) runs the prompt and the negative as two c
 
 from __future__ import annotations
 
-from .base import Family, Segment, whole
+from .base import Family
 
 
 class FluxFamily(Family):
@@ -31,8 +31,6 @@ class FluxFamily(Family):
         own = ids[ids[:, 0] == 0]  # the generated image's tokens (a reference image is marked 1)
         return int(own[:, 1].max()) + 1, int(own[:, 2].max()) + 1
 
-    def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
-        return [whole("t5", pipe.tokenizer_2, calls["text_encoder_2"][call][prompt])]
 
 
 FLUX = FluxFamily()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, Segment, template_skip
+from .base import Family, Segment
+from .chat import chat_segment
 
 
 class Lumina2Family(Family):
@@ -41,7 +42,7 @@ class Lumina2Family(Family):
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         ids = calls["text_encoder"][call][prompt]
         template = pipe.tokenizer.encode(pipe.system_prompt + " <Prompt Start> ")
-        return [Segment("gemma", pipe.tokenizer, ids, list(range(len(ids))), template_skip(ids, template))]
+        return [chat_segment("gemma", pipe.tokenizer, ids, template)]
 
 
 LUMINA2 = Lumina2Family()

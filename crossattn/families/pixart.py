@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 
-from .base import Family, Segment, template_skip, whole
+from .base import Family, Segment, template_skip
 
 
 class PixArtFamily(Family):
@@ -21,8 +21,6 @@ class PixArtFamily(Family):
 
     layer_rules = {r"transformer_blocks\.(\d+)\.attn2": ("blocks", "cross")}
 
-    def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
-        return [whole("t5", pipe.tokenizer, calls["text_encoder"][call][prompt])]
 
 
 class SanaFamily(PixArtFamily):
