@@ -266,13 +266,15 @@ def selected_figure(result: Result, maps: HeatMaps, name: str, view: View) -> st
     return result.save(figure, f"{slug(name)}_large")
 
 
-def step_frames(result: Result, maps: HeatMaps, name: str, view: View) -> list[Image.Image]:
-    """The word's coarse map at each step over the image, labelled "step k of N" (1-based, like the table)."""
+def step_frames(result: Result, maps: HeatMaps, name: str, view: View,
+                steps: list[int] | None = None) -> list[Image.Image]:
+    """The word's coarse map at each step (or at `steps`, 1-based) over the image, labelled "step k of N"."""
     text, occurrence = placement.word_ref(name)
     frames = maps.timeline(text, occurrence)
     base = render.scale_to(result.image, TILE)
     pictures = []
-    for k, frame in enumerate(frames, start=1):
+    for k in steps or range(1, len(frames) + 1):
+        frame = frames[k - 1]
         peak = frame.max()
         label = f"{name}: step {k} of {len(frames)}" if maps.trace_counts[k - 1] else f"step {k}: filtered out"
         picture = render.overlay(base, frame / peak if peak > 0 else frame, view.alpha, view.cmap)
@@ -280,13 +282,20 @@ def step_frames(result: Result, maps: HeatMaps, name: str, view: View) -> list[I
     return pictures
 
 
+def step_view(result: Result, maps: HeatMaps, name: str, view: View, frames: list | None = None) -> str:
+    """The selected word's frame at the chosen step, saved; drawn alone unless all `frames` are at hand (the
+    slider moves often: one frame, not all of them)."""
+    k = min(max(int(view.step), 1), len(maps.trace_counts))
+    picture = frames[k - 1] if frames else step_frames(result, maps, name, view, [k])[0]
+    return result.save(picture, f"{slug(name)}_step{k}")
+
+
 def time_views(result: Result, maps: HeatMaps, name: str, view: View) -> tuple[str, str]:
     """(the frame at the chosen step, an animation over all steps) of the selected word."""
     frames = step_frames(result, maps, name, view)
-    k = min(max(int(view.step), 1), len(frames))
     gif = result.path(f"{slug(name)}_steps.gif")
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=150, loop=0)
-    return result.save(frames[k - 1], f"{slug(name)}_step{k}"), str(gif)
+    return step_view(result, maps, name, view, frames), str(gif)
 
 
 def layer_head_cells(result: Result, maps: HeatMaps, name: str, view: View) -> tuple[list, list, str]:
@@ -677,7 +686,7 @@ class DemoApp:
             return {}
         view = View(**view)
         maps = view.filtered(result.maps)
-        return {self.frame: time_views(result, maps, view.selected or result.shown[0], view)[0]}
+        return {self.frame: step_view(result, maps, view.selected or result.shown[0], view)}
 
     def on_pick_cell(self, result: Result | None, evt: gr.SelectData, **view) -> dict:
         """A model-view click: that layer and head of the selected word, large, named in the label."""
