@@ -117,6 +117,18 @@ def test_iou_on_hand_made_masks():
     assert ev.iou(a, a) == 1 and ev.iou(a, ~a) == 0 and ev.iou(b & False, a & False) == 0
 
 
+def test_learning_rate_warms_up_holds_and_cools_down_to_zero():
+    r = Recipe(unet_steps=1000, lr=1e-3, warmup=100, cooldown=400)
+    lrs = [r.denoiser_lr(step) for step in range(r.unet_steps)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-3)
+    assert lrs[100:601] == [pytest.approx(1e-3)] * 501  # flat until the cooldown's first step
+    assert lrs[800] == pytest.approx(0.5e-3) and lrs[-1] == pytest.approx(1e-3 / 400)
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
+    assert Recipe(unet_steps=1000, lr=1e-3, warmup=100).denoiser_lr(999) == pytest.approx(1e-3)  # no cooldown
+    with pytest.raises(ValueError, match="cooldown must be in"):
+        Recipe(unet_steps=100, cooldown=101)
+
+
 def test_a_few_training_steps_reduce_the_loss(tmp_path):
     torch.manual_seed(0)
     trainer = Trainer(tmp_path, Recipe(batch=4, caption_dropout=0.0))
