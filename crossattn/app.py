@@ -45,6 +45,7 @@ import torch
 from PIL import Image
 
 from . import placement, render
+from .concepts import METHODS
 from .errors import InputError, one_line
 from .families import family_of
 from .generation import (
@@ -72,6 +73,9 @@ EXAMPLES = [
 ]
 TILE, BIG, CELL = 256, 384, 96  # long side of gallery tiles, enlarged views and model-view cells
 FILES_TTL_S = 3600
+CONCEPT_METHODS = ["model's default", *METHODS]
+CONCEPT_METHOD_INFO = ("outputs: ConceptAttention (transformers' default); attention: the attention the words would "
+                       "get as the prompt (the only one on UNets)")
 INTERNAL_ERROR = "Internal error: something went wrong on the server (it is logged there). Please try again."
 # Small images (the shapes models draw 64x64) are shown enlarged with crisp pixels; the data stays as generated.
 # Galleries grow with their tiles (Gradio caps them at 550 px with a scroll bar, which hides model-view rows).
@@ -393,13 +397,13 @@ def whole_number(value: float | None, what: str) -> int:
 
 
 def check_request(loaded: Loaded, prompt: str, size: str, steps: int, guidance: float, seed: int,
-                  names: list[str]) -> tuple[int, int]:
+                  names: list[str], concept_method: str | None = None) -> tuple[int, int]:
     """The image size to generate at, once everything asked for is known to be servable and every word or
     phrase named (words to show, words of layout statements) is in the prompt."""
     pipe = loaded.pipe
     dims = parse_size(size) if (size or "").strip() else native_size(pipe)
     check_inputs(pipe, prompt, dims, steps, guidance, seed=seed, max_pixels=loaded.limits.max_pixels,
-                 max_steps=loaded.limits.max_steps)
+                 max_steps=loaded.limits.max_steps, concept_method=concept_method)
     known = prompt_words(family_of(pipe).word_tokenizer(pipe), prompt)
     for name in names:
         find_word(known, *placement.word_ref(name))
@@ -461,6 +465,8 @@ class DemoApp:
                 self.concepts = gr.Textbox(label="Locate other words (comma-separated; need not be in the prompt)",
                                            value="", elem_id="concepts",
                                            info="concept maps: e.g. “sky, background, square”")
+                self.concept_method = gr.Radio(CONCEPT_METHODS, value=CONCEPT_METHODS[0], label="How to locate them",
+                                               elem_id="concept-method", info=CONCEPT_METHOD_INFO)
                 self.keep_heads = gr.Checkbox(label="Keep every layer and head",
                                               info="for the model view below; slower and heavier")
                 with gr.Row():
@@ -569,7 +575,7 @@ class DemoApp:
         generation = self.run.click(
             friendly(self.on_generate),
             inputs=[self.prompt, self.negative, self.seed, self.steps, self.guidance, self.size, self.model,
-                    self.other_model, self.words, self.expect, self.keep_heads, self.concepts],
+                    self.other_model, self.words, self.expect, self.keep_heads, self.concepts, self.concept_method],
             outputs=[self.state, self.image, self.notes, self.resolutions, self.blocks, self.first_step,
                      self.last_step, self.step, self.model_view, self.grid, self.concept_gallery],
             api_name="generate", concurrency_limit=1, show_progress="full",
@@ -596,13 +602,14 @@ class DemoApp:
     # ---- callbacks ----
     def on_generate(self, prompt: str, negative: str, seed: float, steps: float, guidance: float, size: str,
                     model: str, other_model: str, words: str, expect: str, keep_heads: bool, concepts: str = "",
-                    progress=gr.Progress()) -> dict:  # noqa: B008 (how Gradio hands out progress bars)
+                    concept_method: str = CONCEPT_METHODS[0], progress=gr.Progress()) -> dict:  # noqa: B008 (how Gradio hands out progress bars)
         """Check everything, generate one image with its maps, and set the filter panel up for them."""
         seed, steps = whole_number(seed, "seed"), whole_number(steps, "steps")
         statements = View(expect=expect).statements
         names = split_list(words) + [n for s in statements for n in placement.statement_words(s)]
         loaded = self.models.get(other_model or model)
-        dims = check_request(loaded, prompt, size, steps, float(guidance), seed, names)
+        method = None if concept_method == CONCEPT_METHODS[0] else concept_method
+        dims = check_request(loaded, prompt, size, steps, float(guidance), seed, names, method)
 
         def on_step(done: int, total: int) -> None:
             if abandoned():
@@ -613,7 +620,8 @@ class DemoApp:
         with loaded.lock:
             image, maps = generate(loaded.pipe, prompt, seed=seed, steps=steps, guidance=float(guidance), size=dims,
                                    negative_prompt=negative or None, on_step=on_step, per_layer=bool(keep_heads),
-                                   per_head=bool(keep_heads), concepts=split_list(concepts) or None)
+                                   per_head=bool(keep_heads), concepts=split_list(concepts) or None,
+                                   concept_method=method)
         maps.meta["model"] = other_model or model
         result = Result.new(image, maps)
         resolutions = [f"{h}x{w}" for h, w in maps.resolutions]

@@ -16,6 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .concepts import METHODS
 from .errors import InputError, one_line
 from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEED, check_inputs, generate, native_size, parse_size
 from .placement import DEFAULT_TAU
@@ -63,7 +64,8 @@ def _generate(args, words: list[str] | None = None, **trace_options):
 
     pipe = _load(args)
     size = parse_size(args.size) if args.size else native_size(pipe)
-    for note in check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words, seed=args.seed):
+    for note in check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words, seed=args.seed,
+                             concept_method=trace_options.get("concept_method")):
         print(f"crossattn: note: {note}", file=sys.stderr)
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
         image, maps = generate(pipe, args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
@@ -76,7 +78,8 @@ def _generate(args, words: list[str] | None = None, **trace_options):
 def cmd_generate(args) -> None:
     words = split_list(args.words) or None
     out = _writable(args.out)
-    image, maps = _generate(args, words)
+    image, maps = _generate(args, words, concepts=split_list(args.concepts) or None,
+                            concept_method=args.concept_method)
     (out / "overlays").mkdir(exist_ok=True)
     image.save(out / "image.png")
     chosen = maps.word_maps(words)
@@ -84,9 +87,15 @@ def cmd_generate(args) -> None:
     for k, m in enumerate(chosen):
         picture = m.figure(image, alpha=args.alpha, cmap=args.cmap, tile=tile)
         picture.save(out / "overlays" / f"{k:02d}_{slug(m.word)}.png")
+    located = list(maps.concepts) if maps.concepts is not None else []
+    for k, m in enumerate(located):
+        m.figure(image, alpha=args.alpha, cmap=args.cmap, tile=tile).save(
+            out / "overlays" / f"concept{k:02d}_{slug(m.word)}.png")
     maps.grid(image, words=words, alpha=args.alpha, cmap=args.cmap).save(out / "grid.png")
     maps.save(out, fmt=args.format)
-    print(f"wrote {out}: image.png, grid.png, overlays/ ({len(chosen)} words), maps.{args.format}, heatmaps.json")
+    also = f" and {len(located)} concepts" if located else ""
+    print(f"wrote {out}: image.png, grid.png, overlays/ ({len(chosen)} words{also}), maps.{args.format}, "
+          "heatmaps.json" + (", concepts/" if located else ""))
 
 
 def cmd_placement(args) -> None:
@@ -127,7 +136,7 @@ def cmd_eval_shapes(args) -> None:
 
     pipe = _load(args)
     result, examples = ev.evaluate(pipe, n=args.n, steps=args.steps, guidance=args.guidance, show=args.samples_n,
-                                   concepts=args.concepts)
+                                   concepts=args.concepts, concept_method=args.concept_method)
     result["model"] = args.model or "shapes-unet"
     print(ev.format_table(result))
     if args.json:
@@ -228,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, default=0.5)
     g.add_argument("--cmap", type=_cmap, default="jet")
     g.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
+    g.add_argument("--concepts", default=None,
+                   help="comma-separated words to locate whether or not the prompt says them (concept maps)")
+    g.add_argument("--concept-method", choices=METHODS, default=None,
+                   help="outputs (ConceptAttention; transformers' default) or attention (UNets' only method)")
     g.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("placement", help="where did each object land; check an intended layout")
@@ -287,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples-n", type=int, default=6)
     e.add_argument("--concepts", action="store_true",
                    help="also score concept maps of the world's words and the absent-shape control")
+    e.add_argument("--concept-method", choices=METHODS, default=None,
+                   help="how concepts are located (default: the model's; see crossattn.trace)")
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_eval_shapes)
 

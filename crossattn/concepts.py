@@ -3,15 +3,20 @@
 A concept is encoded on its own by the pipeline's text encoder(s) (`encode_concepts`) and follows the
 generation on the side, never feeding back, so the image stays bit-identical to the untraced one:
 
-- **Joint-attention transformers (SD3, the embedded MMDiT)** — ConceptAttention (Helbling et al., 2025): the
-  concept tokens go through every joint block with the text stream's own weights and modulation; they attend
-  to the image tokens and to each other (image and prompt tokens never attend to them), and the map is, per
-  pixel, the softmax over concepts of the dot products between the image's and the concepts' attention
-  *outputs* (`JointConcepts` in ``families/sd3.py``).
-- **UNet cross-attention** — the natural counterpart: each layer's queries are scored against the concepts'
-  keys (the layer's own key projection of the concept's text state), and the map is, per pixel, the softmax
-  over concepts of those scores: the attention the concepts would get if they alone were the prompt
-  (`CrossConcepts`). Exact and cheap: one Q·Kᵀ over a few concept keys for the recorded rows.
+- ``method="outputs"`` — ConceptAttention (Helbling et al., 2025), on joint-attention transformers (SD3,
+  the embedded MMDiT) and their default: the concept tokens go through every joint block with the text
+  stream's own weights and modulation; they attend to the image tokens and to each other (image and prompt
+  tokens never attend to them), and the map is, per pixel, the softmax over concepts of the dot products
+  between the image's and the concepts' attention *outputs* (`JointConcepts` in ``families/sd3.py``).
+- ``method="attention"`` — each layer's image queries are scored against the concepts' keys (the layer's own
+  key projection of the concept's text state), and the map is, per pixel, the softmax over concepts of those
+  scores (heads averaged): the attention the concepts would get if they alone were the prompt. The only
+  method on UNet cross-attention (`CrossConcepts`), where a concept has keys but no output stream; on joint
+  blocks the keys come from the concept tokens as they stand in that block. Exact and cheap: one Q·Kᵀ over a
+  few concept keys for the recorded rows. It measures what the image asks of the text, where "outputs"
+  measures what the concepts read from the image: a model trained to place prompt words (the embedded
+  ones) localises through the first; ConceptAttention's claim is about large models whose text stream
+  learned to read the image.
 
 Both accumulate like word maps (a second `Recorder`, one "token" per concept, one head), so a concept map is
 a `WordHeatMap`: same rendering, placement and export (``maps.concept("sky")``).
@@ -24,6 +29,26 @@ import torch
 from .capture import Layer, Recorder
 from .errors import InputError
 from .words import words_from_ids
+
+METHODS = ("outputs", "attention")  # see the module doc
+
+
+def resolve_method(family, method: str | None) -> str | None:
+    """The concept method a model family uses: `method`, or the family's default when None."""
+    if method is None:
+        return next(iter(family.concept_methods), None)
+    if method not in family.concept_methods:
+        offered = (f"it offers {', '.join(family.concept_methods)}" if family.concept_methods
+                   else "it has no concept maps")
+        raise InputError(f"concept method {method!r} is not available for {family.name}: {offered} "
+                         f"(methods: {', '.join(METHODS)})")
+    return method
+
+
+def attention_shares(query: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per image row, the concepts' shares of an attention over the concepts alone, heads averaged: queries
+    (rows, heads, pixels, d), concept keys (heads or rows × heads, concepts, d) → (rows, pixels, concepts)."""
+    return (torch.matmul(query.float(), keys.float().transpose(-1, -2)) * scale).softmax(-1).mean(1)
 
 
 class ConceptEngine:
@@ -95,6 +120,5 @@ class CrossConcepts(ConceptEngine):
         return self.keys[layer.name]
 
     def attention(self, layer, query, key, value, out, rows, images, scale) -> None:
-        q = query[rows, :, images].float()
-        scores = torch.matmul(q, self._keys(layer, query).transpose(-1, -2)) * scale
-        self.record(layer, scores.softmax(-1).mean(1), images.stop - images.start)
+        shares = attention_shares(query[rows, :, images], self._keys(layer, query), scale)
+        self.record(layer, shares, images.stop - images.start)

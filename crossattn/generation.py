@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from .concepts import resolve_method
 from .diagnosis import early_stop
 from .errors import InputError
 from .families import family_of
@@ -61,7 +62,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance: float,
                  words: list[str] | None = None, seed: int = 0, max_pixels: int = MAX_PIXELS,
-                 max_steps: int = MAX_STEPS) -> list[str]:
+                 max_steps: int = MAX_STEPS, concept_method: str | None = None) -> list[str]:
     """Raise `InputError` with a specific message before any compute is spent; return notes for the user
     (e.g. which words of an over-long prompt the model will not see)."""
     if not isinstance(prompt, str) or not prompt.strip():
@@ -79,6 +80,7 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
         raise InputError(f"steps must be between 1 and {max_steps}, got {steps}")
     if not 0 <= guidance <= 50:
         raise InputError(f"guidance must be between 0 and 50, got {guidance}")
+    resolve_method(family_of(pipe), concept_method)
     tokenizer = family_of(pipe).word_tokenizer(pipe)
     known = prompt_words(tokenizer, prompt)
     for word in words or []:

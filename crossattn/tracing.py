@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .capture import AttentionObserver, PlainSDPAProcessor, Recorder, StepState
+from .concepts import resolve_method
 from .errors import InputError
 from .families import family_of
 from .heatmaps import HeatMaps
@@ -39,7 +40,7 @@ class Trace:
 
     def __init__(self, pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool = False,
                  trace_size: int = 16, capture_uncond: bool = False, mass: str = "raw",
-                 concepts: list[str] | None = None):
+                 concepts: list[str] | None = None, concept_method: str | None = None):
         if time_bins < 1:
             raise InputError(f"time_bins must be >= 1, got {time_bins}")
         if mass not in MASSES:
@@ -56,6 +57,7 @@ class Trace:
                                  mass=mass, resolution_sites=self.family.resolution_sites)
         self.calls: dict[str, list[list[list[int]]]] = {name: [] for name in self.family.encoders}
         self.concepts = list(dict.fromkeys(c.strip() for c in concepts or []))
+        self.concept_method = resolve_method(self.family, concept_method)
         # Concept maps accumulate like word maps, one "token" per concept and one head (`crossattn.concepts`).
         self.concept_recorder = Recorder(time_bins=time_bins, per_layer=per_layer, trace_size=trace_size,
                                          resolution_sites=self.family.resolution_sites)
@@ -81,7 +83,7 @@ class Trace:
         self._swapped = {name: processors[name] for name in swap}
         try:
             if self.concepts:  # encoded before the hooks exist, so the prompt capture never sees them
-                engine = self.family.concept_engine(self.pipe, self, self.concepts)
+                engine = self.family.concept_engine(self.pipe, self, self.concepts, self.concept_method)
                 self.recorder.listener = engine
                 self._hooks.extend(engine.hooks())
             if swap:
@@ -295,7 +297,8 @@ class Trace:
         if self.concepts and not negative:
             words = [Word(c, (k,), 0) for k, c in enumerate(self.concepts)]
             maps.concepts = self._maps(self.concept_recorder, row, words, list(self.concepts),
-                                       {**meta, "kind": "concepts", "concepts": list(self.concepts)})
+                                       {**meta, "kind": "concepts", "concepts": list(self.concepts),
+                                        "concept_method": self.concept_method})
         return maps
 
     def _maps(self, rec: Recorder, row: int, words: list[Word], tokens: list[str], meta: dict) -> HeatMaps:
@@ -360,7 +363,8 @@ def _guidance_scale(pipe) -> float | None:
 
 
 def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool = False, trace_size: int = 16,
-          capture_uncond: bool = False, mass: str = "raw", concepts: list[str] | None = None) -> Trace:
+          capture_uncond: bool = False, mass: str = "raw", concepts: list[str] | None = None,
+          concept_method: str | None = None) -> Trace:
     """Capture per-word attention to the prompt while `pipe` generates; use as a context manager.
 
     Args:
@@ -377,6 +381,9 @@ def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool =
             attends to image keys, so its text slice does not sum to 1; this makes it (per layer and step).
         concepts: words or phrases to locate whether or not the prompt says them (``maps.concept("sky")``);
             they follow the generation on the side and never change it (see `crossattn.concepts`).
+        concept_method: how concepts are located: ``"outputs"`` (ConceptAttention; joint-attention
+            transformers, their default) or ``"attention"`` (the attention the concepts would get as the prompt;
+            UNets, and transformers on request). None: the family's default.
 
     Example:
         >>> import torch, crossattn
@@ -391,4 +398,4 @@ def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool =
         (64, 64)
     """
     return Trace(pipe, time_bins=time_bins, per_head=per_head, per_layer=per_layer, trace_size=trace_size,
-                 capture_uncond=capture_uncond, mass=mass, concepts=concepts)
+                 capture_uncond=capture_uncond, mass=mass, concepts=concepts, concept_method=concept_method)

@@ -17,19 +17,24 @@ def run(pipe, steps=3, **kw):
     return pipe(PROMPT, num_inference_steps=steps, generator=seeded(), output_type="latent", **kw).images
 
 
-@pytest.mark.parametrize("build, options", [(build_tiny_sd, {}),
-                                            (build_tiny_sd3, dict(height=32, width=32, max_sequence_length=24))],
-                         ids=["unet", "sd3"])
-def test_concepts_never_change_the_image_and_share_each_pixel(build, options):
+SD3_OPTIONS = dict(height=32, width=32, max_sequence_length=24)
+
+
+@pytest.mark.parametrize("build, options, method", [(build_tiny_sd, {}, None), (build_tiny_sd3, SD3_OPTIONS, None),
+                                                    (build_tiny_sd3, SD3_OPTIONS, "attention")],
+                         ids=["unet", "sd3", "sd3-attention"])
+def test_concepts_never_change_the_image_and_share_each_pixel(build, options, method):
     pipe = build()
     plain = run(pipe, **options)
-    with crossattn.trace(pipe, concepts=["circle", "sky", "background"]) as tr:
+    with crossattn.trace(pipe, concepts=["circle", "sky", "background"], concept_method=method) as tr:
         traced = run(pipe, **options)
     assert torch.equal(plain, traced)
     maps = tr.heat_maps()
     assert maps.words[:3] == ["a", "red", "circle"]  # the prompt's maps are unaffected
     shares = maps.concepts.token_maps()  # per pixel, the concepts' shares
     assert torch.allclose(shares.sum(-1), torch.ones(shares.shape[:2]), atol=1e-5)
+    expected = method or ("attention" if build is build_tiny_sd else "outputs")
+    assert maps.concepts.meta["concept_method"] == expected
     sky = maps.concept("sky")
     assert sky.array.shape == maps.word("circle").array.shape and sky.array.max() == pytest.approx(1.0)
     with pytest.raises(crossattn.InputError, match="not a word"):
@@ -39,32 +44,46 @@ def test_concepts_never_change_the_image_and_share_each_pixel(build, options):
 def test_joint_concepts_do_not_depend_on_their_order():
     """Concept tokens attend to the image and to each other, without positions: their order is immaterial."""
     pipe = build_tiny_sd3()
-    options = dict(height=32, width=32, max_sequence_length=24)
     with crossattn.trace(pipe, concepts=["circle", "sky", "square"]) as a:
-        run(pipe, **options)
+        run(pipe, **SD3_OPTIONS)
     with crossattn.trace(pipe, concepts=["square", "circle", "sky"]) as b:
-        run(pipe, **options)
+        run(pipe, **SD3_OPTIONS)
     for concept in ("circle", "sky", "square"):
         assert np.allclose(a.heat_maps().concept(concept).raw, b.heat_maps().concept(concept).raw, atol=1e-5)
 
 
-def test_unet_concepts_equal_the_plain_attention_renormalised_over_them():
+@pytest.mark.parametrize("build, options, layers",
+                         [(build_tiny_sd, {}, None), (build_tiny_sd3, SD3_OPTIONS, ["joint.0"])],
+                         ids=["unet", "sd3-attention"])
+def test_attention_concepts_equal_the_plain_attention_renormalised_over_them(build, options, layers):
     """CLIP is causal: the concept "a red circle" encoded alone has the state of the prompt's "circle" token, and
     the whole prompt that of its "square" token. Over just these two keys, each head's softmax is the plain
-    attention renormalised over the two tokens, which the per-head, per-layer plain maps give exactly."""
-    pipe = build_tiny_sd(seed=3)
-    with crossattn.trace(pipe, concepts=["a red circle", PROMPT], per_head=True, per_layer=True,
-                         time_bins=1) as tr:
-        run(pipe, steps=1)
-    maps = tr.heat_maps()
+    attention renormalised over the two tokens, which the per-head, per-layer plain maps give exactly. In a
+    joint transformer that holds in the first block, where the concept tokens are still the prompt's (later
+    blocks update them from the image alone)."""
+    pipe = build(seed=3)
+    with crossattn.trace(pipe, concepts=["a red circle", PROMPT], per_head=True, per_layer=True, time_bins=1,
+                         concept_method="attention") as tr:
+        run(pipe, steps=1, **options)
+    maps, concepts = tr.heat_maps(), tr.heat_maps().concepts
+    if layers:
+        maps, concepts = maps.filter(layers=layers), concepts.filter(layers=layers)
     circle, square = maps.word("circle").positions[0], maps.word("square").positions[0]
     expected, n = 0, 0
     for sums in maps.sums.values():  # (bins, heads, h, w, tokens), one step: sums are the probabilities
         p = sums[0]
         expected = expected + (p[..., circle] / (p[..., circle] + p[..., square])).sum(0)
         n += p.shape[0]
-    got = maps.concepts.token_maps()[..., 0]
+    got = concepts.token_maps()[..., 0]
     assert torch.allclose(got, expected / n, atol=1e-5)
+
+
+def test_a_concept_method_the_model_lacks_is_refused():
+    with pytest.raises(crossattn.InputError, match="concept method 'outputs' is not available for .*UNet.*: it offers "
+                                                   "attention"):
+        crossattn.trace(build_tiny_sd(), concepts=["sky"], concept_method="outputs")
+    with pytest.raises(crossattn.InputError, match="'keys' is not available.*methods: outputs, attention"):
+        crossattn.trace(build_tiny_sd3(), concepts=["sky"], concept_method="keys")
 
 
 @pytest.mark.slow

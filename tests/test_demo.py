@@ -161,6 +161,9 @@ def test_other_words_are_located_beside_the_prompts_words(server):
     located = rendered["Other words located (concept maps: each pixel's share among them)"]
     assert [item["caption"] for item in located] == ["square", "background", "sky"]
     assert Image.open(located[0]["image"]).size == (256, 256)
+    someone.generate(concepts="square, sky", model="shapes-mmdit", concept_method="attention")
+    again = someone.render()["Other words located (concept maps: each pixel's share among them)"]
+    assert [item["caption"] for item in again] == ["square", "sky"]
 
 
 @pytest.mark.slow
@@ -191,6 +194,9 @@ def test_bad_input_is_one_line_checked_before_generating(server, monkeypatch):
         ({"seed": 2**70}, f"seed must be a whole number from 0 to {MAX_SEED}"),
         ({"prompt": "   "}, "the prompt is empty"),
         ({"other_model": "/etc"}, "--allow-any-model"),
+        ({"concepts": "sky", "concept_method": "outputs"},
+         r"concept method 'outputs' is not available for Stable Diffusion 1.x / 2.x / XL \(UNet\): it offers "
+         "attention"),
     ]
     for inputs, message in cases:
         call = {"prompt": "a red circle", "steps": 3, "words": "", "expect": ""} | inputs

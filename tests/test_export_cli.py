@@ -79,16 +79,19 @@ def test_pickled_weights_are_refused(tiny_sd, tmp_path):
 def test_cli_generate_end_to_end(saved_pipeline, tmp_path):
     out = tmp_path / "out"
     code = main(["generate", PROMPT, "--model", str(saved_pipeline), "--steps", "3", "--seed", "7",
-                 "--out", str(out), "--words", "circle,cyan"])
+                 "--out", str(out), "--words", "circle,cyan", "--concepts", "sky, red circle"])
     assert code == 0
     image = Image.open(out / "image.png")
     assert image.size == (32, 32)
-    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["00_circle.png", "01_cyan.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["00_circle.png", "01_cyan.png",
+                                                                   "concept00_sky.png", "concept01_red_circle.png"]
     assert Image.open(out / "grid.png").width > 256
     info = json.loads((out / "heatmaps.json").read_text())
     assert info["seed"] == 7 and info["prompt"] == PROMPT and info["model"] == str(saved_pipeline)
     assert json.loads((out / "diagnosis.json").read_text())["objects"][0]["name"] == "red circle"
-    assert crossattn.load_heat_maps(out).word("circle").array.shape == (32, 32)
+    loaded = crossattn.load_heat_maps(out)
+    assert loaded.word("circle").array.shape == (32, 32) and loaded.concept("red circle").array.shape == (32, 32)
+    assert loaded.concepts.meta["concept_method"] == "attention"
 
 
 # The README's bad-input table, row by row: (command after the model, the one line it prints after "error: ").
@@ -122,6 +125,15 @@ def test_bad_input_is_one_line_and_status_2_before_generating(saved_pipeline, tm
         code = exit_.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("crossattn: error: ") and message in err[0]
+    assert not (tmp_path / "image.png").exists()
+
+
+def test_a_concept_method_the_model_lacks_is_one_line_and_status_2(saved_pipeline, tmp_path, capsys):
+    code = main(["generate", PROMPT, "--model", str(saved_pipeline), "--out", str(tmp_path), "--concepts", "sky",
+                 "--concept-method", "outputs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["crossattn: error: concept method 'outputs' is not available for Stable Diffusion "
+                                 "1.x / 2.x / XL (UNet): it offers attention (methods: outputs, attention)"]
     assert not (tmp_path / "image.png").exists()
 
 

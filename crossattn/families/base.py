@@ -47,6 +47,7 @@ class Family:
     # "calls": a prompt call, then a negative call
     cfg = "batch"
     resolution_sites = False  # one resolution throughout: sites are named by block ("joint"), not "up.16x16"
+    concept_methods: tuple[str, ...] = ()  # `concepts.METHODS` it offers, its default first
 
     # Which attention modules attend to the text: a regex of the module path (its group: the block's number) →
     # (block name, layout kind); see `numbered_layers`. Families with other layer structures override `layers`.
@@ -102,8 +103,9 @@ class Family:
         """The tokenizer that feeds a text encoder (text_encoder_2 → tokenizer_2, ...)."""
         return getattr(pipe, encoder.replace("text_encoder", "tokenizer"), None)
 
-    def concept_engine(self, pipe, trace, concepts: list[str]):
-        """A `concepts.ConceptEngine` following `concepts` during generation (see `crossattn.concepts`)."""
+    def concept_engine(self, pipe, trace, concepts: list[str], method: str):
+        """A `concepts.ConceptEngine` following `concepts` during generation with one of `concept_methods`
+        (see `crossattn.concepts`)."""
         raise InputError(f"concept maps are not available for {self.name} yet: they work on UNet pipelines and "
                          "on joint-attention transformers (SD3 / the embedded MMDiT)")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..concepts import ConceptEngine, encode_concepts
+from ..concepts import ConceptEngine, attention_shares, encode_concepts
 from ..words import tokenize_prompt
 from .base import Family, Segment, whole
 
@@ -23,6 +23,7 @@ class SD3Family(Family):
     encoders = ("text_encoder", "text_encoder_3")
 
     layer_rules = {r"transformer_blocks\.(\d+)\.attn": ("joint", "text_last")}
+    concept_methods = ("outputs", "attention")
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         clip = calls["text_encoder"][call][prompt]
@@ -39,13 +40,13 @@ class SD3Family(Family):
         return ids
 
 
-    def concept_engine(self, pipe, trace, concepts):
+    def concept_engine(self, pipe, trace, concepts, method):
         device = getattr(pipe, "_execution_device", None) or pipe.device
         states = encode_concepts(pipe, concepts, lambda texts: pipe.encode_prompt(
             texts, None, None, device=device, do_classifier_free_guidance=False)[0])
         blocks = {layer.name: trace.denoiser.get_submodule(path.removesuffix(".attn"))
                    for path, layer in trace.layers.items()}
-        return JointConcepts(trace.concept_recorder, trace.denoiser, blocks, states)
+        return JointConcepts(trace.concept_recorder, trace.denoiser, blocks, states, method)
 
 
 class JointConcepts(ConceptEngine):
@@ -56,12 +57,14 @@ class JointConcepts(ConceptEngine):
     embedding), attend to [the block's image keys and values, their own keys and values], and are updated
     like the text stream (gated residual, the text feed-forward). The map of a block is, per image token,
     the softmax over concepts of (image attention output · concept attention output), both before their
-    output projections (as ConceptAttention does on SD3).
+    output projections (as ConceptAttention does on SD3); with method "attention", of (image query · concept
+    key) instead.
     """
 
-    def __init__(self, recorder, transformer, blocks: dict[str, torch.nn.Module], states: torch.Tensor):
+    def __init__(self, recorder, transformer, blocks: dict[str, torch.nn.Module], states: torch.Tensor,
+                 method: str = "outputs"):
         super().__init__(recorder)
-        self.transformer, self.blocks, self.states = transformer, blocks, states
+        self.transformer, self.blocks, self.states, self.method = transformer, blocks, states, method
         self.temb: dict[str, torch.Tensor] = {}
         self.concepts: torch.Tensor | None = None
         self.image = None
@@ -80,11 +83,12 @@ class JointConcepts(ConceptEngine):
         self.concepts = start[None].expand(rows.stop - rows.start, -1, -1)
 
     def attention(self, layer, query, key, value, out, rows, images, scale) -> None:
-        self.image = (key[rows, :, images], value[rows, :, images], out[rows, :, images], scale)
+        self.image = (query[rows, :, images], key[rows, :, images], value[rows, :, images], out[rows, :, images],
+                      scale)
 
     def layer_done(self, layer, module, output) -> None:
         block, attn = self.blocks[layer.name], module
-        keys, values, image_out, scale = self.image
+        queries, keys, values, image_out, scale = self.image
         temb, c = self.temb[layer.name][self.rows], self.concepts
 
         def heads(x):
@@ -101,8 +105,11 @@ class JointConcepts(ConceptEngine):
         concept_out = F.scaled_dot_product_attention(q, torch.cat([keys, k], 2), torch.cat([values, v], 2),
                                                      scale=scale)
         flat_image, flat_concepts = image_out.transpose(1, 2).flatten(2), concept_out.transpose(1, 2).flatten(2)
-        scores = torch.matmul(flat_image.float(), flat_concepts.float().transpose(-1, -2))  # (rows, pixels, C)
-        self.record(layer, scores.softmax(-1), flat_image.shape[1])
+        if self.method == "attention":
+            shares = attention_shares(queries, k, scale)
+        else:
+            shares = torch.matmul(flat_image.float(), flat_concepts.float().transpose(-1, -2)).softmax(-1)
+        self.record(layer, shares, flat_image.shape[1])  # (rows, pixels, concepts)
         if not block.context_pre_only:  # the text stream's update, for the next block
             c = c + gate_msa.unsqueeze(1) * attn.to_add_out(flat_concepts.to(c.dtype))
             norm = block.norm2_context(c) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]

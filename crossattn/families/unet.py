@@ -76,7 +76,9 @@ class UNetFamily(Family):
         return [whole("clip", pipe.tokenizer, calls["text_encoder"][call][prompt])]
 
 
-    def concept_engine(self, pipe, trace, concepts):
+    concept_methods = ("attention",)
+
+    def concept_engine(self, pipe, trace, concepts, method):
         device = getattr(pipe, "_execution_device", None) or pipe.device
         states = encode_concepts(pipe, concepts, lambda texts: pipe.encode_prompt(
             texts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0])
@@ -89,6 +91,7 @@ class T5UNetFamily(UNetFamily):
     T5 ids padded to the text length when maps are asked of given embeddings, no concept maps yet."""
 
     prompt_ids = Family.prompt_ids
+    concept_methods = Family.concept_methods
     concept_engine = Family.concept_engine
 
 

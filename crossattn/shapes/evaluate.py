@@ -113,12 +113,12 @@ CONCEPTS = [*COLOURS, *SHAPES, "background"]
 
 
 def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: float = DEFAULT_TAU,
-             show: int = 0, concepts: bool = False) -> tuple[dict, list]:
+             show: int = 0, concepts: bool = False, concept_method: str | None = None) -> tuple[dict, list]:
     """Run the evaluation: a JSON-ready dict of scores, and the first `show` (image, maps, prompt) triples.
 
     With `concepts`, also the concept maps' IoU (the same words, located as concepts) and the absent-concept
     control: for a shape the prompt does not name, its concept map's mean share on the drawn objects' pixels,
-    next to the named shapes' share on their own objects.
+    next to the named shapes' share on their own objects; `concept_method` as in `crossattn.trace`.
     """
     colour_ok, shape_ok, relation_ok, agree, attention_relation_ok = Counts(), Counts(), Counts(), Counts(), Counts()
     ious: dict[str, list[float]] = {"colour word": [], "shape word": [], "colour+shape": [], "gaussian": [],
@@ -128,7 +128,7 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
     examples = []
     for k, prompt in enumerate(tqdm(held_out_prompts(n), desc="eval-shapes", unit="prompt")):
         image, maps = generate(pipe, prompt, seed=k, steps=steps, guidance=guidance,
-                               concepts=CONCEPTS if concepts else None)
+                               concepts=CONCEPTS if concepts else None, concept_method=concept_method)
         pixels = np.asarray(image)
         masks = colour_masks(pixels)
         pairs, relation = parse_caption(prompt)
@@ -176,6 +176,7 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
         "objects_scored": len(ious["shape word"]),
     }
     if concepts:
+        result["concept_method"] = maps.concepts.meta["concept_method"]
         result["concept_miou"] = {k: float(np.mean(v)) if v else None for k, v in concept_ious.items()}
         result["concept_share"] = {k: float(np.mean(v)) if v else None for k, v in shares.items()}
     return result, examples
@@ -192,6 +193,7 @@ def format_table(r: dict) -> str:
     rows += [(f"mIoU, {k}", "-" if v is None else f"{v:.3f}", "≥ 0.60" if k == "colour+shape" else "")
              for k, v in r["miou"].items()]
     for label, key in (("concept mIoU", "concept_miou"), ("concept share", "concept_share")):
+        label += f" ({r['concept_method']})" if key in r else ""
         rows += [(f"{label}, {k}", "-" if v is None else f"{v:.3f}", "") for k, v in r.get(key, {}).items()]
     width = max(len(a) for a, _, _ in rows)
     lines = [f"{'metric':<{width}}  {'value':>8}  target", "-" * (width + 20)]
