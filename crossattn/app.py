@@ -47,7 +47,6 @@ from PIL import Image
 from . import placement, render
 from .concepts import METHODS
 from .errors import InputError, one_line
-from .families import family_of
 from .generation import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -56,11 +55,12 @@ from .generation import (
     generate,
     native_size,
     parse_size,
+    size_limit,
     size_multiple,
 )
 from .heatmaps import HeatMaps
 from .models import DEFAULT_MODEL, EMBEDDED, asset_path, load_pipeline
-from .words import find_word, prompt_words, slug, split_list
+from .words import slug, split_list, word_ref
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,6 @@ class Limits:
 
     max_pixels: int
     max_steps: int
-
-    def size_hint(self, multiple: int) -> str:
-        side = int(self.max_pixels**0.5) // multiple * multiple
-        return f"at most {self.max_pixels:,} pixels (e.g. {side}x{side})"
 
 
 def limits_for(pipe) -> Limits:
@@ -218,11 +214,6 @@ class Result:
         picture.save(path)
         return str(path)
 
-    @property
-    def names(self) -> list[str]:
-        """Every word of the prompt, repeats as "a#1" (how statements and `placement.word_map` name them)."""
-        return [w.text if w.occurrence == 0 else f"{w.text}#{w.occurrence}" for w in self.maps.word_info]
-
 
 @dataclass(frozen=True)
 class View:
@@ -248,7 +239,7 @@ class View:
 
     def shown(self, result: Result) -> list[str]:
         """The words to show: those typed, or every word of the prompt."""
-        return split_list(self.words) or result.names
+        return split_list(self.words) or result.maps.names
 
     @property
     def statements(self) -> list[str]:
@@ -273,7 +264,7 @@ def selected_figure(result: Result, maps: HeatMaps, name: str, view: View) -> st
 def step_frames(result: Result, maps: HeatMaps, name: str, view: View,
                 steps: list[int] | None = None) -> list[Image.Image]:
     """The word's coarse map at each step (or at `steps`, 1-based) over the image, labelled "step k of N"."""
-    text, occurrence = placement.word_ref(name)
+    text, occurrence = word_ref(name)
     frames = maps.timeline(text, occurrence)
     base = render.scale_to(result.image, TILE)
     pictures = []
@@ -402,11 +393,8 @@ def check_request(loaded: Loaded, prompt: str, size: str, steps: int, guidance: 
     phrase named (words to show, words of layout statements) is in the prompt."""
     pipe = loaded.pipe
     dims = parse_size(size) if (size or "").strip() else native_size(pipe)
-    check_inputs(pipe, prompt, dims, steps, guidance, seed=seed, max_pixels=loaded.limits.max_pixels,
+    check_inputs(pipe, prompt, dims, steps, guidance, names, seed=seed, max_pixels=loaded.limits.max_pixels,
                  max_steps=loaded.limits.max_steps, concept_method=concept_method)
-    known = prompt_words(family_of(pipe).word_tokenizer(pipe), prompt)
-    for name in names:
-        find_word(known, *placement.word_ref(name))
     return dims
 
 
@@ -493,7 +481,7 @@ class DemoApp:
             self.guidance = gr.Slider(0, 20, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
         self.size = gr.Textbox(label="Image size (WIDTHxHEIGHT)", value="",
                                info=f"empty = the model's {width}x{height}; "
-                                    f"{limits.size_hint(size_multiple(pipe))} here")
+                                    f"{size_limit(limits.max_pixels, size_multiple(pipe))}")
         with gr.Row():
             self.model = gr.Dropdown(self.models.choices, value=self.models.default, label="Model")
             self.other_model = gr.Textbox(label="Other model (hub id or folder)", value="",

@@ -103,7 +103,7 @@ def cmd_placement(args) -> None:
 
     named = [w for s in args.expect for w in placement.statement_words(s)]  # unreadable statements fail here
     out = _writable(args.out)
-    image, maps = _generate(args, [placement.word_ref(n)[0] for n in named])
+    image, maps = _generate(args, named)
     data = placement.report(maps, args.expect, from_prompt=args.from_prompt, method=args.method, tau=args.tau)
     data |= {"seed": args.seed, "model": maps.meta["model"], "steps": args.steps}
     image.save(out / "image.png")

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 from . import phrases, placement, render
 from .errors import InputError, UnknownWordError
 from .models import asset_path
+from .words import ref_name, word_ref
 
 if TYPE_CHECKING:
     from .heatmaps import HeatMaps
@@ -211,8 +212,7 @@ def subjects(maps: HeatMaps, objects: list[str] | None = None) -> tuple[list[Sub
     found = []
     if objects is None:
         parse = phrases.parse_prompt(maps.meta.get("prompt") or " ".join(maps.words))
-        candidates = [(p.text + (f"#{p.occurrence}" if p.occurrence else ""), p.head, p.attributes)
-                      for p in parse.objects]
+        candidates = [(ref_name(p.text, p.occurrence), p.head, p.attributes) for p in parse.objects]
     else:
         candidates = []
         for text in objects:
@@ -221,7 +221,7 @@ def subjects(maps: HeatMaps, objects: list[str] | None = None) -> tuple[list[Sub
                 raise InputError("an object to diagnose is empty")
             candidates.append((text, words[-1], tuple(words[:-1])))
     for name, head, attributes in candidates:
-        text, occurrence = placement.word_ref(name)
+        text, occurrence = word_ref(name)
         try:
             maps.word(text, occurrence)
         except UnknownWordError:

@@ -22,7 +22,7 @@ from .errors import InputError
 from .families import family_of
 from .heatmaps import HeatMaps
 from .tracing import trace
-from .words import find_word, prompt_words, truncation
+from .words import find_word, prompt_words, truncation, word_ref
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
@@ -60,6 +60,12 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def size_limit(max_pixels: int, multiple: int) -> str:
+    """'at most 16,384 pixels here (e.g. 128x128)': the largest size served, with a square that fits."""
+    side = int(max_pixels**0.5) // multiple * multiple
+    return f"at most {max_pixels:,} pixels here (e.g. {side}x{side})"
+
+
 def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance: float,
                  words: list[str] | None = None, seed: int = 0, max_pixels: int = MAX_PIXELS,
                  max_steps: int = MAX_STEPS, concept_method: str | None = None) -> list[str]:
@@ -74,8 +80,7 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
     if w <= 0 or h <= 0 or w % m or h % m:
         raise InputError(f"bad size {w}x{h}: width and height must be positive multiples of {m} for this model")
     if w * h > max_pixels:
-        side = int(max_pixels**0.5) // m * m
-        raise InputError(f"bad size {w}x{h}: at most {max_pixels:,} pixels here (e.g. {side}x{side})")
+        raise InputError(f"bad size {w}x{h}: {size_limit(max_pixels, m)}")
     if not 1 <= steps <= max_steps:
         raise InputError(f"steps must be between 1 and {max_steps}, got {steps}")
     if not 0 <= guidance <= 50:
@@ -83,8 +88,8 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
     resolve_method(family_of(pipe), concept_method)
     tokenizer = family_of(pipe).word_tokenizer(pipe)
     known = prompt_words(tokenizer, prompt)
-    for word in words or []:
-        find_word(known, word)
+    for word in words or []:  # words or phrases, repeats named "cat#1"
+        find_word(known, *word_ref(word))
     cut = truncation(tokenizer, prompt)
     return [f"The prompt is longer than the {tokenizer.model_max_length} tokens the text encoder reads; the model "
             f"does not see: “{cut}”"] if cut else []
@@ -101,6 +106,7 @@ def generate(
     negative_prompt: str | None = None,
     on_step: Callable[[int, int], None] | None = None,
     stop_early_at: int | None = None,
+    words: list[str] | None = None,
     **trace_options,
 ) -> tuple[Image.Image, HeatMaps]:
     """Generate one image of `prompt` under `crossattn.trace` and return it with its heat maps.
@@ -108,10 +114,12 @@ def generate(
     `size` is (width, height), default the model's native size; `on_step(done, total)` is called after
     every denoising step (progress bars, cancellation: it may raise); with `stop_early_at` = k, the steps so
     far are diagnosed after step k and a doomed generation raises `diagnosis.StoppedEarly`;
-    `trace_options` go to `crossattn.trace`.
+    `words` (words or phrases the caller will ask the maps for) are checked against the prompt with the rest,
+    before any compute; `trace_options` go to `crossattn.trace`.
     """
     size = size or native_size(pipe)
-    notes = check_inputs(pipe, prompt, size, steps, guidance, seed=seed)
+    notes = check_inputs(pipe, prompt, size, steps, guidance, words, seed=seed,
+                         concept_method=trace_options.get("concept_method"))
     options = dict(num_inference_steps=steps, guidance_scale=guidance, width=size[0], height=size[1],
                    generator=torch.Generator(pipe.device if pipe.device.type != "mps" else "cpu").manual_seed(seed))
     if negative_prompt:

@@ -45,7 +45,7 @@ from PIL import Image
 from . import render
 from .capture import Site
 from .errors import InputError
-from .words import Word, find_word
+from .words import Word, find_word, ref_name
 
 # heatmaps.json's format: 2 added per-source word positions and the model family (crossattn 0.2).
 FORMAT_VERSION = 2
@@ -172,6 +172,11 @@ class HeatMaps:
     def heads(self) -> int:
         """Head slots stored per site (1 when heads were summed during capture)."""
         return max(t.shape[1] for t in self.sums.values())
+
+    @property
+    def names(self) -> list[str]:
+        """Every word of the prompt by the name statements and `placement` use: repeats as "a#1"."""
+        return [ref_name(w.text, w.occurrence) for w in self.word_info]
 
     def __len__(self) -> int:
         return len(self.word_info)
@@ -341,8 +346,8 @@ class HeatMaps:
         """The word's centroid at every step and the step from which its position stays put."""
         from . import placement
 
-        name = word if occurrence == 0 else f"{word}#{occurrence}"
-        return placement.placement_timeline(self, name, placement.DEFAULT_TAU if tau is None else tau, tolerance)
+        tau = placement.DEFAULT_TAU if tau is None else tau
+        return placement.placement_timeline(self, ref_name(word, occurrence), tau, tolerance)
 
     def diagnose(self, objects: list[str] | None = None, steps=None) -> diagnosis.Diagnosis:
         """Why did this generation go wrong? Neglected objects, leaking attributes, merged objects, broken

@@ -36,6 +36,8 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
+from .words import ref_name
+
 
 def _set(text: str) -> frozenset[str]:
     return frozenset(text.split())
@@ -151,7 +153,7 @@ class Phrase:
 
 def _name(phrase: Phrase) -> str:
     """'cat', or 'cat#1' for the second "cat" of the prompt: the names `crossattn.placement` reads."""
-    return phrase.text + (f"#{phrase.occurrence}" if phrase.occurrence else "")
+    return ref_name(phrase.text, phrase.occurrence)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from . import phrases, render
 from .errors import InputError, UnknownWordError
+from .words import ref_name, word_ref
 
 if TYPE_CHECKING:
     from .heatmaps import HeatMaps
@@ -107,13 +108,6 @@ def relation_gap(a: tuple[float, float], b: tuple[float, float], relation: str) 
     return {"left_of": b[0] - a[0], "right_of": a[0] - b[0], "above": b[1] - a[1], "below": a[1] - b[1]}[relation]
 
 
-def word_ref(name: str) -> tuple[str, int]:
-    """'cat#1' -> ('cat', 1): a word or phrase and which of its repeats."""
-    if m := re.fullmatch(r"(.+?)#(\d+)", name.strip()):
-        return m.group(1), int(m.group(2))
-    return name.strip(), 0
-
-
 def word_map(maps: HeatMaps, name: str):
     """The map of a word or phrase named as in statements ("red circle", "cat#1")."""
     text, occurrence = word_ref(name)
@@ -125,7 +119,7 @@ def placements(maps: HeatMaps, words: list[str] | None = None, method: str = "re
                tau: float = DEFAULT_TAU) -> dict[str, Placement]:
     """word -> Placement; all the prompt's words by default (repeats as "cat#1", ...)."""
     if words is None:
-        words = [w.text if w.occurrence == 0 else f"{w.text}#{w.occurrence}" for w in maps.word_info]
+        words = maps.names
     return {w: place(word_map(maps, w).word, word_map(maps, w).array, method, tau) for w in words}
 
 
@@ -251,7 +245,7 @@ def objects(maps: HeatMaps) -> list[str]:
     """The objects the prompt names, as phrases ("red circle", "cat#1"), in prompt order. A prompt with
     no readable noun phrase gives its content words (not articles or relation words) instead."""
     parse = phrases.parse_prompt(_prompt(maps))
-    names = [p.text + (f"#{p.occurrence}" if p.occurrence else "") for p in parse.objects]
+    names = [ref_name(p.text, p.occurrence) for p in parse.objects]
     names = [n for n in names if _known(maps, n)]
     if names:
         return names

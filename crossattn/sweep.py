@@ -68,17 +68,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import placement
 from .errors import InputError, UnknownWordError, one_line
-from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, check_inputs, generate, native_size
+from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
 from .models import DEFAULT_MODEL, load_pipeline
 from .render import png_bytes
-from .shapes.evaluate import centroid, colour_masks, drawn, largest_blob
-from .shapes.world import parse_caption
+from .shapes.evaluate import read_pixels
+from .words import word_ref
 
 SUMMARY = "summary.json"
 FLUSH_EVERY_S = 10.0
@@ -239,24 +238,19 @@ def _saved_maps(maps, diagnosis) -> dict[str, bytes]:
 
 def pixel_truth(image, maps) -> dict | None:
     """On shapes-world prompts (`parse_caption` reads them): which named objects the image draws, and for a
-    drawn two-object relation the verdict of the pixels next to the attention's (as `shapes.evaluate`)."""
-    pairs, relation = parse_caption(maps.meta["prompt"])
-    if not pairs:
+    drawn two-object relation the verdict of the pixels next to the attention's (`shapes.evaluate.read_pixels`)."""
+    truth = read_pixels(image, maps.meta["prompt"])
+    if truth is None:
         return None
-    masks = colour_masks(np.asarray(image.convert("RGB")))
-    blobs = {pair: largest_blob(masks[pair[0]]) for pair in pairs}
-    present = {pair: drawn(blob) for pair, blob in blobs.items()}
-    truth: dict = {"drawn": {f"{c} {s}": ok for (c, s), ok in present.items()}, "relation": None}
-    if relation and len(pairs) == 2 and pairs[0][0] != pairs[1][0] and all(present.values()):
-        (ca, sa), (cb, sb) = pairs
-        statement = f"{ca} {sa} {relation} {cb} {sb}"
+    out: dict = {"drawn": {f"{c} {s}": (c, s) in truth.blobs for c, s in truth.pairs}, "relation": None}
+    if truth.relation:
         try:
-            attention = maps.check(statement, margin=0.0).passed
+            attention = maps.check(truth.relation, margin=0.0).passed
         except UnknownWordError:  # an object past the text encoder's 77 tokens has no map
-            return truth
-        pixels = placement.relation_gap(centroid(blobs[pairs[0]]), centroid(blobs[pairs[1]]), relation) > 0
-        truth["relation"] = {"statement": statement, "pixels": bool(pixels), "attention": bool(attention)}
-    return truth
+            return out
+        out["relation"] = {"statement": truth.relation, "pixels": bool(truth.relation_holds),
+                           "attention": bool(attention)}
+    return out
 
 
 def _record(item: Item, data: dict, diagnosis, image, maps) -> dict:
@@ -301,11 +295,9 @@ class Worker:
 
     def _generate(self, item: Item) -> tuple[dict[str, bytes], dict]:
         s = self.settings
-        named = [placement.word_ref(n)[0] for st in item.expect for n in placement.statement_words(st)]
-        size = s.size or native_size(self.pipe)
-        check_inputs(self.pipe, item.prompt, size, s.steps, s.guidance, named, seed=item.seed)  # before compute
+        named = [n for st in item.expect for n in placement.statement_words(st)]  # checked before compute
         image, maps = generate(self.pipe, item.prompt, seed=item.seed, steps=s.steps, guidance=s.guidance,
-                               size=size, concepts=list(s.concepts) or None)
+                               size=s.size, words=named, concepts=list(s.concepts) or None)
         maps.meta["model"] = s.model
         data = placement.report(maps, list(item.expect), from_prompt=s.expect_from_prompt)
         diagnosis = maps.diagnose()
@@ -578,7 +570,7 @@ def _tally(pairs: Iterable[tuple[str, bool]]) -> dict[str, dict]:
 
 def head_word(name: str) -> str:
     """The noun a statement's phrase stands for: its last word ("red circle#1" -> "circle")."""
-    return placement.word_ref(name)[0].split()[-1].lower()
+    return word_ref(name)[0].split()[-1].lower()
 
 
 def badness(s: dict) -> tuple[int, float]:

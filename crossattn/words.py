@@ -154,6 +154,18 @@ def split_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
+def ref_name(text: str, occurrence: int = 0) -> str:
+    """How a word or phrase and which of its repeats is named: 'cat', then 'cat#1' for the second "cat"."""
+    return text if occurrence == 0 else f"{text}#{occurrence}"
+
+
+def word_ref(name: str) -> tuple[str, int]:
+    """'cat#1' -> ('cat', 1): the inverse of `ref_name`."""
+    if m := re.fullmatch(r"(.+?)#(\d+)", name.strip()):
+        return m.group(1), int(m.group(2))
+    return name.strip(), 0
+
+
 def slug(word: str) -> str:
     """A word as a file-name part: runs of anything but letters, digits, '_' and '-' become '_'."""
     return re.sub(r"[^\w-]+", "_", word).strip("_") or "word"

@@ -8,6 +8,7 @@ from helpers import blob, toy_maps
 
 import crossattn
 from crossattn import placement
+from crossattn.words import ref_name, word_ref
 
 
 def test_place_centroid_bbox_area_region():
@@ -67,7 +68,8 @@ def test_relations_read_from_natural_prompts_name_mapped_words():
 
 def test_statements_with_repeats_and_errors():
     assert placement.parse_statement("cat left_of cat#1") == ("cat", "left_of", "cat#1")
-    assert placement.word_ref("red cat#1") == ("red cat", 1) and placement.word_ref("cat") == ("cat", 0)
+    assert word_ref("red cat#1") == ("red cat", 1) and word_ref("cat") == ("cat", 0)
+    assert word_ref(ref_name("red cat", 1)) == ("red cat", 1) and ref_name("cat", 0) == "cat"
     assert placement.statement_words("circle in 0,0,0.5,1") == ["circle"]
     assert placement.relation_gap((1, 5), (4, 2), "left_of") == 3
     assert placement.relation_gap((1, 5), (4, 2), "above") == -3

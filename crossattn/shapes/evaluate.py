@@ -81,6 +81,36 @@ def gaussian_baseline(size: int) -> np.ndarray:
 
 
 @dataclass
+class PixelTruth:
+    """What a shapes-world image shows of its caption, read from the pixels alone."""
+
+    pairs: list[tuple[str, str]]  # the caption's (colour, shape) objects
+    blobs: dict[tuple[str, str], np.ndarray]  # the drawn ones (`drawn`): their colour's largest blob
+    relation: str | None = None  # "red circle left_of blue square", when both are drawn in distinct colours
+    relation_holds: bool | None = None  # the blobs' centroids obey it
+
+    @property
+    def on_objects(self) -> np.ndarray:
+        """The pixels of every drawn object."""
+        return np.logical_or.reduce(list(self.blobs.values()))
+
+
+def read_pixels(image, prompt: str) -> PixelTruth | None:
+    """The pixel truth of an image of a shapes-world caption, or None when `prompt` names no (colour, shape)."""
+    pairs, relation = parse_caption(prompt)
+    if not pairs:
+        return None
+    masks = colour_masks(np.asarray(image.convert("RGB")))
+    blobs = {pair: blob for pair in pairs if drawn(blob := largest_blob(masks[pair[0]]))}
+    truth = PixelTruth(pairs, blobs)
+    if relation and len(pairs) == 2 and pairs[0][0] != pairs[1][0] and len(blobs) == 2:
+        (ca, sa), (cb, sb) = pairs
+        truth.relation = f"{ca} {sa} {relation} {cb} {sb}"
+        truth.relation_holds = relation_gap(centroid(blobs[pairs[0]]), centroid(blobs[pairs[1]]), relation) > 0
+    return truth
+
+
+@dataclass
 class Counts:
     n: int = 0
     hit: int = 0
@@ -129,19 +159,14 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
     for k, prompt in enumerate(tqdm(held_out_prompts(n), desc="eval-shapes", unit="prompt")):
         image, maps = generate(pipe, prompt, seed=k, steps=steps, guidance=guidance,
                                concepts=CONCEPTS if concepts else None, concept_method=concept_method)
-        pixels = np.asarray(image)
-        masks = colour_masks(pixels)
-        pairs, relation = parse_caption(prompt)
-        blobs = {}
-        for colour, shape in pairs:
-            blob = largest_blob(masks[colour])
-            present = drawn(blob)
-            colour_ok.add(present)
-            if not present:
+        truth = read_pixels(image, prompt)
+        for colour, shape in truth.pairs:
+            blob = truth.blobs.get((colour, shape))
+            colour_ok.add(blob is not None)
+            if blob is None:
                 continue
-            blobs[(colour, shape)] = blob
             shape_ok.add(classify_shape(blob) == shape)
-            h = pixels.shape[0]
+            h = blob.shape[0]
             for name, query in (("colour word", colour), ("shape word", shape), ("colour+shape", f"{colour} {shape}")):
                 heat = maps.word(query).array
                 ious[name].append(iou(heat >= tau * heat.max(), blob))
@@ -153,17 +178,14 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
             base = gaussian_baseline(h)
             ious["gaussian"].append(iou(base >= tau * base.max(), blob))
             ious["uniform"].append(iou(np.ones_like(blob), blob))
-        if concepts and blobs:
-            on_objects = np.logical_or.reduce(list(blobs.values()))
-            for absent in set(SHAPES) - {shape for _, shape in pairs}:
-                shares["absent shape on the objects"].append(float(maps.concept(absent).raw[on_objects].mean()))
-        if relation and len(pairs) == 2 and all(p in blobs for p in pairs):
-            (ca, sa), (cb, sb) = pairs
-            pixel_verdict = relation_gap(centroid(blobs[pairs[0]]), centroid(blobs[pairs[1]]), relation) > 0
-            attention = maps.check(f"{ca} {sa} {relation} {cb} {sb}", tau=tau, margin=0.0).passed
-            relation_ok.add(pixel_verdict)
+        if concepts and truth.blobs:
+            for absent in set(SHAPES) - {shape for _, shape in truth.pairs}:
+                shares["absent shape on the objects"].append(float(maps.concept(absent).raw[truth.on_objects].mean()))
+        if truth.relation:
+            attention = maps.check(truth.relation, tau=tau, margin=0.0).passed
+            relation_ok.add(truth.relation_holds)
             attention_relation_ok.add(attention)
-            agree.add(pixel_verdict == attention)
+            agree.add(truth.relation_holds == attention)
         if len(examples) < show:
             examples.append((image, maps, prompt))
     result = {
