@@ -530,7 +530,7 @@ def run(items: str | Path | Iterable[str | dict | Item], out: str | Path, engine
     return Outcome(out, len(unique), ran=sum(k in done for k in todo), skipped=len(unique) - len(todo),
                    errors=sum(done[k]["status"] == "error" for k in unique if k in done), lost=pool.lost,
                    startup_s=startup, seconds=time.perf_counter() - started, peak_rss_mib=pool.peak_rss_mib,
-                   report=build_report(out) if report else None)
+                   report=write_report(out, done) if report else None)  # done: every item folder's summary
 
 
 def _drain(results: Iterator[ItemResult], out: Path, done: dict[str, dict], total: int, progress: bool,
@@ -634,6 +634,11 @@ def build_report(out: str | Path, worst: int = WORST) -> dict:
         raise InputError(f"{out} has no items/ folder: not a sweep folder")
     summaries = finished(out)
     write_summary_lines(out, summaries)
+    return write_report(out, summaries, worst)
+
+
+def write_report(out: Path, summaries: dict[str, dict], worst: int = WORST) -> dict:
+    """Write DIR/report.json and DIR/report.html from the finished items' summaries; return the numbers."""
     numbers = aggregate(_ordered(summaries), worst)
     _write_atomic(out / "report.json", json.dumps(numbers, indent=1))
     _write_atomic(out / "report.html", render_html(out, numbers, summaries))
