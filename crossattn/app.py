@@ -316,7 +316,7 @@ def placement_of_objects(image: Image.Image, maps: HeatMaps, view: View,
     labels, names = maps.segmentation()
     segmentation = placement.segmentation_picture(image, labels, names, tile=tile)
     data = placement.report(maps, view.statements, from_prompt=not view.statements)
-    paths = placement.timeline_picture(image, [placement.placement_timeline(maps, n) for n in names], tile=tile)
+    paths = placement.timeline_picture(image, [placement.Timeline.from_dict(t) for t in data["timelines"]], tile=tile)
     return segmentation, data, paths
 
 

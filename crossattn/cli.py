@@ -109,7 +109,7 @@ def cmd_placement(args) -> None:
     image.save(out / "image.png")
     labels, names = maps.segmentation()
     placement.segmentation_picture(image, labels, names).save(out / "segmentation.png")
-    lines = [placement.placement_timeline(maps, n, tau=args.tau) for n in names]
+    lines = [placement.Timeline.from_dict(t) for t in data["timelines"]]
     placement.timeline_picture(image, lines).save(out / "timeline.png")
     (out / "placement.json").write_text(json.dumps(data, indent=1))
     print(placement.format_report(data))

@@ -328,6 +328,12 @@ class Timeline:
                 "tolerance_px": round(self.tolerance_px, 2),
                 "centroids": [None if np.isnan(c).any() else [round(float(v), 2) for v in c] for c in self.centroids]}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Timeline:
+        """The timeline a `report` holds (centroids rounded to 0.01 px), for drawing it."""
+        centroids = np.array([[np.nan, np.nan] if c is None else c for c in data["centroids"]], float).reshape(-1, 2)
+        return cls(data["word"], centroids, data["decided_at"], data["steps"], data["tolerance_px"])
+
 
 def settle_step(centroids: np.ndarray, tolerance: float) -> int | None:
     """First index from which every valid centroid is within `tolerance` of the last valid one."""

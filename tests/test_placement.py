@@ -87,6 +87,10 @@ def test_settle_step_on_a_synthetic_trace():
     assert placement.timeline("cat", frames, (64, 64), tolerance=0.1).decided_at == 5  # (44,20) is 5.7 px away
     empty = placement.timeline("none", np.zeros((3, 8, 8)), (64, 64))
     assert empty.decided_at is None and np.isnan(empty.centroids).all()
+    for original in (line, empty):  # a report's timelines draw as the originals do
+        again = placement.Timeline.from_dict(original.to_dict())
+        assert (again.word, again.decided_at, again.steps) == (original.word, original.decided_at, original.steps)
+        assert np.allclose(again.centroids, original.centroids, atol=0.005, equal_nan=True)
 
 
 def test_heatmaps_check_and_segmentation():
