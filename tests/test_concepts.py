@@ -87,15 +87,19 @@ def test_a_concept_method_the_model_lacks_is_refused():
 
 
 @pytest.mark.slow
-def test_an_absent_concept_stays_off_the_object_on_the_shapes_model():
-    """The control on a trained model: in "a large red circle", the concept "blue" (not drawn) gets a small share
-    of the circle's pixels, the concept "red" most of it; a multi-word concept is addressed by its name."""
+@pytest.mark.parametrize("model, method, red_at_least, blue_at_most",
+                         [("shapes-unet", None, 0.5, 0.15), ("shapes-mmdit", "attention", 0.25, 0.1)])
+def test_an_absent_concept_stays_off_the_object_on_the_shapes_models(model, method, red_at_least, blue_at_most):
+    """The control on the trained models: in "a large red circle", the concept "blue" (not drawn) gets a small
+    share of the circle's pixels, the concept "red" a large one; a multi-word concept is addressed by its name.
+    (On the MMDiT with the attention method; its ConceptAttention maps are near-uniform, see the README.)"""
     from crossattn.generation import generate
     from crossattn.shapes import evaluate as ev
 
-    pipe = crossattn.load_pipeline()
-    image, maps = generate(pipe, "a large red circle", seed=1, concepts=["red", "blue", "a background"])
+    pipe = crossattn.load_pipeline(model)
+    image, maps = generate(pipe, "a large red circle", seed=1, concepts=["red", "blue", "a background"],
+                           concept_method=method)
     blob = ev.largest_blob(ev.colour_masks(np.asarray(image))["red"])
     assert blob.sum() > 50
     share = {c: float(maps.concept(c).raw[blob].mean()) for c in ("red", "blue", "a background")}
-    assert share["red"] > 0.5 and share["blue"] < 0.15
+    assert share["red"] > red_at_least and share["blue"] < blue_at_most
