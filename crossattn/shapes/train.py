@@ -81,10 +81,7 @@ class Recipe:
     batch: int = 32
     lr: float = 5e-4
     warmup: int = 300
-    # Steps at the end of the denoiser phase over which the learning rate falls linearly to 0 (0: constant to
-    # the end). At a constant rate the MMDiT's loss sat near 1.0 from step 2,500 while its shapes stayed
-    # blobby: the updates' noise, not the model's size, was the floor (see docs/shapes.md).
-    cooldown: int = 0
+    cooldown: int = 0  # last steps, over which the rate falls linearly to 0: what made the MMDiT's shapes sharp
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
