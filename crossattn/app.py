@@ -590,7 +590,8 @@ class DemoApp:
     # ---- callbacks ----
     def on_generate(self, prompt: str, negative: str, seed: float, steps: float, guidance: float, size: str,
                     model: str, other_model: str, words: str, expect: str, keep_heads: bool, concepts: str = "",
-                    concept_method: str = CONCEPT_METHODS[0], progress=gr.Progress()) -> dict:  # noqa: B008 (how Gradio hands out progress bars)
+                    concept_method: str = CONCEPT_METHODS[0],
+                    progress=gr.Progress()) -> dict:  # noqa: B008 (how Gradio hands out progress bars)
         """Check everything, generate one image with its maps, and set the filter panel up for them."""
         seed, steps = whole_number(seed, "seed"), whole_number(steps, "steps")
         statements = View(expect=expect).statements

@@ -85,8 +85,9 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
         raise InputError(f"steps must be between 1 and {max_steps}, got {steps}")
     if not 0 <= guidance <= 50:
         raise InputError(f"guidance must be between 0 and 50, got {guidance}")
-    resolve_method(family_of(pipe), concept_method)
-    tokenizer = family_of(pipe).word_tokenizer(pipe)
+    family = family_of(pipe)
+    resolve_method(family, concept_method)
+    tokenizer = family.word_tokenizer(pipe)
     known = prompt_words(tokenizer, prompt)
     for word in words or []:  # words or phrases, repeats named "cat#1"
         find_word(known, *word_ref(word))

@@ -18,5 +18,4 @@ class ChromaFamily(FluxFamily):
     encoders = ("text_encoder",)
 
 
-
 CHROMA = ChromaFamily()

@@ -28,5 +28,4 @@ class IFFamily(T5UNetFamily):
         return 1
 
 
-
 IF = IFFamily()

@@ -32,5 +32,4 @@ class FluxFamily(Family):
         return int(own[:, 1].max()) + 1, int(own[:, 2].max()) + 1
 
 
-
 FLUX = FluxFamily()

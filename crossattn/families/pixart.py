@@ -22,7 +22,6 @@ class PixArtFamily(Family):
     layer_rules = {r"transformer_blocks\.(\d+)\.attn2": ("blocks", "cross")}
 
 
-
 class SanaFamily(PixArtFamily):
     name = "Sana"
     pipelines = ("Sana*",)

@@ -39,7 +39,6 @@ class SD3Family(Family):
                                                      truncation=True).input_ids
         return ids
 
-
     def concept_engine(self, pipe, trace, concepts, method):
         device = getattr(pipe, "_execution_device", None) or pipe.device
         states = encode_concepts(pipe, concepts, lambda texts: pipe.encode_prompt(

@@ -75,7 +75,6 @@ class UNetFamily(Family):
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         return [whole("clip", pipe.tokenizer, calls["text_encoder"][call][prompt])]
 
-
     concept_methods = ("attention",)
 
     def concept_engine(self, pipe, trace, concepts, method):
