@@ -79,6 +79,8 @@ class StepState:
     text_len: int  # length of the denoiser's text input (joint layers)
     kept: torch.Tensor  # text positions kept (the prompt's tokens up to its end token), long
     outside: torch.Tensor | None = None  # kept positions past this call's text (recorded as 0), bool; None: none
+    count: bool = True  # the rows include the prompt's: count these maps (the negatives' rows share the count)
+    batch: int = 0  # the denoiser call's batch size: `rows` index an attention call of this batch only
 
 
 @dataclass
@@ -151,7 +153,10 @@ class Recorder:
         if step is None:  # the denoiser runs outside a traced pipeline call
             return _SDPA(query, key, value, **call)
         counts = self.coverage.setdefault(layer.name, {"recorded": 0, "skipped": 0})
-        spans = self._spans(layer, query.shape[2], key.shape[2]) if query.ndim == 4 and dropout_p == 0 else None
+        # An attention call over part of the batch (e.g. a PAG processor that attends for the unperturbed rows
+        # only) cannot be mapped to the denoiser's rows: skipped, and counted as such in coverage.
+        spans = self._spans(layer, query.shape[2], key.shape[2]) \
+            if query.ndim == 4 and dropout_p == 0 and query.shape[0] == step.batch else None
         if spans is None:
             counts["skipped"] += 1
         if spans is None or step.rows.start == step.rows.stop:
@@ -198,8 +203,8 @@ class Recorder:
         cached views: on small models the cost of capture is the number of kernel launches.
         """
         step = self.step
-        # Counts are per images-axis row; a negatives-only call (slot not at 0) repeats the count of its twin.
-        heads = probs.shape[1] if step.slot.start == 0 else 0
+        # Counts are per images-axis row; a negatives-only call shares the count of the prompt's rows.
+        heads = probs.shape[1] if step.count else 0
         if self.per_layer:
             name = layer.name
         else:

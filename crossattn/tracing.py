@@ -8,17 +8,15 @@ attention *without* SDPA (`AttnProcessor`, `SlicedAttnProcessor`, xformers) are 
 duration, for the same computation through SDPA (with the layer's own scale). More read-only pre-hooks:
 
 - on the text encoders the family names: the token ids of each call (first call = prompts, second = negatives);
-- on the denoiser: the step, the timestep, the image's token grid, the text length and, under
-  classifier-free guidance, which rows (one batch: the second half) or which call (two calls per step:
-  the first) carry the prompt.
+- on the pipeline's `encode_prompt` (wrapped for the trace's duration): the text embeddings it returns;
+- on the denoiser: the step, the timestep, the image's token grid, the text length and which rows of its batch
+  hold the prompt's text (`crossattn.rows`: matched against those embeddings, never guessed from the batch size).
 
 On exit — normal, exception or Ctrl-C — the hooks are removed and any swapped processor objects put back.
 A new pipeline call inside the same `with` starts a fresh recording (maps of the latest call).
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import torch
@@ -28,6 +26,7 @@ from .concepts import resolve_method
 from .errors import InputError
 from .families import family_of
 from .heatmaps import HeatMaps
+from .rows import NEGATIVE, PROMPT, RowFinder
 from .words import Word, words_from_segments
 
 # Cross-attention processors that compute plain softmax attention without SDPA: swapped for the trace.
@@ -61,8 +60,11 @@ class Trace:
         # Concept maps accumulate like word maps, one "token" per concept and one head (`crossattn.concepts`).
         self.concept_recorder = Recorder(time_bins=time_bins, per_layer=per_layer, trace_size=trace_size,
                                          resolution_sites=self.family.resolution_sites)
-        self._cfg = False
+        self._encoded: list = []  # what the pipeline's encode_prompt returned in this generation
+        self._notes: dict[str, None] = {}  # what a user must know about how these maps were made (ordered set)
+        self._rows_state: _RowState | None = None
         self._swapped: dict | None = None
+        self._encode_prompt = None  # the pipeline's own encode_prompt attribute, while wrapped
         self._hooks: list = []
         self._observers: list[AttentionObserver] = []
 
@@ -95,6 +97,7 @@ class Trace:
                 self._hooks.append(module.register_forward_pre_hook(observer.switch_on))
                 self._hooks.append(module.register_forward_hook(observer.switch_off, always_call=True))
             self._hooks.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
+            self._wrap_encode_prompt()
             for name in self.family.encoders:
                 encoder = getattr(self.pipe, name, None)
                 if encoder is not None:
@@ -115,16 +118,50 @@ class Trace:
             observer.close()
         self._observers.clear()
         self.recorder.listener = None
+        self._unwrap_encode_prompt()
         if self._swapped:
             self.denoiser.set_attn_processor({**_processors(self.denoiser), **self._swapped})
         self._swapped = None
 
+    def _wrap_encode_prompt(self) -> None:
+        """Watch what the pipeline's `encode_prompt` returns (an instance attribute over the class's method;
+        the arguments and results pass through untouched)."""
+        original = getattr(self.pipe, "encode_prompt", None)
+        if original is None:
+            return
+        self._encode_prompt = (original, "encode_prompt" in vars(self.pipe))
+
+        def encode_prompt(*args, **kwargs):
+            if self.recorder.step is not None:  # the previous generation is over
+                self._new_run()
+            returned = original(*args, **kwargs)
+            self._encoded.append(returned)
+            return returned
+
+        self.pipe.encode_prompt = encode_prompt
+
+    def _unwrap_encode_prompt(self) -> None:
+        if self._encode_prompt is None:
+            return
+        original, own = self._encode_prompt
+        if own:
+            self.pipe.encode_prompt = original
+        else:
+            vars(self.pipe).pop("encode_prompt", None)
+        self._encode_prompt = None
+
     # ---- hooks (read-only on the inputs) ------------------------------------------------------------
     def _new_run(self) -> None:
-        self.recorder.reset()
-        self.concept_recorder.reset()
+        self._restart_recording()
+        self._encoded.clear()
         for calls in self.calls.values():
             calls.clear()
+
+    def _restart_recording(self) -> None:
+        self.recorder.reset()
+        self.concept_recorder.reset()
+        self._notes.clear()
+        self._rows_state = None
 
     def _on_text_encoder(self, name: str, args, kwargs) -> None:
         if self.recorder.step is not None:  # the previous generation is over
@@ -138,53 +175,59 @@ class Trace:
         x = family.first_input(args, kwargs)
         t = family.timestep(args, kwargs)
         if rec.step is not None and t > rec.step.timestep:  # timesteps only fall within one generation
-            self._new_run()
+            self._restart_recording()
         repeat = rec.step is not None and t == rec.step.timestep
         if rec.step is None:
             self._start_generation(x, args, kwargs)
         index = 0 if rec.step is None else rec.step.index + (not repeat)
-        rows, slot = self._rows(x.shape[0], repeat)
+        rows, slot, count = self._rows(x, family.text_input(args, kwargs), repeat)
         text_len = family.text_len(args, kwargs)
         kept, outside = self._kept, None
         if self._kept_max >= text_len:  # this call's text is shorter (true CFG: prompt and negative differ in length)
             kept, outside = self._kept.clamp_max(text_len - 1), self._kept >= text_len
-        step = StepState(index, max(self._expected_steps(), index + 1), t, rows, slot, self._images,
-                         family.grid(module, args, kwargs), text_len, kept, outside)
+        step = StepState(index, max(self._expected_steps(), index + 1), t, rows, slot, self._rows_state.images,
+                         family.grid(module, args, kwargs), text_len, kept, outside, count, x.shape[0])
         rec.begin_step(step)
         if rec.listener is not None:
             self.concept_recorder.begin_step(step)
             if rows.stop > rows.start:
                 rec.listener.begin_call(rows)
 
-    def _rows(self, batch: int, repeat: bool) -> tuple[slice, slice]:
-        """(attention rows to record, their slot in the recorder's images axis) for this denoiser call.
+    def _rows(self, x: torch.Tensor, text, repeat: bool) -> tuple[slice, slice, bool]:
+        """(batch rows to record, their slot in the recorder's images axis, whether they include the prompt's)
+        for this denoiser call (see `crossattn.rows`).
 
-        The images axis holds the prompts' images, preceded by the negatives' with ``capture_uncond``.
+        The images axis holds the prompt's images; with ``capture_uncond`` also the negatives', in the order the
+        batch first shows them (negatives first where each has its own call).
         """
-        n = self._images // 2 if self.capture_uncond and self._cfg else self._images
-        if self.family.cfg == "calls":  # one call for the prompts, then one for the negatives
-            if not repeat:
-                return slice(0, batch), slice(self._images - n, self._images)
-            return (slice(0, batch), slice(0, n)) if self.capture_uncond and self._cfg else (slice(0, 0), slice(0, 0))
-        if repeat:  # a further call at the same timestep (e.g. SD3's skip-layer guidance): not a new view
-            return slice(0, 0), slice(0, 0)
-        prompts_first = self.family.cfg == "batch_prompts_first"
-        if self._cfg and batch == n:  # a step without the negatives' half (Z-Image's CFG truncation)
-            return slice(0, batch), slice(0, n) if prompts_first else slice(self._images - n, self._images)
-        if self._cfg and not self.capture_uncond:
-            return (slice(0, n) if prompts_first else slice(batch // 2, batch)), slice(0, n)
-        return slice(0, batch), slice(0, batch)
+        state = self._rows_state
+        if not repeat:
+            state.passes.clear()
+        earlier = {kind for kind, _ in state.passes}  # recorded by an earlier call in this step
+        wanted = (PROMPT, NEGATIVE) if self.capture_uncond else (PROMPT,)
+        chosen: dict[str, list[int]] = {PROMPT: [], NEGATIVE: []}
+        for r, kind in enumerate(state.finder.kinds(text)):
+            if kind is None:
+                self._notes["batch rows that held neither the prompt's nor the negative prompt's text were not "
+                            "recorded"] = None
+            elif kind[0] not in wanted:
+                continue
+            elif any(k == kind and torch.equal(latent, x[r]) for k, latent in state.passes):
+                self._notes["a further pass with the prompt's text and latent in the same step (a guidance pass "
+                            "such as PAG's perturbed one or skip-layer guidance) was not recorded"] = None
+            elif kind in earlier:
+                self._notes["a further denoiser call in the same step on another latent (e.g. a second-order "
+                            "scheduler's) was not recorded: each step's maps come from its first call"] = None
+            else:
+                state.passes.append((kind, x[r]))
+                chosen[kind[0]].append(r)
+        return state.place(chosen[PROMPT], chosen[NEGATIVE])
 
     def _start_generation(self, x: torch.Tensor, args, kwargs) -> None:
         family = self.family
         first = family.encoders[0]
-        if family.cfg == "calls":
-            self._cfg = len(self.calls[first]) >= 2  # the negatives were encoded: true CFG runs
-            batch_images = x.shape[0]
-        else:
-            self._cfg = self._batch_cfg(x)
-            batch_images = x.shape[0] // 2 if self._cfg else x.shape[0]
-        self._images = batch_images * (2 if self._cfg and self.capture_uncond else 1)
+        finder = RowFinder.from_encoded(self._encoded)
+        self._rows_state = _RowState(finder, self.capture_uncond and finder.may_have_negatives)
         text_len = family.text_len(args, kwargs)
         self._text_len = text_len
         kept: set[int] = set()
@@ -195,15 +238,6 @@ class Trace:
         # nothing captured (the pipeline got prompt_embeds): keep every text position
         self._kept = torch.tensor(sorted(kept) if kept else range(text_len), dtype=torch.long, device=x.device)
         self._kept_max = max(kept, default=text_len - 1)
-
-    def _batch_cfg(self, x: torch.Tensor) -> bool:
-        """Is this denoiser batch [negatives, prompts] of classifier-free guidance?"""
-        flag = getattr(self.pipe, "do_classifier_free_guidance", None)
-        if isinstance(flag, bool):
-            return flag and x.shape[0] % 2 == 0
-        # No flag (PixArt, Sana, ...): under CFG the pipeline duplicates the latents into both halves.
-        half = x.shape[0] // 2
-        return x.shape[0] % 2 == 0 and half > 0 and torch.equal(x[:half], x[half:])
 
     def _expected_steps(self) -> int:
         try:
@@ -222,7 +256,7 @@ class Trace:
     def n_images(self) -> int:
         if not self.recorder.sums:
             return 0
-        return self._images // 2 if self._cfg and self.capture_uncond else self._images
+        return self._rows_state.n
 
     def coverage(self) -> dict:
         """Which layers were recorded and how often; which were watched but never seen attending to the text."""
@@ -259,12 +293,11 @@ class Trace:
         if not -n <= image < n:
             raise InputError(f"image {image} out of range: the latest call generated {n} image(s)")
         image %= n
-        both = self.capture_uncond and self._cfg
-        if negative and not both:
-            raise InputError("negative maps need crossattn.trace(pipe, capture_uncond=True) and guidance > 1")
-        # with both halves recorded, the images axis holds the negatives first, unless the family batches prompts first
-        second = negative if self.family.cfg == "batch_prompts_first" else not negative
-        row = n + image if both and second else image
+        state = self._rows_state
+        if negative and not state.negatives_recorded:
+            raise InputError("negative maps need crossattn.trace(pipe, capture_uncond=True) and a generation "
+                             "with classifier-free guidance (guidance > 1)")
+        row = state.slot(NEGATIVE if negative else PROMPT).start + image
         segments = self._segments(image, n, negative, prompt)
         column = {int(p): c for c, p in enumerate(self._kept.tolist())}
         tokens = ["?"] * len(column)
@@ -273,9 +306,10 @@ class Trace:
             for i, p in enumerate(segment.positions):
                 if p in column:
                     tokens[column[p]] = strings[i]
+        notes = list(self._notes)
         if prompt is None and any(s.truncated for s in segments[:1]):
-            warnings.warn(f"the prompt fills all {len(segments[0].ids)} token positions of the text encoder and may "
-                          "have been cut: maps cover only what the model saw", stacklevel=2)
+            notes.insert(0, f"the prompt fills all {len(segments[0].ids)} token positions of the text encoder and "
+                         "may have been cut: maps cover only what the model saw")
         meta = {
             "model": getattr(self.pipe, "name_or_path", None) or type(self.pipe).__name__,
             "pipeline": type(self.pipe).__name__,
@@ -292,6 +326,7 @@ class Trace:
             "timesteps": list(rec.timesteps),
             "guidance_scale": _guidance_scale(self.pipe),
             "coverage": self.coverage(),
+            "notes": notes,
         }
         maps = self._maps(rec, row, words_from_segments(segments, column), tokens, meta)
         if self.concepts and not negative:
@@ -343,6 +378,55 @@ class Trace:
                              "heat_maps(prompt=...) with the prompt that produced the embeddings")
         per_prompt = max(1, n_images // len(prompts[call]))
         return family.segments(self.pipe, self.calls, call, image // per_prompt, self._text_len)
+
+
+class _RowState:
+    """Where the rows this generation records go: the images axis, fixed by the first call that shows them."""
+
+    def __init__(self, finder: RowFinder, with_negatives: bool):
+        self.finder = finder
+        self.with_negatives = with_negatives  # the images axis has room for the negatives' images
+        self.n = 0  # images per kind (the prompt's images); 0 until the first recorded call
+        self.negatives_first: bool | None = None
+        self.negatives_recorded = False
+        self.passes: list = []  # ((kind, text row), latent row) recorded at the current timestep
+
+    @property
+    def images(self) -> int:
+        return self.n * (2 if self.with_negatives else 1)
+
+    def slot(self, kind: str) -> slice:
+        first = self.negatives_first is not False  # negatives first unless a batch showed the prompts first
+        start = self.n if self.with_negatives and (kind == PROMPT) == first else 0
+        return slice(start, start + self.n)
+
+    def place(self, prompt: list[int], negative: list[int]) -> tuple[slice, slice, bool]:
+        if not prompt and not negative:
+            return slice(0, 0), slice(0, 0), False
+        for rows in (prompt, negative):
+            if rows and rows != list(range(rows[0], rows[-1] + 1)):
+                raise InputError(f"this batch's rows with the prompt's text ({rows}) are not one contiguous block: "
+                                 "crossattn does not recognise the layout and will not guess it")
+        n = len(prompt or negative)
+        if self.n == 0:
+            self.n = n
+        if any(rows and len(rows) != self.n for rows in (prompt, negative)):
+            raise InputError(f"a denoiser call held {len(prompt)} prompt and {len(negative)} negative rows after "
+                             f"{self.n} image(s) per kind: crossattn does not recognise the layout")
+        if negative:
+            self.negatives_recorded = True
+        if prompt and negative:
+            order = negative[-1] + 1 == prompt[0]
+            if not order and prompt[-1] + 1 != negative[0] or self.negatives_first not in (None, order):
+                raise InputError("the negative and the prompt rows of a denoiser call are not side by side in a "
+                                 "known order: crossattn does not recognise the layout")
+            self.negatives_first = order
+            start = min(prompt[0], negative[0])
+            return slice(start, start + 2 * self.n), slice(0, 2 * self.n), True
+        if self.negatives_first is None and self.with_negatives:
+            self.negatives_first = True  # one call per kind: the images axis is [negatives, prompts]
+        rows = prompt or negative
+        return slice(rows[0], rows[-1] + 1), self.slot(PROMPT if prompt else NEGATIVE), bool(prompt)
 
 
 def _processors(denoiser) -> dict:

@@ -76,6 +76,7 @@ class Case:
     options: dict
     fed: Callable = tokens_fed
     sources: list[str] = field(default_factory=list)  # text sources the maps should name (several encoders)
+    calls: bool = False  # guidance runs two calls per step (prompt, then negative), not one [negative, prompt] batch
 
 
 IMAGE_EMBEDS = torch.randn(2, 1, 32, generator=seeded(1))  # [negative, prompt] image embeddings for the IP-Adapter
@@ -84,9 +85,9 @@ CASES = {
     "sana": Case(build_tiny_sana, dict(height=32, width=32, guidance_scale=4.5, max_sequence_length=16,
                                        use_resolution_binning=False, output_type="latent"), sana_fed),
     "lumina2": Case(build_tiny_lumina2, dict(height=64, width=64, guidance_scale=4.0, max_sequence_length=64,
-                                             output_type="latent"), lumina2_fed),
+                                             output_type="latent"), lumina2_fed, calls=True),
     "cogview4": Case(build_tiny_cogview4, dict(height=32, width=32, guidance_scale=4.0, output_type="latent"),
-                     cogview4_fed),
+                     cogview4_fed, calls=True),
     "hunyuandit": Case(build_tiny_hunyuandit, dict(height=16, width=16, guidance_scale=4.0,
                                                    use_resolution_binning=False, output_type="latent"),
                        hunyuandit_fed, ["bert", "mt5"]),
@@ -156,20 +157,19 @@ def traced(request, one_thread) -> Traced:
     return Traced(request.param, case, pipe, plain, out, tracer, calls, kept and hooks(pipe) == hooked, hooked)
 
 
-def prompt_rows_maps(pipe, tracer, calls) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prompt_rows_maps(case: Case, tracer, calls) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The reference's mean maps (pixels, kept tokens) of the prompt's rows, from the recorded attention calls.
 
     Layouts as the models build them: cross-attention keys are all text; added K/V keys are [text, the queries'
     own image]; joint (text first) calls hold [text, image] as queries and keys. Under guidance the prompt is the
     second half of a batch, or the first of the two calls per step.
     """
-    family = family_of(pipe)
     kinds = {layer.kind for layer in tracer.layers.values()}
     assert len(kinds) == 1
     kind = kinds.pop()
     if kind == "cross":  # the text's calls, not an IP-Adapter's image-prompt calls (4 keys)
         calls = [p for p in calls if p.shape[-1] == max(c.shape[-1] for c in calls)]
-    if family.cfg == "calls":  # [prompt call's layers, negative call's layers] per step
+    if case.calls:  # [prompt call's layers, negative call's layers] per step
         n = len(tracer.layers)
         calls = [p for k, p in enumerate(calls) if (k // n) % 2 == 0]
     maps = tracer.heat_maps()
@@ -177,7 +177,7 @@ def prompt_rows_maps(pipe, tracer, calls) -> list[tuple[torch.Tensor, torch.Tens
     for h, w in maps.resolutions:
         group = calls if kind == "text_first" else [p for p in calls if p.shape[-2] == h * w]
         batch, queries, keys = group[0].shape[0], group[0].shape[-2], group[0].shape[-1]
-        rows = slice(batch // 2, batch) if family.cfg != "calls" else slice(0, batch)
+        rows = slice(batch // 2, batch) if not case.calls else slice(0, batch)
         if kind == "text_first":
             images, text = slice(keys - h * w, keys), slice(0, keys - h * w)
         else:
@@ -196,7 +196,7 @@ def test_output_is_bit_identical_and_nothing_is_left_behind(traced):
 
 
 def test_maps_equal_an_independent_recomputation(traced):
-    for got, expected in prompt_rows_maps(traced.pipe, traced.tracer, traced.calls):
+    for got, expected in prompt_rows_maps(traced.case, traced.tracer, traced.calls):
         assert got.shape == expected.shape and got.sum() > 0
         assert torch.allclose(got, expected, atol=1e-5)
 
@@ -225,7 +225,7 @@ def test_maps_of_image_0_are_the_prompts_not_the_negatives(traced):
     assert tracer.n_images == 1
     prompt, negative = tracer.heat_maps(), tracer.heat_maps(negative=True)
     assert prompt.words == WORDS and negative.words == ["a", "green", "triangle"]
-    for got, expected in prompt_rows_maps(pipe, tracer, calls):  # the prompt's rows, recomputed independently
+    for got, expected in prompt_rows_maps(case, tracer, calls):  # the prompt's rows, recomputed independently
         assert torch.allclose(got, expected, atol=1e-5)
     assert not np.allclose(prompt.word("a").raw, negative.word("a").raw)
 

@@ -32,7 +32,9 @@ REGISTRY: tuple[Family, ...] = (
 )
 VIDEO_WORDS = ("Video", "AnimateDiff", "Wan", "CogVideoX", "Mochi", "LTX", "Latte", "Allegro", "SkyReels")
 # Variants that a broader pattern would catch but whose sequences the family does not describe.
-NOT_YET = {"Flux2": "among Flux.2 pipelines only Flux2Pipeline and Flux2KleinPipeline are supported (the KV, edit "
+NOT_YET = {"StableDiffusionPanorama": "its denoiser sees one view window of the panorama per call, and crossattn does "
+                                     "not yet place the views' maps on the panorama",
+           "Flux2": "among Flux.2 pipelines only Flux2Pipeline and Flux2KleinPipeline are supported (the KV, edit "
                     "and inpaint variants put reference-image tokens into the sequence)"}
 
 __all__ = ["REGISTRY", "Family", "family_of", "supported_list"]

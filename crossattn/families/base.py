@@ -4,7 +4,8 @@ The recorder, heat maps and everything above them are family-blind. A `Family` a
 
 1. which attention layers attend to the prompt, and how each lays out text and image positions (`layers`);
 2. how large the generated image's token grid is, from the denoiser's inputs (`grid`);
-3. how long the denoiser's text input is (`text_len`) and how classifier-free guidance batches it (`cfg`);
+3. what the denoiser's text input is and how long (`text_input`, `text_len`: the rows holding the prompt are found
+   by matching that input against the pipeline's prompt embeddings, `crossattn.rows`);
 4. which text encoders made the text positions, and where each of their tokens sits (`segments`).
 
 Each family lives in its own module (``unet.py``, ``sd3.py``, ``flux.py``, ``pixart.py``, ...); `family_of`
@@ -43,9 +44,6 @@ class Family:
     denoiser = "transformer"  # pipeline attribute of the denoiser
     encoders: tuple[str, ...] = ("text_encoder",)  # text encoders whose calls are watched (prompt, negative)
     source = "t5"  # the name of the text the first encoder makes (`maps.word(w, source=...)`)
-    # "batch": [negative, prompt] halves of one call; "batch_prompts_first": [prompt, negative] halves;
-    # "calls": a prompt call, then a negative call
-    cfg = "batch"
     resolution_sites = False  # one resolution throughout: sites are named by block ("joint"), not "up.16x16"
     concept_methods: tuple[str, ...] = ()  # `concepts.METHODS` it offers, its default first
 
@@ -74,9 +72,13 @@ class Family:
         value = kwargs.get("timestep")
         return float(torch.as_tensor(value).flatten()[0]) if value is not None else 0.0
 
+    def text_input(self, args: tuple, kwargs: dict):
+        """The denoiser's text input, one row per batch row: a (batch, tokens, features) tensor (or a list of
+        (tokens, features) tensors), as the pipeline's `encode_prompt` made it."""
+        return kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+
     def text_len(self, args: tuple, kwargs: dict) -> int:
-        context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-        return int(context.shape[1])
+        return int(self.text_input(args, kwargs).shape[1])
 
     def first_input(self, args: tuple, kwargs: dict) -> torch.Tensor:
         """The noisy latent the denoiser gets (for the batch size and the CFG duplicate check)."""

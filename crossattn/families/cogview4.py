@@ -15,7 +15,6 @@ from .base import Family, Segment
 class CogView4Family(Family):
     name = "CogView4"
     pipelines = ("CogView4*",)
-    cfg = "calls"
 
     layer_rules = {r"transformer_blocks\.(\d+)\.attn1": ("joint", "text_first")}
 

@@ -17,7 +17,6 @@ class FluxFamily(Family):
     name = "Flux.1"
     pipelines = ("Flux*",)
     encoders = ("text_encoder_2",)
-    cfg = "calls"
 
     layer_rules = {r"transformer_blocks\.(\d+)\.attn": ("double", "text_first"),
                    r"single_transformer_blocks\.(\d+)\.attn": ("single", "text_first")}

@@ -10,7 +10,7 @@ positions and a word's map sums T5's, the carried Llama's and the block's Llama'
 Llama's token indices as padded (HiDream masks no text padding: the image also attends to the pads, which are not
 kept); Llama's padding is its eos, so its segment ends at the first pad.
 Not mapped to words: the two CLIP encoders, which give only their pooled vectors (added to the timestep
-embedding, no positions any layer attends to). CFG: one batch [negatives, prompts]. Timestep kwarg ``timesteps``.
+embedding, no positions any layer attends to). Timestep kwarg ``timesteps``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ class HiDreamFamily(Family):
 
     def timestep(self, args, kwargs) -> float:
         return float(torch.as_tensor(kwargs["timesteps"]).flatten()[0])
+
+    def text_input(self, args, kwargs):
+        return kwargs["encoder_hidden_states_t5"]  # its rows are the prompt's or the negative's, as the Llama's
 
     def text_len(self, args, kwargs) -> int:
         llama = kwargs["encoder_hidden_states_llama3"]  # (layers, batch, tokens, features)

@@ -23,7 +23,6 @@ from .chat import chat_segment
 class Lumina2Family(Family):
     name = "Lumina-Image 2.0"
     pipelines = ("Lumina2*",)
-    cfg = "calls"
 
     layer_rules = {r"layers\.(\d+)\.attn": ("joint", "text_first")}
 

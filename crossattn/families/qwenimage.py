@@ -19,7 +19,6 @@ from .chat import chat_segment, unpadded_positions
 class QwenImageFamily(Family):
     name = "Qwen-Image"
     pipelines = ("QwenImagePipeline",)
-    cfg = "calls"
 
     layer_rules = {r"transformer_blocks\.(\d+)\.attn": ("joint", "text_first")}
 

@@ -68,9 +68,8 @@ class UNetFamily(Family):
     def prompt_ids(self, pipe, prompt, text_len) -> dict[str, list[int]]:
         return {"text_encoder": tokenize_prompt(pipe.tokenizer, prompt)}
 
-    def text_len(self, args, kwargs) -> int:
-        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
-        return int(context.shape[1])
+    def text_input(self, args, kwargs):
+        return kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         return [whole("clip", pipe.tokenizer, calls["text_encoder"][call][prompt])]

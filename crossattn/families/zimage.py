@@ -26,7 +26,6 @@ from .chat import chat_segment, qwen_chat_ids, unpadded_positions
 class ZImageFamily(Family):
     name = "Z-Image"
     pipelines = ("ZImagePipeline",)
-    cfg = "batch_prompts_first"
 
     layer_rules = {r"layers\.(\d+)\.attention": ("single", "text_last")}
 
@@ -45,12 +44,13 @@ class ZImageFamily(Family):
         patch = kwargs.get("patch_size", self.patch(denoiser))
         return latent.shape[-2] // patch, latent.shape[-1] // patch
 
+    def text_input(self, args, kwargs) -> list[torch.Tensor]:
+        return kwargs.get("cap_feats", args[2] if len(args) > 2 else None)  # one (tokens, features) per image
+
     def text_len(self, args, kwargs) -> int:
         # imported here, so that `import crossattn` does not import diffusers
         from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF
-
-        captions = kwargs.get("cap_feats", args[2] if len(args) > 2 else None)
-        return max(math.ceil(len(c) / SEQ_MULTI_OF) * SEQ_MULTI_OF for c in captions)
+        return max(math.ceil(len(c) / SEQ_MULTI_OF) * SEQ_MULTI_OF for c in self.text_input(args, kwargs))
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         ids, tok = calls["text_encoder"][call][prompt], pipe.tokenizer
