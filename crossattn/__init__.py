@@ -8,11 +8,13 @@
     <PIL.Image.Image image mode=RGB size=64x64 at ...>
 """
 
+from .causal import effects, repair
 from .errors import InputError, UnknownWordError
 from .heatmaps import HeatMaps, WordHeatMap, load_heat_maps
+from .intervention import intervene
 from .models import load_pipeline
 from .tracing import Trace, trace
 
-__all__ = ["HeatMaps", "InputError", "Trace", "UnknownWordError", "WordHeatMap", "load_heat_maps", "load_pipeline",
-           "trace"]
+__all__ = ["HeatMaps", "InputError", "Trace", "UnknownWordError", "WordHeatMap", "effects", "intervene",
+           "load_heat_maps", "load_pipeline", "repair", "trace"]
 __version__ = "0.2.0"

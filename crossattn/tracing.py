@@ -37,6 +37,10 @@ MASSES = ("raw", "text")
 class Trace:
     """Recording state for one pipeline; use through `crossattn.trace`. Not thread-safe: one call at a time."""
 
+    # Where this object's attention mode sits among others on the same layer: an intervention's is always above
+    # a trace's, whichever was entered first, so the trace records the attention the intervention made.
+    on_top = False
+
     def __init__(self, pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool = False,
                  trace_size: int = 16, capture_uncond: bool = False, mass: str = "raw",
                  concepts: list[str] | None = None, concept_method: str | None = None):
@@ -94,8 +98,10 @@ class Trace:
                 module = self.denoiser.get_submodule(path)
                 observer = AttentionObserver(self.recorder, layer)
                 self._observers.append(observer)
-                self._hooks.append(module.register_forward_pre_hook(observer.switch_on))
-                self._hooks.append(module.register_forward_hook(observer.switch_off, always_call=True))
+                # modes are a stack: the one switched on last is asked first and must be switched off first
+                self._hooks.append(module.register_forward_pre_hook(observer.switch_on, prepend=not self.on_top))
+                self._hooks.append(module.register_forward_hook(observer.switch_off, always_call=True,
+                                                                prepend=self.on_top))
             self._hooks.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
             self._wrap_encode_prompt()
             for name in self.family.encoders:
@@ -129,26 +135,35 @@ class Trace:
         original = getattr(self.pipe, "encode_prompt", None)
         if original is None:
             return
-        self._encode_prompt = (original, "encode_prompt" in vars(self.pipe))
+        self._encode_prompt = self._encode_original = (original, "encode_prompt" in vars(self.pipe))
 
         def encode_prompt(*args, **kwargs):
-            if self.recorder.step is not None:  # the previous generation is over
-                self._new_run()
+            if self._encode_prompt is not None:  # still watching (a wrapper left under another's is inert)
+                if self.recorder.step is not None:  # the previous generation is over
+                    self._new_run()
             returned = original(*args, **kwargs)
-            self._encoded.append(returned)
+            if self._encode_prompt is not None:
+                self._encoded.append(returned)
             return returned
 
+        encode_prompt.crossattn_owner = self
         self.pipe.encode_prompt = encode_prompt
 
     def _unwrap_encode_prompt(self) -> None:
         if self._encode_prompt is None:
             return
         original, own = self._encode_prompt
+        self._encode_prompt = None
+        current = vars(self.pipe).get("encode_prompt")
+        if getattr(current, "crossattn_owner", None) is not self:
+            return  # another trace wrapped ours and is still active: ours is now inert, theirs restores past it
+        # skip wrappers of traces that already ended out of order (inert), back to the pipeline's own
+        while (owner := getattr(original, "crossattn_owner", None)) is not None and owner._encode_prompt is None:
+            original, own = owner._encode_original
         if own:
             self.pipe.encode_prompt = original
         else:
             vars(self.pipe).pop("encode_prompt", None)
-        self._encode_prompt = None
 
     # ---- hooks (read-only on the inputs) ------------------------------------------------------------
     def _new_run(self) -> None:

@@ -1,0 +1,233 @@
+"""Do the maps explain? Counterfactual generations per word, and repair of neglected objects.
+
+Attention maps say where the model looked; they do not prove that looking there made the picture. `effects`
+regenerates with the same seed once per word, the word taken away, and measures where the picture changed:
+
+- ``how="prompt"``: the word deleted from the prompt and the prompt re-encoded — its meaning gone wherever the
+  text encoder put it (a causal encoder such as CLIP also carries it into the tokens after it);
+- ``how="attention"``: the word's attention scaled by ``scale`` with `crossattn.intervene` — only the effect that
+  flows through the word's own text positions, the part its map can account for.
+
+Each word gets a *change map* (how much each pixel changed, in [0, 1]) and its *agreement* with the word's
+attention map (Pearson r): where the map is right about cause, the two coincide. `repair` uses the same lever the
+other way: objects the diagnosis finds neglected get their words' attention boosted early in the generation, one
+extra generation, no gradients.
+
+    >>> import crossattn
+    >>> pipe = crossattn.load_pipeline()
+    >>> eff = crossattn.effects(pipe, "a red circle left of a blue square", ["blue square"], num_inference_steps=6)
+    >>> eff["blue square"].change.shape, eff["blue square"].change.dtype
+    ((64, 64), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .diagnosis import Diagnosis, diagnose
+from .errors import InputError
+from .generation import generate
+from .heatmaps import HeatMaps
+from .intervention import intervene
+from .words import word_ref
+
+HOWS = ("prompt", "attention")
+# Chosen by benchmarks/causal_eval.py (README, "Do the maps explain?"): boost ×3 in the first half of the steps.
+REPAIR_SCALE = 3.0
+REPAIR_SHARE = 0.5
+
+
+@dataclass
+class Effect:
+    """What taking one word away did: the counterfactual image, where it changed, and how that agrees with the
+    word's attention map."""
+
+    word: str
+    image: Image.Image
+    change: np.ndarray  # float32 (H, W) in [0, 1]: mean absolute RGB change per pixel
+    agreement: float | None  # Pearson r of the word's attention map (plain generation) and `change`; None if flat
+    prompt: str  # the counterfactual's prompt (the word deleted, for how="prompt")
+
+    def to_dict(self) -> dict:
+        return {"word": self.word, "prompt": self.prompt, "mean_change": round(float(self.change.mean()), 5),
+                "max_change": round(float(self.change.max()), 5),
+                "agreement": None if self.agreement is None else round(self.agreement, 4)}
+
+
+@dataclass
+class Effects:
+    """The plain generation and one counterfactual per word: ``eff["blue circle"].change``."""
+
+    prompt: str
+    how: str
+    scale: float
+    steps: tuple[int, int | None]
+    seed: int
+    image: Image.Image
+    maps: HeatMaps
+    words: dict[str, Effect] = field(default_factory=dict)
+
+    def __getitem__(self, word: str) -> Effect:
+        if word not in self.words:
+            raise InputError(f"no effect was measured for {word!r}; these were: {', '.join(map(repr, self.words))}")
+        return self.words[word]
+
+    def __iter__(self):
+        return iter(self.words.values())
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "how": self.how, "scale": self.scale, "steps": list(self.steps),
+                "seed": self.seed, "effects": [e.to_dict() for e in self.words.values()]}
+
+
+def change_map(before: Image.Image, after: Image.Image) -> np.ndarray:
+    """Per pixel, the mean absolute change of the RGB values, in [0, 1]."""
+    a = np.asarray(before.convert("RGB"), dtype=np.float32)
+    b = np.asarray(after.convert("RGB"), dtype=np.float32)
+    return (np.abs(a - b).mean(-1) / 255.0).astype(np.float32)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson r of two maps of one size; None when either is constant (r is undefined)."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    norm = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / norm if norm > 0 else None
+
+
+def delete_word(prompt: str, word: str) -> str:
+    """The prompt without one occurrence of a word or phrase ("cat#1": the second "cat"), spaces tidied.
+
+    Raises InputError if the word is not in the prompt, or if nothing would be left to generate from.
+    """
+    name, occurrence = word_ref(word)
+    parts = name.split()
+    if not parts:
+        raise InputError("an empty word cannot be deleted from the prompt")
+    pattern = r"(?<![\w])" + r"\s+".join(re.escape(p) for p in parts) + r"(?![\w])"
+    found = list(re.finditer(pattern, prompt, flags=re.IGNORECASE))
+    if occurrence >= len(found):
+        raise InputError(f"{word!r} is not in the prompt {prompt!r}" if not found else
+                         f"{name!r} occurs {len(found)} time(s) in the prompt; {word!r} is out of range")
+    m = found[occurrence]
+    left = re.sub(r"\s+", " ", (prompt[: m.start()] + " " + prompt[m.end():])).strip()
+    if not any(ch.isalnum() for ch in left):
+        raise InputError(f"deleting {word!r} leaves nothing of the prompt {prompt!r}: a counterfactual needs a "
+                         "prompt (use how='attention' to remove only its attention)")
+    return left
+
+
+PIPE_OPTIONS = {"num_inference_steps": "steps", "guidance_scale": "guidance", "negative_prompt": "negative_prompt"}
+
+
+def generate_options(pipe_kwargs: dict) -> dict:
+    """The pipeline keywords these functions take, as `generate` names them (it seeds and checks them the same
+    way for the plain and the counterfactual generations)."""
+    unknown = sorted(set(pipe_kwargs) - set(PIPE_OPTIONS) - {"width", "height"})
+    if unknown:
+        raise InputError(f"unsupported pipeline option(s) {unknown}: use {', '.join(PIPE_OPTIONS)}, width, height")
+    out = {PIPE_OPTIONS[k]: v for k, v in pipe_kwargs.items() if k in PIPE_OPTIONS}
+    if "width" in pipe_kwargs or "height" in pipe_kwargs:
+        if not {"width", "height"} <= set(pipe_kwargs):
+            raise InputError("give both width and height, or neither (the model's native size)")
+        out["size"] = (pipe_kwargs["width"], pipe_kwargs["height"])
+    return out
+
+
+def effects(pipe, prompt: str, words: list[str] | None = None, *, how: str = "prompt", scale: float = 0.0,
+            steps: tuple[int, int | None] = (0, None), seed: int = 0, **pipe_kwargs) -> Effects:
+    """The traced plain generation plus one counterfactual generation per word or phrase (same seed).
+
+    Args:
+        words: words or phrases of the prompt ("blue circle", "cat#1"); None: its objects (noun phrases).
+        how: ``"prompt"`` (delete the word, re-encode) or ``"attention"`` (scale its attention, `intervene`).
+        scale, steps: the attention scale and step window (start, stop) for ``how="attention"``.
+        pipe_kwargs: num_inference_steps, guidance_scale, negative_prompt, width and height.
+
+    Costs 1 + len(words) generations. See the module's docstring for an example.
+    """
+    if how not in HOWS:
+        raise InputError(f"how must be one of {', '.join(HOWS)}, got {how!r}")
+    if how == "prompt" and (scale != 0.0 or tuple(steps) != (0, None)):
+        raise InputError("scale and steps apply to how='attention'; how='prompt' deletes the word outright")
+    if not math.isfinite(scale) or scale < 0:
+        raise InputError(f"scale must be a finite number >= 0, got {scale!r}")
+    options = generate_options(pipe_kwargs)
+    if words is not None and not words:
+        raise InputError("no words given: name words or phrases of the prompt, or None for its objects")
+    counterfactuals = {w: delete_word(prompt, w) for w in words or []} if how == "prompt" else {}
+    image, maps = generate(pipe, prompt, seed=seed, words=words, **options)
+    words = list(words or maps.objects())
+    out = Effects(prompt, how, scale, tuple(steps), seed, image, maps)
+    for word in words:
+        if how == "prompt":
+            edited = counterfactuals.get(word) or delete_word(prompt, word)
+            other, _ = generate(pipe, edited, seed=seed, **options)
+        else:
+            edited = prompt
+            with intervene(pipe, {word: scale}, steps=steps):
+                other, _ = generate(pipe, prompt, seed=seed, **options)
+        change = change_map(image, other)
+        out.words[word] = Effect(word, other, change, pearson(maps.word(*word_ref(word)).raw, change), edited)
+    return out
+
+
+@dataclass
+class Repair:
+    """A generation, its diagnosis, and — where objects were neglected — the regeneration with their words'
+    attention boosted. ``after`` reads the repaired generation's steps after the boost (unbiased attention)."""
+
+    prompt: str
+    image_before: Image.Image
+    image: Image.Image
+    before: Diagnosis
+    after: Diagnosis
+    boosted: dict[str, float]
+    steps: tuple[int, int]
+    maps_before: HeatMaps
+    maps: HeatMaps
+
+    @property
+    def recovered(self) -> list[str]:
+        """Objects neglected before and not after."""
+        return [name for name in self.boosted if not self.after[name].missing]
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "boosted": self.boosted, "steps": list(self.steps),
+                "recovered": self.recovered, "before": self.before.verdicts(), "after": self.after.verdicts()}
+
+
+def repair(pipe, prompt: str, *, seed: int = 0, scale: float = REPAIR_SCALE, share: float = REPAIR_SHARE,
+           **pipe_kwargs) -> Repair:
+    """Diagnose one generation; if objects were neglected, regenerate with their words' attention multiplied by
+    `scale` in the first `share` of the steps, and diagnose the regeneration from the steps after the boost.
+
+    One extra generation when something was neglected, none otherwise (then ``image is image_before`` and
+    ``boosted`` is empty). Forward only: no gradient steps on the latent (unlike Attend-and-Excite).
+
+        >>> import crossattn
+        >>> r = crossattn.repair(crossattn.load_pipeline(), "a red circle left of a blue square", num_inference_steps=6)
+        >>> sorted(r.boosted) == sorted(set(r.boosted) & {o.name for o in r.before.objects if o.missing})
+        True
+    """
+    if not math.isfinite(scale) or scale <= 1:
+        raise InputError(f"a repair boosts attention: scale must be a finite number > 1, got {scale!r}")
+    if not 0 < share < 1:
+        raise InputError(f"share must be between 0 and 1 (the early part of the steps boosted), got {share!r}")
+    options = generate_options(pipe_kwargs)
+    image, maps = generate(pipe, prompt, seed=seed, **options)
+    before = diagnose(maps)
+    total = len(maps.trace_counts)
+    window = (0, max(1, min(total - 1, round(total * share))))
+    neglected = {o.name: scale for o in before.objects if o.missing}
+    if not neglected:
+        return Repair(prompt, image, image, before, before, {}, window, maps, maps)
+    with intervene(pipe, neglected, steps=window):
+        fixed, fixed_maps = generate(pipe, prompt, seed=seed, **options)
+    after = diagnose(fixed_maps, objects=[o.name for o in before.objects], steps=list(range(window[1], total)))
+    return Repair(prompt, image, fixed, before, after, neglected, window, maps, fixed_maps)
