@@ -64,6 +64,9 @@ class Trace:
         # Concept maps accumulate like word maps, one "token" per concept and one head (`crossattn.concepts`).
         self.concept_recorder = Recorder(time_bins=time_bins, per_layer=per_layer, trace_size=trace_size,
                                          resolution_sites=self.family.resolution_sites)
+        # Denoiser calls per generation, when the caller drives the denoiser itself (e.g. `explain`); None: read
+        # from the pipeline's scheduler.
+        self.expected_steps: int | None = None
         self._encoded: list = []  # what the pipeline's encode_prompt returned in this generation
         self._notes: dict[str, None] = {}  # what a user must know about how these maps were made (ordered set)
         self._rows_state: _RowState | None = None
@@ -255,6 +258,8 @@ class Trace:
         self._kept_max = max(kept, default=text_len - 1)
 
     def _expected_steps(self) -> int:
+        if self.expected_steps is not None:
+            return self.expected_steps
         try:
             return int(self.pipe.num_timesteps)
         except (AttributeError, TypeError):
