@@ -105,12 +105,14 @@ class Recorder:
     trace_counts: list[int] = field(default_factory=list)
     timesteps: list[float] = field(default_factory=list)
     coverage: dict[str, dict[str, int]] = field(default_factory=dict)
+    ran_steps: dict[str, set[int]] = field(default_factory=dict)  # layer -> the steps it recorded
     listener: object | None = None  # a `concepts.ConceptEngine` following concepts on the side, if any
     step: StepState | None = None
     _views: dict = field(default_factory=dict, repr=False)
 
     def reset(self) -> None:
-        for part in (self.sums, self.counts, self.sites, self.trace, self.trace_counts, self.timesteps, self._views):
+        for part in (self.sums, self.counts, self.sites, self.trace, self.trace_counts, self.timesteps, self._views,
+                     self.ran_steps):
             part.clear()
         for counts in self.coverage.values():
             counts.update(recorded=0, skipped=0)
@@ -167,6 +169,7 @@ class Recorder:
         if step.outside is not None:
             probs[..., step.outside] = 0
         counts["recorded"] += 1
+        self.ran_steps.setdefault(layer.name, set()).add(step.index)
         h, w = self._grid(images.stop - images.start)
         self.record(layer, probs, h, w)
         if self.listener is not None:
@@ -258,8 +261,10 @@ class AttentionObserver(TorchFunctionMode):
         self.recorder = recorder
         self.layer = layer
         self.on = False
+        self.calls = 0  # forward calls of the layer in this generation (did it run at all?)
 
     def switch_on(self, module, args) -> None:  # forward pre-hook of the layer (returns None: inputs untouched)
+        self.calls += 1
         self.__enter__()
         self.on = True
 

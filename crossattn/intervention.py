@@ -53,6 +53,8 @@ class Editor(Recorder):
         if enable_gqa:
             call["enable_gqa"] = True
         step = self.step
+        if step is not None:  # seen attending, edited or not (the trace's check that layers are observable)
+            counts = self.coverage.setdefault(layer.name, {"recorded": 0, "skipped": 0})
         wanted = step is not None and self.bias and step.rows.stop > step.rows.start and not is_causal and \
             self.start <= step.index < (self.stop if self.stop is not None else math.inf) and \
             (self.only is None or layer.name in self.only or layer.block in self.only)
@@ -73,8 +75,7 @@ class Editor(Recorder):
         bias[step.rows, :, images if joint else slice(None), columns] = values
         if attn_mask is not None and attn_mask.dtype == torch.bool:
             attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill_(~attn_mask, -math.inf)
-        counts = self.coverage.setdefault(layer.name, {"recorded": 0, "skipped": 0})
-        counts["recorded"] += 1
+        counts["recorded"] += 1  # edited
         return _SDPA(query, key, value, attn_mask=bias if attn_mask is None else attn_mask + bias, **call)
 
 

@@ -32,6 +32,9 @@ from .words import Word, words_from_segments
 # Cross-attention processors that compute plain softmax attention without SDPA: swapped for the trace.
 NON_SDPA_PLAIN = {"AttnProcessor", "SlicedAttnProcessor", "XFormersAttnProcessor"}
 MASSES = ("raw", "text")
+# diffusers attention backends that run torch's scaled_dot_product_attention (`None`: the process-wide default)
+TRUNCATION_NOTE = "the prompt fills all"  # how the note on a prompt the text encoder may have cut begins
+SDPA_BACKENDS = {"native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math"}
 
 
 class Trace:
@@ -51,6 +54,7 @@ class Trace:
         self.pipe = pipe
         self.family = family_of(pipe)
         self.denoiser = getattr(pipe, self.family.denoiser)
+        _check_traceable(self.denoiser)
         self.layers = self.family.layers(self.denoiser)
         if not self.layers:
             raise InputError(f"{type(self.denoiser).__name__} of {type(pipe).__name__} has no layers that attend to "
@@ -68,8 +72,13 @@ class Trace:
         # from the pipeline's scheduler.
         self.expected_steps: int | None = None
         self._encoded: list = []  # what the pipeline's encode_prompt returned in this generation
+        self._typed: str | list[str] | None = None  # the prompt(s) encode_prompt was given
         self._notes: dict[str, None] = {}  # what a user must know about how these maps were made (ordered set)
+        self._setup_notes: list[str] = []  # the same, from how the trace was installed (e.g. a backend switched)
+        self._backends: dict = {}  # processor -> its own attention backend, while switched to torch's SDPA
+        self._compiled: dict = {}  # module -> its compiled forward, while it runs eagerly
         self._rows_state: _RowState | None = None
+        self._checked_observable = False
         self._swapped: dict | None = None
         self._encode_prompt = None  # the pipeline's own encode_prompt attribute, while wrapped
         self._hooks: list = []
@@ -97,6 +106,8 @@ class Trace:
                 self._hooks.extend(engine.hooks())
             if swap:
                 self.denoiser.set_attn_processor({**processors, **swap})
+            self._use_sdpa_backend()
+            self._run_compiled_blocks_eagerly()
             for path, layer in self.layers.items():
                 module = self.denoiser.get_submodule(path)
                 observer = AttentionObserver(self.recorder, layer)
@@ -106,6 +117,7 @@ class Trace:
                 self._hooks.append(module.register_forward_hook(observer.switch_off, always_call=True,
                                                                 prepend=self.on_top))
             self._hooks.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
+            self._hooks.append(self.denoiser.register_forward_hook(self._after_denoiser))
             self._wrap_encode_prompt()
             for name in self.family.encoders:
                 encoder = getattr(self.pipe, name, None)
@@ -128,6 +140,12 @@ class Trace:
         self._observers.clear()
         self.recorder.listener = None
         self._unwrap_encode_prompt()
+        for processor, backend in self._backends.items():
+            processor._attention_backend = backend
+        self._backends.clear()
+        for module, compiled in self._compiled.items():
+            module._compiled_call_impl = compiled
+        self._compiled.clear()
         if self._swapped:
             self.denoiser.set_attn_processor({**_processors(self.denoiser), **self._swapped})
         self._swapped = None
@@ -146,6 +164,8 @@ class Trace:
                     self._new_run()
             returned = original(*args, **kwargs)
             if self._encode_prompt is not None:
+                if not self._encoded:  # the prompt as typed (the first call encodes prompts, later ones negatives)
+                    self._typed = kwargs.get("prompt", args[0] if args else None)
                 self._encoded.append(returned)
             return returned
 
@@ -168,14 +188,56 @@ class Trace:
         else:
             vars(self.pipe).pop("encode_prompt", None)
 
+    def _use_sdpa_backend(self) -> None:
+        """Traced layers whose diffusers attention backend (flash, flex, sage, xformers, ...) would bypass torch's
+        SDPA run through SDPA ("native") for the trace's duration: the capture sees only SDPA calls."""
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry  # only where diffusers is used
+
+        default = str(getattr(_AttentionBackendRegistry._active_backend, "value", "native"))
+        switched: dict[str, int] = {}
+        for path in self.layers:
+            processor = getattr(self.denoiser.get_submodule(path), "processor", None)
+            if processor is None or not hasattr(processor, "_attention_backend"):
+                continue
+            own = processor._attention_backend
+            backend = str(getattr(own, "value", own)) if own is not None else default
+            if backend not in SDPA_BACKENDS:
+                self._backends[processor] = own
+                processor._attention_backend = "native"
+                switched[backend] = switched.get(backend, 0) + 1
+        for backend, n in switched.items():
+            self._setup_notes.append(f"the attention backend '{backend}' of {n} traced layer(s) was switched to "
+                                     "torch's SDPA ('native') for the trace, and given back after: the traced "
+                                     "image can differ from one made with that backend within its precision")
+
+    def _run_compiled_blocks_eagerly(self) -> None:
+        """Blocks compiled with `module.compile()` (diffusers' `compile_repeated_blocks`) run their traced layers
+        inside a compiled graph, where hooks and the observing mode are not executed: for the trace's duration they
+        run eagerly (the same weights and processors), and get their compiled forward back after."""
+        paths = list(self.layers)
+        for name, module in self.denoiser.named_modules():
+            compiled = getattr(module, "_compiled_call_impl", None)
+            if compiled is not None and any(p == name or p.startswith(f"{name}.") or not name for p in paths):
+                self._compiled[module] = compiled
+                module._compiled_call_impl = None
+        if self._compiled:
+            self._setup_notes.append(f"{len(self._compiled)} compiled block(s) ran uncompiled for the trace (their "
+                                     "attention is not observable inside a compiled graph), and were given back "
+                                     "their compiled forward after: the traced image can differ from the compiled "
+                                     "one within float rounding")
+
     # ---- hooks (read-only on the inputs) ------------------------------------------------------------
     def _new_run(self) -> None:
         self._restart_recording()
         self._encoded.clear()
+        self._typed = None
         for calls in self.calls.values():
             calls.clear()
 
     def _restart_recording(self) -> None:
+        self._checked_observable = False
+        for observer in self._observers:
+            observer.calls = 0
         self.recorder.reset()
         self.concept_recorder.reset()
         self._notes.clear()
@@ -210,6 +272,27 @@ class Trace:
             self.concept_recorder.begin_step(step)
             if rows.stop > rows.start:
                 rec.listener.begin_call(rows)
+
+    def _after_denoiser(self, module, args, output) -> None:
+        """After the first denoiser call of a generation: refuse at once if no traced layer that ran was seen
+        attending (an attention kernel crossattn cannot observe), rather than after the whole generation."""
+        rec = self.recorder
+        if rec.step is None or rec.step.index != 0 or self._checked_observable:
+            return
+        self._checked_observable = True
+        ran = {o.layer.name for o in self._observers if o.calls}
+        if not ran and not rec.coverage:
+            raise InputError(f"no traced layer of {type(self.denoiser).__name__} ran its hooks in the first denoising "
+                             "step (compiled code, or a wrapper that skips module hooks?): crossattn cannot see its "
+                             "attention; trace the model uncompiled")
+        unseen = sorted(ran - set(rec.coverage))
+        if ran and len(unseen) == len(ran):
+            raise InputError(f"none of the {len(ran)} traced layers of {type(self.denoiser).__name__} that ran "
+                             "reached torch's scaled_dot_product_attention (a custom attention processor or kernel?): "
+                             "crossattn cannot see their attention; use diffusers' default processors while tracing")
+        if unseen:
+            self._notes[f"{len(unseen)} traced layer(s) ran without reaching torch's SDPA and are not in the maps: "
+                        f"{', '.join(unseen[:4])}{' …' if len(unseen) > 4 else ''}"] = None
 
     def _rows(self, x: torch.Tensor, text, repeat: bool) -> tuple[slice, slice, bool]:
         """(batch rows to record, their slot in the recorder's images axis, whether they include the prompt's)
@@ -326,9 +409,9 @@ class Trace:
             for i, p in enumerate(segment.positions):
                 if p in column:
                     tokens[column[p]] = strings[i]
-        notes = list(self._notes)
-        if prompt is None and any(s.truncated for s in segments[:1]):
-            notes.insert(0, f"the prompt fills all {len(segments[0].ids)} token positions of the text encoder and "
+        notes = self._setup_notes + list(self._notes) + self._skipped_steps_notes()
+        if any(s.truncated for s in segments[:1]):
+            notes.insert(0, f"{TRUNCATION_NOTE} {len(segments[0].ids)} token positions of the text encoder and "
                          "may have been cut: maps cover only what the model saw")
         meta = {
             "model": getattr(self.pipe, "name_or_path", None) or type(self.pipe).__name__,
@@ -337,9 +420,9 @@ class Trace:
             "resolution_sites": self.family.resolution_sites,
             "sources": [s.source for s in segments],
             "mass": rec.mass,
-            "prompt": prompt if prompt is not None else segments[0].tokenizer.decode(
-                [t for i, t in enumerate(segments[0].ids[: segments[0].end + 1]) if i not in segments[0].skip],
-                skip_special_tokens=True),
+            "prompt": prompt if prompt is not None else self._typed_prompt(image, n, negative) or
+            segments[0].tokenizer.decode([t for i, t in enumerate(segments[0].ids[: segments[0].end + 1])
+                                          if i not in segments[0].skip], skip_special_tokens=True),
             "image_index": image,
             "negative": negative,
             "steps": rec.step.total,
@@ -355,6 +438,26 @@ class Trace:
                                        {**meta, "kind": "concepts", "concepts": list(self.concepts),
                                         "concept_method": self.concept_method})
         return maps
+
+    def _typed_prompt(self, image: int, n_images: int, negative: bool) -> str | None:
+        """Image `image`'s prompt as the pipeline was given it (None for negatives, or when given embeddings)."""
+        typed = self._typed
+        if negative or typed is None:
+            return None
+        if isinstance(typed, str):
+            return typed
+        return typed[image // max(1, n_images // len(typed))] if typed else None
+
+    def _skipped_steps_notes(self) -> list[str]:
+        """Layers that recorded fewer steps than the generation ran (step caches, layer skipping): their maps are
+        means over the steps they ran, which the note names."""
+        steps = len(self.recorder.timesteps)
+        short = {name: len(ran) for name, ran in self.recorder.ran_steps.items() if len(ran) < steps}
+        if not short:
+            return []
+        listed = ", ".join(f"{name} {n}/{steps}" for name, n in list(short.items())[:6])
+        return [f"{len(short)} layer(s) ran in fewer steps than the generation's {steps} (a step cache or layer "
+                f"skipping): their maps average only the steps they ran ({listed}{' …' if len(short) > 6 else ''})"]
 
     def _maps(self, rec: Recorder, row: int, words: list[Word], tokens: list[str], meta: dict) -> HeatMaps:
         """A `HeatMaps` of one images-axis row of a recorder."""
@@ -447,6 +550,18 @@ class _RowState:
             self.negatives_first = True  # one call per kind: the images axis is [negatives, prompts]
         rows = prompt or negative
         return slice(rows[0], rows[-1] + 1), self.slot(PROMPT if prompt else NEGATIVE), bool(prompt)
+
+
+def _check_traceable(denoiser) -> None:
+    """Configurations the capture cannot follow, refused before anything runs."""
+    if hasattr(denoiser, "_orig_mod"):  # torch.compile(model): hooks and modes inside one compiled graph
+        raise InputError("a denoiser compiled whole with torch.compile cannot be traced (its attention calls run "
+                         "inside one compiled graph): trace before compiling, or compile its repeated blocks "
+                         "(denoiser.compile_repeated_blocks()), which crossattn traces exactly")
+    for module in denoiser.modules():
+        if getattr(getattr(module, "processor", None), "_parallel_config", None) is not None:
+            raise InputError("context parallelism (sequences sharded over devices) is not supported: each device "
+                             "sees only part of the image and text positions; trace without it")
 
 
 def _processors(denoiser) -> dict:
