@@ -12,13 +12,16 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from .concepts import METHODS
 from .errors import InputError, one_line
 from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEED, check_inputs, generate, native_size, parse_size
+from .models import DEFAULT_MODEL, EMBEDDED, available_devices, check_device
 from .placement import DEFAULT_TAU
 from .render import COLORMAPS
 from .words import slug, split_list
@@ -45,6 +48,13 @@ def _load(args):
     return pipe
 
 
+# Which run wrote an output folder (command and prompt), and every name a command writes there: results of
+# two runs side by side would read as one result, so a run replaces all of them or none.
+RUN_FILE = "crossattn-run.json"
+OUTPUTS = ("image.png", "grid.png", "overlays", "maps.safetensors", "maps.npz", "heatmaps.json", "concepts",
+           "diagnosis.json", "diagnosis.png", "placement.json", "segmentation.png", "timeline.png", RUN_FILE)
+
+
 def _writable(folder: str) -> Path:
     """The output folder, created and checked for writing before any compute is spent."""
     out = Path(folder)
@@ -58,29 +68,72 @@ def _writable(folder: str) -> Path:
     return out
 
 
+def _output_folder(args) -> Path:
+    """--out, writable and free for this run, before any compute is spent: a folder holding another command's
+    or another prompt's results (or results it cannot tell) is refused unless --overwrite; the same command on
+    the same prompt (another seed, say) replaces its own results."""
+    out = _writable(args.out)
+    found = [name for name in OUTPUTS if (out / name).exists()]
+    if not found or args.overwrite:
+        return out
+    try:
+        run = json.loads((out / RUN_FILE).read_text())
+        same = run["command"] == args.command and run["prompt"] == args.prompt
+        held = f"the results of `crossattn {run['command']}` for “{run['prompt']}”"
+    except (OSError, ValueError, KeyError, TypeError):  # older or foreign results: no (readable) record of the run
+        same, held = False, ", ".join(found[:3]) + (" …" if len(found) > 3 else "")
+    if not same:
+        raise InputError(f"--out {args.out!r} already holds {held}: give another --out, or add --overwrite to "
+                         "replace them")
+    return out
+
+
+def _clear(out: Path, args) -> None:
+    """Remove every result a previous run left in `out` (none may survive beside this run's), then record
+    this run."""
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    (out / RUN_FILE).write_text(json.dumps({"command": args.command, "prompt": args.prompt, "seed": args.seed,
+                                            "model": args.model or DEFAULT_MODEL}, indent=1))
+
+
+def _note(text: str) -> None:
+    print(f"crossattn: note: {text}", file=sys.stderr)
+
+
 def _generate(args, words: list[str] | None = None, **trace_options):
-    """Load, validate (before any compute), generate under a tqdm bar; returns (image, maps)."""
+    """Load, validate (before any compute), generate under a tqdm bar; returns (image, maps). Each note for
+    the user (stderr, one line) is printed once: the input's before the compute, the trace's after it."""
     from tqdm import tqdm
 
     pipe = _load(args)
     size = parse_size(args.size) if args.size else native_size(pipe)
-    for note in check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words, seed=args.seed,
-                             concept_method=trace_options.get("concept_method")):
-        print(f"crossattn: note: {note}", file=sys.stderr)
+    said = check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words, seed=args.seed,
+                        concept_method=trace_options.get("concept_method"))
+    for note in said:
+        _note(note)
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
         image, maps = generate(pipe, args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                size=size, negative_prompt=args.negative, on_step=lambda i, n: bar.update(1),
                                **trace_options)
-    maps.meta["model"] = args.model or "shapes-unet"
+    for note in maps.meta["notes"]:
+        if note not in said:
+            _note(note)
+    maps.meta["model"] = args.model or DEFAULT_MODEL
     return image, maps
 
 
 def cmd_generate(args) -> None:
     words = split_list(args.words) or None
-    out = _writable(args.out)
+    out = _output_folder(args)
     image, maps = _generate(args, words, concepts=split_list(args.concepts) or None,
                             concept_method=args.concept_method)
-    (out / "overlays").mkdir(exist_ok=True)
+    _clear(out, args)
+    (out / "overlays").mkdir()
     image.save(out / "image.png")
     chosen = maps.word_maps(words)
     tile = max(256, *image.size)
@@ -102,25 +155,30 @@ def cmd_placement(args) -> None:
     from . import placement
 
     named = [w for s in args.expect for w in placement.statement_words(s)]  # unreadable statements fail here
-    out = _writable(args.out)
+    out = _output_folder(args)
     image, maps = _generate(args, named)
     data = placement.report(maps, args.expect, from_prompt=args.from_prompt, method=args.method, tau=args.tau)
     data |= {"seed": args.seed, "model": maps.meta["model"], "steps": args.steps}
+    _clear(out, args)
     image.save(out / "image.png")
-    labels, names = maps.segmentation()
-    placement.segmentation_picture(image, labels, names).save(out / "segmentation.png")
-    lines = [placement.Timeline.from_dict(t) for t in data["timelines"]]
-    placement.timeline_picture(image, lines).save(out / "timeline.png")
+    written = ["image.png"]
+    if data["words"]:  # no object to segment or follow (an emoji-only prompt: its note said so)
+        labels, names = maps.segmentation()
+        placement.segmentation_picture(image, labels, names).save(out / "segmentation.png")
+        lines = [placement.Timeline.from_dict(t) for t in data["timelines"]]
+        placement.timeline_picture(image, lines).save(out / "timeline.png")
+        written += ["segmentation.png", "timeline.png"]
     (out / "placement.json").write_text(json.dumps(data, indent=1))
     print(placement.format_report(data))
-    print(f"\nwrote {out}: image.png, segmentation.png, timeline.png, placement.json")
+    print(f"\nwrote {out}: {', '.join(written)}, placement.json")
 
 
 def cmd_diagnose(args) -> int:
     objects = split_list(args.objects) or None
-    out = _writable(args.out)
+    out = _output_folder(args)
     image, maps = _generate(args, objects)
     d = maps.diagnose(objects)
+    _clear(out, args)
     image.save(out / "image.png")
     d.picture(image).save(out / "diagnosis.png")
     (out / "diagnosis.json").write_text(json.dumps(d.to_dict(), indent=1))
@@ -137,7 +195,7 @@ def cmd_eval_shapes(args) -> None:
     pipe = _load(args)
     result, examples = ev.evaluate(pipe, n=args.n, steps=args.steps, guidance=args.guidance, show=args.samples_n,
                                    concepts=args.concepts, concept_method=args.concept_method)
-    result["model"] = args.model or "shapes-unet"
+    result["model"] = args.model or DEFAULT_MODEL
     print(ev.format_table(result))
     if args.json:
         ev.save(result, args.json)
@@ -190,14 +248,31 @@ def cmd_train_shapes(args) -> None:
         train(args.run, recipe, args.device)
 
 
-def _seed(text: str) -> int:
+def _whole_number(low: int, high: int, written: str | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high` (`written`: how the message writes `high`)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {written or high}, got {value}")
+        return value
+
+    return parse
+
+
+_seed = _whole_number(0, MAX_SEED, f"{MAX_SEED} (2**63 - 1)")
+_port = _whole_number(1, 65535)
+
+
+def _device(text: str) -> str:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_SEED} (2**63 - 1), got {value}")
-    return value
+        check_device(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _cmap(text: str) -> str:
@@ -214,100 +289,132 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class DefaultsHelp(argparse.HelpFormatter):
+    """--help shows every option's default: its value, or — where it has none (None, an empty list) — what
+    `unset` says, unless the option's own help already says what it defaults to."""
+
+    unset = ""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.nargs == 0 or "default" in text:  # flags are off unless given
+            return text
+        if action.default is None or action.default == []:
+            return f"{text} {self.unset}".strip()
+        return f"{text} (default: %(default)s)".strip()
+
+
+class RecipeHelp(DefaultsHelp):
+    unset = "(default: the --recipe's value, else the built-in recipe's)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="crossattn", description="Per-word attention heat maps for diffusion models.")
+    parser = OneLineParser(prog="crossattn", description="Per-word attention heat maps for diffusion models.",
+                           formatter_class=DefaultsHelp)
     parser.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    model_help = "embedded model (shapes-unet, shapes-mmdit), local pipeline folder or hub id (default: shapes-unet)"
+    model_help = f"embedded model ({', '.join(EMBEDDED)}), local pipeline folder or hub id (default: {DEFAULT_MODEL})"
+    device_help = (f"cpu, cuda, cuda:1, mps … (default: cuda if available, else cpu; here: "
+                   f"{', '.join(available_devices())})")
+
+    def command(name: str, text: str, formatter: type[argparse.HelpFormatter] = DefaultsHelp):
+        return sub.add_parser(name, help=text, description=text, formatter_class=formatter)
 
     def generation_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("prompt")
         p.add_argument("--model", default=None, help=model_help)
-        p.add_argument("--seed", type=_seed, default=0)
-        p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-        p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+        p.add_argument("--seed", type=_seed, default=0, help="random seed")
+        p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps")
+        p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale")
         p.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)")
-        p.add_argument("--negative", default=None, help="negative prompt")
-        p.add_argument("--out", default="out")
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--negative", default=None, help="negative prompt (default: none)")
+        p.add_argument("--out", default=f"out/{p.prog.split()[-1]}",
+                       help="output folder; one that holds another command's or prompt's results is refused")
+        p.add_argument("--overwrite", action="store_true", help="replace whatever results --out holds")
+        p.add_argument("--device", type=_device, default=None, help=device_help)
 
-    g = sub.add_parser("generate", help="generate an image and one heat map per prompt word")
+    g = command("generate", "generate an image and one heat map per prompt word")
     generation_args(g)
     g.add_argument("--words", default=None, help="comma-separated words to render (default: all)")
-    g.add_argument("--alpha", type=float, default=0.5)
-    g.add_argument("--cmap", type=_cmap, default="jet")
-    g.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
-    g.add_argument("--concepts", default=None,
-                   help="comma-separated words to locate whether or not the prompt says them (concept maps)")
+    g.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    g.add_argument("--cmap", type=_cmap, default="jet", help="colour map")
+    g.add_argument("--format", choices=["safetensors", "npz"], default="safetensors", help="file format of the maps")
+    g.add_argument("--concepts", default=None, help="comma-separated words to locate whether or not the prompt says "
+                                                    "them (concept maps; default: none)")
     g.add_argument("--concept-method", choices=METHODS, default=None,
-                   help="outputs (ConceptAttention; transformers' default) or attention (UNets' only method)")
+                   help="outputs (ConceptAttention) or attention (default: outputs on transformers, attention on "
+                        "UNets: their only method)")
     g.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("placement", help="where did each object land; check an intended layout")
+    p = command("placement", "where did each object land; check an intended layout")
     generation_args(p)
     p.add_argument("--expect", action="append", default=[], metavar="STATEMENT",
                    help='"circle left_of square" (right_of, above, below), "circle on the left", '
-                        '"circle in x0,y0,x1,y1" (normalised); repeatable')
+                        '"circle in x0,y0,x1,y1" (normalised); repeatable (default: the relations the prompt states)')
     p.add_argument("--from-prompt", action="store_true", help="also check relations stated in the prompt")
-    p.add_argument("--method", choices=["relative", "otsu"], default="relative")
+    p.add_argument("--method", choices=["relative", "otsu"], default="relative", help="how a map becomes a mask")
     p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="relative threshold (share of the peak)")
     p.set_defaults(func=cmd_placement)
 
-    q = sub.add_parser("diagnose", help="why did a generation go wrong? exit 3 if a failure is found, else 0")
+    q = command("diagnose", "why did a generation go wrong? exit 3 if a failure is found, else 0")
     generation_args(q)
     q.add_argument("--objects", default=None,
                    help='comma-separated object phrases to diagnose, e.g. "red circle, blue square" (default: the '
                         "prompt's noun phrases)")
     q.set_defaults(func=cmd_diagnose)
 
-    w = sub.add_parser("sweep", help="generate and check prompts × seeds (resumable; --ray for many workers), "
-                                     "then write an HTML report")
+    w = command("sweep", "generate and check prompts × seeds (resumable; --ray for many workers), then write an "
+                         "HTML report")
     w.add_argument("prompts", nargs="?", help="text file (one prompt a line), .jsonl or .csv with prompt, "
                                               "expect (';'-separated in CSV), seed or seeds")
-    w.add_argument("--out", required=True, help="sweep folder (items/, summary.jsonl, report.html)")
-    w.add_argument("--seeds", default="0", help="seeds of prompts that give none: 0-7, 0,3,5 ... (default 0)")
+    w.add_argument("--out", required=True, help="sweep folder (items/, summary.jsonl, report.html); required")
+    w.add_argument("--seeds", default="0", help="seeds of prompts that give none: 0-7, 0,3,5 ...")
     w.add_argument("--model", default=None, help=model_help)
-    w.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    w.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    w.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps")
+    w.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale")
     w.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)")
     w.add_argument("--expect-from-prompt", action="store_true",
                    help="also check the relations the prompt states (always done for items without statements)")
-    w.add_argument("--concepts", default=None, help="comma-separated concepts to follow (maps in concepts/)")
+    w.add_argument("--concepts", default=None, help="comma-separated concepts to follow (maps in concepts/; "
+                                                    "default: none)")
     w.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on Ray: a local runtime, or the cluster at ADDRESS (auto, host:6379); "
-                        "write --ray=ADDRESS before PROMPTS")
+                        "write --ray=ADDRESS before PROMPTS (default: no Ray, one local worker)")
     w.add_argument("--workers", type=int, default=None,
                    help="Ray actors, one pipeline each (default: one per GPU of the cluster, else 1)")
     w.add_argument("--report-only", action="store_true", help="rebuild summary.jsonl and report.html from --out")
     w.set_defaults(func=cmd_sweep)
 
-    d = sub.add_parser("demo", help="start the Gradio demo (http://127.0.0.1:7860)")
-    d.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    d.add_argument("--port", type=int, default=7860)
+    d = command("demo", "start the Gradio demo (http://127.0.0.1:7860)")
+    d.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1: this machine only)")
+    d.add_argument("--port", type=_port, default=7860, help="port to serve on")
     d.add_argument("--model", default=None, help=f"default model: {model_help}")
     d.add_argument("--allow-any-model", action="store_true",
                    help="let users type a hub id or a server folder in the Model box")
     d.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     d.set_defaults(func=cmd_demo)
 
-    e = sub.add_parser("eval-shapes", help="score a shapes-world model: fidelity and heat-map IoU")
-    e.add_argument("--model", default=None, help="shapes-unet (default), shapes-mmdit or a pipeline folder")
+    e = command("eval-shapes", "score a shapes-world model: fidelity and heat-map IoU")
+    e.add_argument("--model", default=None, help=f"{', '.join(EMBEDDED)} or a pipeline folder (default: "
+                                                 f"{DEFAULT_MODEL})")
     e.add_argument("--n", type=int, default=100, help="held-out prompts")
-    e.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    e.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    e.add_argument("--json", default=None, help="write the scores here")
-    e.add_argument("--samples", default=None, help="write a PNG of example images with their overlays")
-    e.add_argument("--samples-n", type=int, default=6)
+    e.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps")
+    e.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale")
+    e.add_argument("--json", default=None, help="write the scores here (default: print only)")
+    e.add_argument("--samples", default=None, help="write a PNG of example images with their overlays (default: "
+                                                   "none)")
+    e.add_argument("--samples-n", type=int, default=6, help="examples in --samples")
     e.add_argument("--concepts", action="store_true",
                    help="also score concept maps of the world's words and the absent-shape control")
     e.add_argument("--concept-method", choices=METHODS, default=None,
                    help="how concepts are located (default: the model's; see crossattn.trace)")
-    e.add_argument("--device", default=None)
+    e.add_argument("--device", type=_device, default=None, help=device_help)
     e.set_defaults(func=cmd_eval_shapes)
 
-    t = sub.add_parser("train-shapes", help="train (or resume) an embedded shapes-world model")
+    t = command("train-shapes", "train (or resume) an embedded shapes-world model", RecipeHelp)
     t.add_argument("--run", default="runs/shapes", help="run folder (checkpoints, log.txt, stages.jsonl, samples)")
-    t.add_argument("--recipe", help="a JSON recipe (recipes/*.json); options given here override its fields")
+    t.add_argument("--recipe", help="a JSON recipe (recipes/*.json); options given here override its fields "
+                                    "(default: the built-in recipe, crossattn.shapes.train.Recipe)")
     # Unset options keep the recipe's (or shapes.train.Recipe's) values.
     t.add_argument("--arch", choices=("unet", "mmdit"))
     t.add_argument("--seed", type=int)
@@ -330,8 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--high-noise-from", type=int)
     t.add_argument("--reference-layouts", type=int, metavar="K",
                    help="noisy items get the posterior-mean target from K other layouts of their caption")
-    t.add_argument("--device", default=None)
-    t.add_argument("--export", default=None, help="write the trained EMA pipeline to this folder and exit")
+    t.add_argument("--device", type=_device, default=None, help=device_help)
+    t.add_argument("--export", default=None,
+                   help="write the trained EMA pipeline to this folder and exit (default: train)")
     t.set_defaults(func=cmd_train_shapes)
     return parser
 

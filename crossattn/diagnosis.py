@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from . import phrases, placement, render
+from . import placement, render
 from .errors import InputError, UnknownWordError
 from .models import asset_path
 from .words import ref_name, word_ref
@@ -169,7 +169,7 @@ class Diagnosis:
         base = render.scale_to(Image.fromarray(render.as_rgb(image)), tile)
         canvas = np.asarray(base).copy()
         colours = placement.palette_for([o.name for o in self.objects])
-        labels = []
+        anchors, texts = [], []
         for o, colour in zip(self.objects, colours):
             if o.mask is None or not o.mask.any():
                 continue
@@ -178,11 +178,10 @@ class Diagnosis:
             cv2.drawContours(canvas, contours, -1, colour, 2, cv2.LINE_AA)
             ys, xs = np.nonzero(big)
             verdict = "missing?" if o.missing else "wrong colour?" if o.wrong_attribute else "ok"
-            labels.append(((float(xs.mean()), float(ys.min()) + 8), f"{o.name}: {verdict}"))
+            anchors.append((float(xs.mean()), float(ys.min())))  # at the top of its outline, moved aside if crowded
+            texts.append(f"{o.name}: {verdict}")
         out = Image.fromarray(canvas)
-        draw = ImageDraw.Draw(out)
-        for centre, text in labels:
-            render.text_box(draw, centre, text, render.font(max(11, tile // 30)))
+        render.draw_labels(out, anchors, texts, max(11, tile // 30))
         return out
 
 
@@ -211,8 +210,8 @@ def subjects(maps: HeatMaps, objects: list[str] | None = None) -> tuple[list[Sub
     notes: list[str] = []
     found = []
     if objects is None:
-        parse = phrases.parse_prompt(maps.meta.get("prompt") or " ".join(maps.words))
-        candidates = [(ref_name(p.text, p.occurrence), p.head, p.attributes) for p in parse.objects]
+        found_phrases, notes = placement.prompt_objects(maps)
+        candidates = [(ref_name(p.text, p.occurrence), p.head, p.attributes) for p in found_phrases]
     else:
         candidates = []
         for text in objects:
@@ -222,13 +221,7 @@ def subjects(maps: HeatMaps, objects: list[str] | None = None) -> tuple[list[Sub
             candidates.append((text, words[-1], tuple(words[:-1])))
     for name, head, attributes in candidates:
         text, occurrence = word_ref(name)
-        try:
-            maps.word(text, occurrence)
-        except UnknownWordError:
-            if objects is not None:
-                raise
-            notes.append(f"skipped {name!r}: not among the mapped words")
-            continue
+        maps.word(text, occurrence)  # a phrase the caller named must be in the prompt (the prompt's ones are)
         head_occurrence = sum(1 for s in found if s.head == head)
         found.append(Subject(name, head, head_occurrence, tuple(attributes)))
     return found, notes

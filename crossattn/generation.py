@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -29,6 +30,10 @@ DEFAULT_GUIDANCE = 5.0
 MAX_SEED = 2**63 - 1  # torch generators take a signed 64-bit seed
 MAX_STEPS = 1000
 MAX_PIXELS = 4096 * 4096
+# Not an error: the image is still made (emoji, punctuation), only there is nothing to draw a map of.
+NO_WORDS = "The prompt has no words to map (no letters or digits): here is the image, without heat maps."
+TRUNCATED = "The prompt is longer than the"
+TRACE_TRUNCATION = "the prompt fills all"  # how crossattn.tracing's note on a full text encoder begins
 
 
 def denoiser(pipe) -> torch.nn.Module:
@@ -42,6 +47,21 @@ def size_multiple(pipe) -> int:
         levels = len(getattr(model.config, "block_out_channels", (0,)))
         return family.vae_scale(pipe) * 2 ** (levels - 1)
     return family.vae_scale(pipe) * family.patch(model)
+
+
+def max_side(pipe) -> int | None:
+    """The longest image side (px) the denoiser can make, from its config; None when it sets no limit.
+
+    Transformers that learn a table of positions cannot go past it: SD3 crops a `pos_embed_max_size` ×
+    `pos_embed_max_size` table of tokens, AuraFlow selects from `pos_embed_max_size` positions laid out as a
+    square. Models with rotary or computed positions (Flux, PixArt, CogView4 …) and UNets have no such limit."""
+    model = denoiser(pipe)
+    positions = getattr(model.config, "pos_embed_max_size", None)
+    table = getattr(model, "pos_embed", None)
+    if not positions or getattr(table, "pos_embed_max_size", None) != positions:
+        return None  # the field without a table that uses it (CogView4 embeds positions with rotary embeddings)
+    tokens = math.isqrt(positions) if hasattr(table, "pe_selection_index_based_on_dim") else positions
+    return tokens * size_multiple(pipe)
 
 
 def native_size(pipe) -> tuple[int, int]:
@@ -62,8 +82,17 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def size_limit(max_pixels: int, multiple: int) -> str:
     """'at most 16,384 pixels here (e.g. 128x128)': the largest size served, with a square that fits."""
-    side = int(max_pixels**0.5) // multiple * multiple
+    side = math.isqrt(max_pixels) // multiple * multiple
     return f"at most {max_pixels:,} pixels here (e.g. {side}x{side})"
+
+
+def size_hint(pipe, max_pixels: int = MAX_PIXELS) -> str:
+    """The sizes served here for this model, naming only a size it can make: its own side limit when that
+    binds before the pixel budget (shapes-mmdit: 'at most 64x64 for this model'), else `size_limit`."""
+    multiple, largest = size_multiple(pipe), max_side(pipe)
+    if largest is not None and largest < math.isqrt(max_pixels) // multiple * multiple:
+        return f"at most {largest}x{largest} for this model"
+    return size_limit(max_pixels, multiple)
 
 
 def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance: float,
@@ -81,6 +110,10 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
         raise InputError(f"bad size {w}x{h}: width and height must be positive multiples of {m} for this model")
     if w * h > max_pixels:
         raise InputError(f"bad size {w}x{h}: {size_limit(max_pixels, m)}")
+    largest = max_side(pipe)
+    if largest is not None and max(w, h) > largest:  # its position table has no entries past that
+        raise InputError(f"bad size {w}x{h}: this model makes images of at most {largest} px a side "
+                         f"(e.g. {largest}x{largest})")
     if not 1 <= steps <= max_steps:
         raise InputError(f"steps must be between 1 and {max_steps}, got {steps}")
     if not 0 <= guidance <= 50:
@@ -91,9 +124,12 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
     known = prompt_words(tokenizer, prompt)
     for word in words or []:  # words or phrases, repeats named "cat#1"
         find_word(known, *word_ref(word))
+    notes = [] if known else [NO_WORDS]
     cut = truncation(tokenizer, prompt)
-    return [f"The prompt is longer than the {tokenizer.model_max_length} tokens the text encoder reads; the model "
-            f"does not see: “{cut}”"] if cut else []
+    if cut:
+        notes.append(f"{TRUNCATED} {tokenizer.model_max_length} tokens the text encoder reads; the model does not "
+                     f"see: “{cut}”")
+    return notes
 
 
 def generate(
@@ -144,5 +180,11 @@ def generate(
         image = pipe(prompt=prompt, **options).images[0]  # by name: Flux.2's first argument is `image`
     maps = tr.heat_maps()
     maps.meta.update(prompt=prompt, negative_prompt=negative_prompt, seed=seed, guidance_scale=guidance,
-                     size=list(size), notes=notes)
+                     size=list(size))
+    # The trace's own notes follow the input's, each once; where the input's note already names what the text
+    # encoder cut, the trace's vaguer "may have been cut" would say it a second time.
+    traced = maps.meta.get("notes", [])
+    if any(n.startswith(TRUNCATED) for n in notes):
+        traced = [n for n in traced if not n.startswith(TRACE_TRUNCATION)]
+    maps.meta["notes"] = list(dict.fromkeys(notes + traced))
     return image, maps

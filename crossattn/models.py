@@ -9,7 +9,10 @@ inside the package (``crossattn/assets``), so they load from a wheel in any work
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -33,6 +36,31 @@ def asset_path(name: str) -> Path:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def available_devices() -> list[str]:
+    """The devices a pipeline can run on here, as users write them."""
+    here = ["cpu"]
+    if torch.cuda.is_available():
+        here += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        here.append("mps")
+    return here
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on (default: CUDA when present, else CPU); one that does not exist here is bad input,
+    refused before any loading with the devices that do."""
+    if device is None:
+        return default_device()
+    here = available_devices()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's message lists every device type it was ever built for
+        raise InputError(f"unknown device {str(device)!r}: choose one of {', '.join(here)}") from None
+    if parsed.type != "cpu" and str(parsed) not in here:
+        raise InputError(f"device {str(device)!r} is not available here: choose one of {', '.join(here)}")
+    return parsed
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
@@ -78,6 +106,30 @@ def _reason(exc: BaseException, where: str) -> str:
     return text.split(". ")[0]
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide diffusers' and transformers' notices (install accelerate / torchvision, loading bars) while a
+    pipeline loads, then put their settings back. A user who raised a library's verbosity above its default
+    (e.g. ``DIFFUSERS_VERBOSITY=info``) asked for its messages and gets them."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    quieted = []
+    for library in (diffusers_logging, transformers_logging):
+        level, bars = library.get_verbosity(), library.is_progress_bar_enabled()
+        if level >= logging.WARNING:
+            library.set_verbosity(logging.ERROR)
+            library.disable_progress_bar()
+            quieted.append((library, level, bars))
+    try:
+        yield
+    finally:
+        for library, level, bars in quieted:
+            library.set_verbosity(level)
+            if bars:
+                library.enable_progress_bar()
+
+
 def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None):
     """Load a diffusers pipeline (any supported family) from a local folder or a Hugging Face hub id.
@@ -93,11 +145,13 @@ def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.de
     from diffusers import DiffusionPipeline
 
     where = resolve(name_or_path)
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device(device)
     dtype = dtype or default_dtype(device)
-    try:
-        pipe = DiffusionPipeline.from_pretrained(where, dtype=dtype, use_safetensors=True, **_absent_parts(where))
-    except (OSError, ValueError) as exc:  # offline hub, missing safetensors, broken folder: say it in one line
-        raise InputError(f"could not load {name_or_path or DEFAULT_MODEL!s}: {_reason(exc, where)}") from exc
+    with _quiet_loading():
+        try:
+            pipe = DiffusionPipeline.from_pretrained(where, dtype=dtype, use_safetensors=True,
+                                                     **_absent_parts(where))
+        except (OSError, ValueError) as exc:  # offline hub, missing safetensors, broken folder: say it in one line
+            raise InputError(f"could not load {name_or_path or DEFAULT_MODEL!s}: {_reason(exc, where)}") from exc
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)

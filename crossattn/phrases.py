@@ -132,7 +132,15 @@ _STYLE = _set(
 )
 
 _MAIN, _DETAIL = "main", "detail"  # roles: a phrase naming an object / one that describes the object before it
-_TOKEN = re.compile(r"(?P<word>[^\W_]+(?:['’][^\W_]+)*)|(?P<stop>[,;.!?|:()\[\]{}\n—])|(?P<conj>[&+])")
+# Resolution and camera tags ("4k", "1080p", "35mm", "f/1.8", "hd") are read as one word, also as a CLIP tokenizer
+# decodes them ("4 k", "1 0 8 0 p", "f / 1 . 8"): the trace names a prompt by its decoded tokens. They are
+# never objects (see `is_tag`).
+_DIGITS = r"(?:\d(?: \d)+|\d+)"  # "1080", or one digit at a time as CLIP decodes it: "1 0 8 0"
+_NUMBER = rf"{_DIGITS}(?: ?\. ?{_DIGITS})?"
+_TAG = (rf"(?:{_NUMBER} ?(?:k|p|mm|fps|mp|px|d)|f ?/ ?{_NUMBER}|1 ?/ ?{_NUMBER} ?s|iso ?{_NUMBER}|[ufq]?hd|hdr)"
+        r"(?![^\W_])")
+_TOKEN = re.compile(rf"(?<![^\W_])(?P<tag>{_TAG})|(?P<word>[^\W_]+(?:['’][^\W_]+)*)|(?P<stop>[,;.!?|:()\[\]{{}}\n—])"
+                    r"|(?P<conj>[&+])", re.IGNORECASE)
 
 
 # ---- results ------------------------------------------------------------------------------------------------
@@ -207,9 +215,10 @@ def _clauses(prompt: str) -> tuple[list[str], list[list[tuple[int, str]]]]:
     words: list[str] = []
     clauses: list[list[tuple[int, str]]] = [[]]
     for m in _TOKEN.finditer(prompt):
-        if m.lastgroup == "word":
-            clauses[-1].append((len(words), m.group().lower()))
-            words.append(m.group().lower())
+        if m.lastgroup in ("word", "tag"):
+            word = re.sub(r"\s", "", m.group()).lower()  # a tag as one word: "4 k" is "4k"
+            clauses[-1].append((len(words), word))
+            words.append(word)
         elif m.lastgroup == "conj":
             clauses[-1].append((-1, "&"))
         elif clauses[-1]:
@@ -218,13 +227,21 @@ def _clauses(prompt: str) -> tuple[list[str], list[list[tuple[int, str]]]]:
 
 
 def prompt_words(prompt: str) -> list[str]:
-    """The prompt's words, lower-cased: runs of letters and digits, with apostrophes inside ("cat's");
-    punctuation and emoji are no words. `Phrase.start` counts these."""
+    """The prompt's words, lower-cased: runs of letters and digits, with apostrophes inside ("cat's"), and
+    resolution and camera tags ("4k", "f/1.8"); punctuation and emoji are no words. `Phrase.start` counts these."""
     return _clauses(prompt)[0]
 
 
+def is_tag(word: str) -> bool:
+    """Whether a word of `prompt_words` is a resolution or camera tag ("4k", "1080p", "35mm", "f/1.8", "uhd")."""
+    return _TAG_WORD.fullmatch(word) is not None
+
+
+_TAG_WORD = re.compile(_TAG, re.IGNORECASE)
+
+
 def _is_function(word: str) -> bool:
-    return word in _STOP or word in _NEW_OBJECT or word in _CONTEXT or word.isdigit()
+    return word in _STOP or word in _NEW_OBJECT or word in _CONTEXT or word.isdigit() or is_tag(word)
 
 
 def _side_match(ws: list[str], i: int) -> _Match | None:
@@ -279,7 +296,7 @@ def _is_style(ws: list[str]) -> bool:
     """Whether a clause after the first is a style tag (see the module doc)."""
     first = next((i for i in range(len(ws)) if _match(ws, i)), None)
     lead = ws[:first]  # the words before its first relation phrase: "aerial view" of "aerial view over a city"
-    styled = bool(_STYLE.intersection(lead))
+    styled = bool(_STYLE.intersection(lead)) or any(map(is_tag, lead))
     counted = any(w in _DETERMINERS or w.isdigit() for w in lead)
     if ws[0] == "by":  # "by greg rutkowski"
         return True

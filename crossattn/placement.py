@@ -241,15 +241,27 @@ _FUNCTION_WORDS = frozenset(
 )
 
 
+def prompt_objects(maps: HeatMaps) -> tuple[list[phrases.Phrase], list[str]]:
+    """The prompt's object phrases that are mapped words, and a note for each that is not: the one reading of
+    a prompt's objects that `objects`, `report` and `crossattn.diagnosis` share."""
+    found, notes = [], []
+    for phrase in phrases.parse_prompt(_prompt(maps)).objects:
+        name = ref_name(phrase.text, phrase.occurrence)
+        if _known(maps, name):
+            found.append(phrase)
+        else:
+            notes.append(f"skipped {name!r}: not among the mapped words")
+    return found, notes
+
+
 def objects(maps: HeatMaps) -> list[str]:
     """The objects the prompt names, as phrases ("red circle", "cat#1"), in prompt order. A prompt with
-    no readable noun phrase gives its content words (not articles or relation words) instead."""
-    parse = phrases.parse_prompt(_prompt(maps))
-    names = [ref_name(p.text, p.occurrence) for p in parse.objects]
-    names = [n for n in names if _known(maps, n)]
-    if names:
-        return names
-    return list(dict.fromkeys(w for w in maps.words if w.lower() not in _FUNCTION_WORDS))
+    no readable noun phrase gives its content words (not articles, relation words or style tags) instead."""
+    found, _ = prompt_objects(maps)
+    if found:
+        return [ref_name(p.text, p.occurrence) for p in found]
+    words = phrases.prompt_words(_prompt(maps))
+    return [w for w in dict.fromkeys(words) if w not in _FUNCTION_WORDS and not phrases.is_tag(w) and _known(maps, w)]
 
 
 def segment(arrays: list[np.ndarray], background: float = 0.3) -> np.ndarray:
@@ -295,20 +307,24 @@ def segmentation_picture(image: Image.Image | np.ndarray, labels: np.ndarray, na
     pixels = np.asarray(base).astype(np.float32)
     painted = np.where(big[..., None] > 0, (1 - alpha) * pixels + alpha * colours[big], pixels)
     row_h = max(18, tile // 16)
-    out = Image.new("RGB", (base.width, base.height + row_h * (len(names) + 1) + 4), "white")
-    out.paste(Image.fromarray(painted.round().astype(np.uint8)), (0, 0))
-    draw = ImageDraw.Draw(out)
     label_font = render.font(int(row_h * 0.7))
-    for k, name in enumerate(names, start=1):  # the name at the region's centre, on a white box
+    legend = [f"{name}  {float((labels == k).mean()):.0%}" for k, name in enumerate(["background"] + names)]
+    width = max([base.width] + [12 + row_h + int(label_font.getlength(t)) + 6 for t in legend])  # never cut
+    out = Image.new("RGB", (width, base.height + row_h * (len(names) + 1) + 4), "white")
+    out.paste(Image.fromarray(painted.round().astype(np.uint8)), (0, 0))
+    anchors, named = [], []
+    for k, name in enumerate(names, start=1):  # the name at the region's centre, moved aside where names crowd
         ys, xs = np.nonzero(big == k)
         if len(xs):
-            render.text_box(draw, (float(xs.mean()), float(ys.mean())), name, label_font)
-    for k, name in enumerate(["background"] + names):
+            anchors.append((float(xs.mean()), float(ys.mean())))
+            named.append(name)
+    render.draw_labels(out, anchors, named, int(row_h * 0.7), canvas=(0, 0, base.width, base.height))
+    draw = ImageDraw.Draw(out)
+    for k, text in enumerate(legend):
         y = base.height + k * row_h + row_h // 2 + 2
         colour = (255, 255, 255) if k == 0 else palette[k - 1]
         draw.rectangle([6, y - row_h // 3, 6 + row_h // 1.5, y + row_h // 3], fill=colour, outline="black")
-        share = float((labels == k).mean())
-        draw.text((12 + row_h, y), f"{name}  {share:.0%}", fill="black", font=label_font, anchor="lm")
+        render.draw_text(out, (12 + row_h, y), text, label_font, anchor="lm")
     return out
 
 
@@ -391,7 +407,7 @@ def timeline_picture(image: Image.Image | np.ndarray, lines: list[Timeline], til
     for k, (text, colour) in enumerate(zip(texts, palette)):
         y = base.height + 6 + 22 * k + 8
         draw.rectangle([6, y - 6, 18, y + 6], fill=colour)
-        draw.text((26, y), text, fill="black", font=label_font, anchor="lm")
+        render.draw_text(out, (26, y), text, label_font, anchor="lm")
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -70,11 +71,95 @@ def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def text_box(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, font: ImageFont.ImageFont) -> None:
-    """`text` centred on `centre` on a white box with a thin outline: readable over any picture."""
-    x0, y0, x1, y1 = draw.textbbox(centre, text, font=font, anchor="mm")
-    draw.rectangle([x0 - 3, y0 - 2, x1 + 3, y1 + 2], fill="white", outline="black")
-    draw.text(centre, text, fill="black", font=font, anchor="mm")
+# Every picture drawn here lists the text it carries, with its box, under this key of `Image.info` (read it with
+# `labels`): what a test needs to check that no two labels overlap and none is cut, without reading pixels. The
+# boxes are those of the picture as drawn (PIL copies `info` into a resized copy, but not the new positions).
+LABELS = "crossattn.labels"
+MIN_FONT = 9  # below this a label is shortened with "…" rather than shrunk further
+
+
+@dataclass(frozen=True)
+class Label:
+    """A piece of text drawn on a picture: its box (x0, y0, x1, y1; x1, y1 exclusive) and the area it must stay in."""
+
+    text: str
+    box: tuple[int, int, int, int]
+    canvas: tuple[int, int, int, int]
+
+
+def labels(image: Image.Image) -> list[Label]:
+    """The labels drawn on a picture made here (see `LABELS`)."""
+    return list(image.info.get(LABELS, []))
+
+
+def _record(image: Image.Image, found: Sequence[Label]) -> None:
+    image.info[LABELS] = labels(image) + list(found)
+
+
+def fit_text(text: str, size: int, width: float) -> tuple[str, ImageFont.ImageFont]:
+    """`text` and a font no larger than `size` with which it is at most `width` pixels wide: smaller type first,
+    then, at `MIN_FONT`, the text shortened with "…"."""
+    face = font(size)
+    while face.getlength(text) > width and size > MIN_FONT:
+        size -= 1
+        face = font(size)
+    while face.getlength(text) > width and len(text) > 1:
+        text = text[:-2] + "…"
+    return text, face
+
+
+def draw_text(image: Image.Image, xy: tuple[float, float], text: str, face: ImageFont.ImageFont, anchor: str = "mm",
+              canvas: tuple[int, int, int, int] | None = None, fill: str | tuple = "black") -> Label:
+    """Plain text on `image`, recorded as a label of `canvas` (default: the whole picture)."""
+    draw = ImageDraw.Draw(image)
+    draw.text(xy, text, fill=fill, font=face, anchor=anchor)
+    x0, y0, x1, y1 = draw.textbbox(xy, text, font=face, anchor=anchor)
+    label = Label(text, (x0, y0, x1, y1), canvas or (0, 0, image.width, image.height))
+    _record(image, [label])
+    return label
+
+
+def _nearest_free(anchor: tuple[float, float], size: tuple[int, int], canvas: tuple[int, int, int, int],
+                  taken: list[tuple[int, int, int, int]], step: int = 2) -> tuple[tuple[int, int, int, int], bool]:
+    """The box of `size` inside `canvas` whose centre is nearest `anchor` and that keeps 1 px clear of every box
+    in `taken`; (box, True), or (the nearest box, False) when no free place is left."""
+    (w, h), (cx0, cy0, cx1, cy1) = size, canvas
+    xs = np.unique(np.append(np.arange(cx0, max(cx0, cx1 - w) + 1, step), max(cx0, cx1 - w)))
+    ys = np.unique(np.append(np.arange(cy0, max(cy0, cy1 - h) + 1, step), max(cy0, cy1 - h)))
+    x, y = np.meshgrid(xs, ys)
+    free = np.ones(x.shape, bool)
+    for x0, y0, x1, y1 in taken:
+        free &= (x > x1) | (x + w < x0) | (y > y1) | (y + h < y0)
+    distance = (x + w / 2 - anchor[0]) ** 2 + (y + h / 2 - anchor[1]) ** 2
+    k = np.unravel_index(np.argmin(np.where(free, distance, np.inf) if free.any() else distance), x.shape)
+    left, top = int(x[k]), int(y[k])
+    return (left, top, left + w, top + h), bool(free.any())
+
+
+def draw_labels(image: Image.Image, anchors: Sequence[tuple[float, float]], texts: Sequence[str], size: int,
+                canvas: tuple[int, int, int, int] | None = None) -> list[Label]:
+    """Each text on a white box with a thin outline, as near its anchor as it can be without covering another
+    label or leaving `canvas` (default: the whole picture); the type shrinks when a crowded picture needs it."""
+    canvas = canvas or (0, 0, image.width, image.height)
+    width = canvas[2] - canvas[0] - 10  # the box adds 3 px of padding and a 1 px outline each side, and a margin
+    for attempt in range(size, MIN_FONT - 1, -1):
+        fitted = [fit_text(t, attempt, width) for t in texts]
+        boxes, all_free = [], True
+        for anchor, (text, face) in zip(anchors, fitted):
+            x0, y0, x1, y1 = face.getbbox(text)
+            box, free = _nearest_free(anchor, (int(x1 - x0) + 8, int(y1 - y0) + 6), canvas, boxes)
+            boxes.append(box)
+            all_free &= free
+        if all_free:
+            break
+    draw = ImageDraw.Draw(image)
+    placed = []
+    for (text, face), (x0, y0, x1, y1) in zip(fitted, boxes):
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill="white", outline="black")
+        draw.text(((x0 + x1) / 2, (y0 + y1) / 2), text, fill="black", font=face, anchor="mm")
+        placed.append(Label(text, (x0, y0, x1, y1), canvas))
+    _record(image, placed)
+    return placed
 
 
 def scale_to(image: Image.Image, tile: int) -> Image.Image:
@@ -86,14 +171,13 @@ def scale_to(image: Image.Image, tile: int) -> Image.Image:
 
 
 def labelled(image: Image.Image, text: str, tile: int = 256) -> Image.Image:
-    """The image scaled to `tile` with `text` in a strip underneath."""
+    """The image scaled to `tile` with `text` in a strip underneath (smaller, then shortened, if it is too long)."""
     image = scale_to(image, tile)
     strip = max(18, tile // 10)
     out = Image.new("RGB", (image.width, image.height + strip), "white")
     out.paste(image, (0, 0))
-    draw = ImageDraw.Draw(out)
-    draw.text((image.width / 2, image.height + strip / 2), text, fill="black", font=font(int(strip * 0.7)),
-              anchor="mm")
+    text, face = fit_text(text, int(strip * 0.7), image.width - 4)
+    draw_text(out, (image.width / 2, image.height + strip / 2), text, face)
     return out
 
 
@@ -108,8 +192,16 @@ def grid(images: Sequence[Image.Image], cols: int | None = None, pad: int = 4) -
     out = Image.new("RGB", (cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad), "white")
     for k, im in enumerate(images):
         r, c = divmod(k, cols)
-        out.paste(im, (pad + c * (w + pad), pad + r * (h + pad)))
+        left, top = pad + c * (w + pad), pad + r * (h + pad)
+        out.paste(im, (left, top))
+        _record(out, [_moved(label, left, top) for label in labels(im)])  # the tiles' labels, where they now are
     return out
+
+
+def _moved(label: Label, dx: int, dy: int) -> Label:
+    x0, y0, x1, y1 = label.box
+    c0, d0, c1, d1 = label.canvas
+    return Label(label.text, (x0 + dx, y0 + dy, x1 + dx, y1 + dy), (c0 + dx, d0 + dy, c1 + dx, d1 + dy))
 
 
 def with_colorbar(image: Image.Image, label: str, cmap: str = "jet", tile: int = 384) -> Image.Image:
@@ -127,10 +219,9 @@ def with_colorbar(image: Image.Image, label: str, cmap: str = "jet", tile: int =
     out.paste(image, (0, title_h))
     x = image.width + margin
     out.paste(bar, (x, title_h))
-    draw = ImageDraw.Draw(out)
-    draw.text((width / 2 if width > image.width + 2 * margin + bar_w + tick_w else image.width / 2, title_h / 2), label,
-              fill="black", font=title_font, anchor="mm")
+    draw_text(out, (width / 2 if width > image.width + 2 * margin + bar_w + tick_w else image.width / 2, title_h / 2),
+              label, title_font)
     for value in (1.0, 0.5, 0.0):
         y = title_h + (1 - value) * (image.height - 1)
-        draw.text((x + bar_w + 3, y), f"{value:.1f}", fill="black", font=tick_font, anchor="lm")
+        draw_text(out, (x + bar_w + 3, y), f"{value:.1f}", tick_font, anchor="lm")
     return out

@@ -18,8 +18,8 @@ positions in each *source*; by default its map sums them all (its whole share), 
 
 from __future__ import annotations
 
+import hashlib
 import re
-import warnings
 from dataclasses import dataclass, field
 
 from .errors import UnknownWordError
@@ -166,9 +166,19 @@ def word_ref(name: str) -> tuple[str, int]:
     return name.strip(), 0
 
 
+SLUG_BYTES = 48  # file systems allow 255 bytes a name; callers add prefixes, a prompt stem and an extension
+
+
 def slug(word: str) -> str:
-    """A word as a file-name part: runs of anything but letters, digits, '_' and '-' become '_'."""
-    return re.sub(r"[^\w-]+", "_", word).strip("_") or "word"
+    """A word as a file-name part: runs of anything but letters, digits, '_' and '-' become '_'. One longer
+    than `SLUG_BYTES` (UTF-8) is cut and ends with a hash of the whole word, so two long words that begin
+    alike still get different names."""
+    text = re.sub(r"[^\w-]+", "_", word).strip("_") or "word"
+    if len(text.encode()) <= SLUG_BYTES:
+        return text
+    tag = "_" + hashlib.sha1(word.encode()).hexdigest()[:8]
+    head = text.encode()[: SLUG_BYTES - len(tag)].decode(errors="ignore")  # never half a character
+    return head.rstrip("_") + tag
 
 
 def truncation(tokenizer, prompt: str) -> str | None:
@@ -184,11 +194,7 @@ def truncation(tokenizer, prompt: str) -> str | None:
 
 
 def tokenize_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids exactly as SD pipelines feed a CLIP text encoder; warns when the prompt is truncated."""
-    cut = truncation(tokenizer, prompt)
-    if cut:
-        warnings.warn(f"the prompt is longer than the {tokenizer.model_max_length} tokens the text encoder reads: "
-                      f"heat maps cover only what the model saw; this part was cut: {cut!r}", stacklevel=2)
+    """Token ids exactly as SD pipelines feed a CLIP text encoder (cut at its limit: the maps' notes say so)."""
     return tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
 
 

@@ -86,3 +86,25 @@ def test_end_to_end_on_the_embedded_model(tmp_path):
              callback_on_step_end=early_stop(tr, at=2, when=lambda d: True))
     assert stop.value.step == 2 and stop.value.diagnosis.window == [0, 1]
     assert len(tr.recorder.timesteps) == 2  # nothing ran after the stop
+
+
+@pytest.mark.slow
+def test_a_traced_prompt_and_a_generated_one_name_the_same_objects():
+    """`maps.objects()` / `maps.diagnose()` after `crossattn.trace` (the prompt known by its decoded tokens, "… , 4 k")
+    and after `generate` (the prompt as typed, "…, 4k", what the CLI uses) find the same objects: no phantom 'k'."""
+    import torch
+
+    from crossattn.generation import generate
+
+    prompt = "a photo of a cyan circle to the right of a red square, 4k"
+    pipe = crossattn.load_pipeline()
+    with crossattn.trace(pipe) as tr:
+        pipe(prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    traced = tr.heat_maps()
+    _, generated = generate(pipe, prompt, seed=0, steps=3)
+    assert traced.words[-2:] == ["4", "k"]  # CLIP reads "4k" as two words: "k" has a map, but is no object
+    for maps in (traced, generated):
+        assert maps.objects() == ["cyan circle", "red square"]
+        d = maps.diagnose()
+        assert [o.name for o in d.objects] == ["cyan circle", "red square"] and "'k'" not in " ".join(d.verdicts())
+        assert maps.relations_from_prompt() == ["cyan circle right_of red square"]

@@ -3,6 +3,7 @@ README's bad-input table (each row: the message and the exit status)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -109,6 +110,7 @@ BAD_INPUT = [
     (["generate", PROMPT, "--out", "/proc/crossattn"], "cannot write to --out '/proc/crossattn'"),
     (["placement", PROMPT, "--expect", "circle left_of bird"], "'bird' is not a word of the prompt"),
     (["placement", PROMPT, "--expect", "circle near square"], "cannot read 'circle near square': write 'X left_of Y'"),
+    (["generate", PROMPT, "--device", "bogus"], "argument --device: unknown device 'bogus': choose one of cpu"),
 ]
 
 
@@ -187,3 +189,145 @@ def test_cli_placement_end_to_end(saved_pipeline, tmp_path, capsys):
     assert Image.open(out / "segmentation.png").width == 384 and (out / "timeline.png").exists()
     printed = capsys.readouterr().out
     assert "circle left_of square" in printed and ("PASS" in printed or "FAIL" in printed)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, list[str], str]:
+    """(exit status, stderr's lines without the progress bar, stdout) of one in-process CLI run."""
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own checks exit from parse_args
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, [line for line in captured.err.splitlines() if line.startswith("crossattn:")], captured.out
+
+
+def test_a_device_that_is_not_here_and_a_port_out_of_range_are_one_line_and_status_2(saved_pipeline, tmp_path, capsys,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without CUDA
+    for device in ("cuda", "cuda:1"):
+        code, err, _ = run_cli(["generate", PROMPT, "--model", str(saved_pipeline), "--out", str(tmp_path),
+                                "--device", device], capsys)
+        assert code == 2 and err == [f"crossattn: error: argument --device: device '{device}' is not available "
+                                     "here: choose one of cpu (see crossattn generate --help)"]
+    with pytest.raises(crossattn.InputError, match="device 'cuda' is not available here: choose one of cpu"):
+        crossattn.load_pipeline(saved_pipeline, device="cuda")
+    code, err, _ = run_cli(["demo", "--port", "70000"], capsys)
+    assert code == 2 and err == ["crossattn: error: argument --port: must be from 1 to 65535, got 70000 "
+                                 "(see crossattn demo --help)"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_pipeline_prints_nothing_unless_asked_and_leaves_the_libraries_settings_alone():
+    code = ("import crossattn\n"
+            "from diffusers.utils import logging as d\n"
+            "from transformers.utils import logging as t\n"
+            "settings = lambda: [d.get_verbosity(), t.get_verbosity(), d.is_progress_bar_enabled(), "
+            "t.is_progress_bar_enabled()]\n"
+            "before = settings()\n"
+            "crossattn.load_pipeline(); crossattn.load_pipeline('shapes-mmdit')\n"
+            "print(before == settings(), before[:2])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONWARNINGS", "DIFFUSERS_", "TRANSFORMERS_"))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == ""  # no accelerate / torchvision advice, no loading bars
+    assert proc.stdout.strip() == "True [30, 30]"  # at the libraries' default (WARNING), and left as they were
+    asked = subprocess.run([sys.executable, "-c", "import crossattn; crossattn.load_pipeline()"], capture_output=True,
+                           text=True, env=dict(env, DIFFUSERS_VERBOSITY="info"), timeout=300)
+    assert asked.returncode == 0 and "accelerate" in asked.stderr  # a user who asks for diffusers' notices gets them
+
+
+def test_shapes_mmdit_sizes_come_from_its_position_table(tmp_path, capsys):
+    from crossattn.generation import check_inputs, max_side, size_hint
+
+    pipe = crossattn.load_pipeline("shapes-mmdit", device="cpu")
+    assert max_side(pipe) == 64  # 16 positions a side × patch 1 × VAE factor 4
+    assert size_hint(pipe, 4 * 64 * 64) == "at most 64x64 for this model"  # the demo's hint on a CPU
+    assert size_hint(pipe, 64 * 64) == "at most 4,096 pixels here (e.g. 64x64)"
+    assert size_hint(crossattn.load_pipeline(device="cpu"), 4 * 64 * 64) == "at most 16,384 pixels here (e.g. 128x128)"
+    assert check_inputs(pipe, "a red circle", (64, 48), 1, 1.0) == []
+    for size in ("80x64", "64x128", "128x128"):
+        code, err, _ = run_cli(["generate", "a red circle", "--model", "shapes-mmdit", "--size", size, "--out",
+                                str(tmp_path)], capsys)
+        assert code == 2 and err == [f"crossattn: error: bad size {size}: this model makes images of at most 64 px "
+                                     "a side (e.g. 64x64)"]
+
+
+@pytest.mark.parametrize("command", ["generate", "placement", "diagnose"])
+def test_an_emoji_only_prompt_gives_the_image_and_one_note_with_status_0(saved_pipeline, tmp_path, capsys, command):
+    code, err, _ = run_cli([command, "🐱🐶", "--model", str(saved_pipeline), "--steps", "2", "--out",
+                            str(tmp_path)], capsys)
+    assert code == 0 and err == ["crossattn: note: The prompt has no words to map (no letters or digits): here is "
+                                 "the image, without heat maps."]
+    assert Image.open(tmp_path / "image.png").size == (32, 32)
+
+
+def test_a_long_prompt_is_one_note_line_and_no_warning(saved_pipeline, tmp_path, capsys, recwarn):
+    prompt = " ".join([PROMPT] * 12)  # ~100 tokens; the text encoder reads 77
+    code, err, _ = run_cli(["generate", prompt, "--model", str(saved_pipeline), "--steps", "2", "--out",
+                            str(tmp_path)], capsys)
+    assert code == 0 and len(err) == 1 and err[0].startswith("crossattn: note: The prompt is longer than the 77 "
+                                                             "tokens the text encoder reads; the model does not see: ")
+    assert not [w for w in recwarn if "crossattn" in w.filename]  # no raw UserWarning after the note
+    notes = json.loads((tmp_path / "heatmaps.json").read_text())["notes"]
+    assert notes == [err[0].removeprefix("crossattn: note: ")]
+
+
+def test_a_very_long_word_gets_a_short_unique_file_name(saved_pipeline, tmp_path, capsys):
+    from crossattn.words import SLUG_BYTES, slug
+
+    assert slug("red circle") == "red_circle" and slug("🐱") == "word"
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    assert slug(long_a) != slug(long_b) and len(slug(long_a).encode()) == SLUG_BYTES
+    assert len(slug("é" * 300).encode()) <= SLUG_BYTES and slug("é" * 300).startswith("é")
+    code, err, _ = run_cli(["generate", f"a {'x' * 300} circle", "--model", str(saved_pipeline), "--steps", "2",
+                            "--out", str(tmp_path)], capsys)
+    assert code == 0
+    names = sorted(p.name for p in (tmp_path / "overlays").iterdir())
+    assert names[0] == "00_a.png" and names[1].startswith("01_xxx") and all(len(n) < 80 for n in names)
+
+
+def test_commands_never_mix_their_results_in_one_folder(saved_pipeline, tmp_path, capsys):
+    model = ["--model", str(saved_pipeline), "--steps", "2", "--out", str(tmp_path)]
+    assert run_cli(["generate", PROMPT, *model], capsys)[0] == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err, _ = run_cli(["placement", PROMPT, *model], capsys)
+    assert code == 2 and err == [f"crossattn: error: --out '{tmp_path}' already holds the results of `crossattn "
+                                 f"generate` for “{PROMPT}”: give another --out, or add --overwrite to replace them"]
+    code, err, _ = run_cli(["generate", "a cyan square", *model], capsys)  # another prompt
+    assert code == 2 and "already holds the results of `crossattn generate` for “a red circle" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert run_cli(["generate", PROMPT, *model, "--seed", "5", "--words", "circle"], capsys)[0] == 0  # its own
+    assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["00_circle.png"]  # no overlay left over
+    assert run_cli(["placement", PROMPT, *model, "--overwrite"], capsys)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crossattn-run.json", "image.png", "placement.json",
+                                                          "segmentation.png", "timeline.png"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "image.png").write_bytes(b"someone else's")
+    code, err, _ = run_cli(["diagnose", PROMPT, *model[:-1], str(foreign)], capsys)
+    assert code == 2 and err == [f"crossattn: error: --out '{foreign}' already holds image.png: give another --out, "
+                                 "or add --overwrite to replace them"]
+
+
+def test_default_output_folders_are_one_per_command(monkeypatch, tmp_path):
+    from crossattn.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    assert {c: parser.parse_args([c, "a cat"]).out for c in ("generate", "placement", "diagnose")} == {
+        "generate": "out/generate", "placement": "out/placement", "diagnose": "out/diagnose"}
+
+
+def test_help_shows_every_default():
+    from crossattn.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if not action.option_strings or action.nargs == 0 or action.required:
+                continue  # positionals, flags (off unless given), options without a default
+            shown = formatter._expand_help(action)
+            assert "default" in shown, f"crossattn {name} {action.option_strings[0]}: {shown!r}"
+            if action.default not in (None, []):
+                assert str(action.default) in shown, f"crossattn {name} {action.option_strings[0]}: {shown!r}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crossattn.phrases import Phrase, Relation, parse_prompt, prompt_words
+from crossattn.phrases import Phrase, Relation, is_tag, parse_prompt, prompt_words
 
 # prompt -> the exact relation statements it makes, in prompt order
 CASES = [
@@ -155,3 +155,21 @@ def test_never_raises(prompt):
     assert parse.words == prompt_words(prompt)
     for relation in parse.relations:
         assert relation.statement()
+
+
+TAGS = "4k, 8k, 1080p, hd, uhd, f/1.8, 35mm, 16K, HDR, iso 100, 1/200s"
+
+
+@pytest.mark.parametrize("tags", [TAGS, "4 k , 8 k , 1 0 8 0 p , hd , uhd , f / 1 . 8 , 3 5 mm , 1 6 k , hdr"])
+def test_style_tags_are_never_objects(tags):
+    """Resolution and camera tags, as written and as a CLIP tokenizer decodes them (what the trace names a prompt
+    by), are single words that never make an object or join one."""
+    for prompt in (f"a photo of a cyan circle to the right of a red square, {tags}",
+                   f"a photo of a cyan circle to the right of a red square {tags.replace(',', '')}"):
+        parse = parse_prompt(prompt)
+        assert [p.text for p in parse.objects] == ["cyan circle", "red square"]
+        assert [r.statement() for r in parse.relations] == ["cyan circle right_of red square"]
+    assert [w for w in prompt_words(tags) if not is_tag(w)] == []
+    assert not any(map(is_tag, ["4", "k", "kittens", "people", "2", "hdd", "dk"]))
+    assert [p.text for p in parse_prompt("3 apples and 2 people and 4 kittens in 8k").objects] == ["apples", "people",
+                                                                                                "kittens"]

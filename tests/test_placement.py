@@ -123,3 +123,31 @@ def test_identical_words_and_single_word():
     assert single.placement()["circle"].region == "top-left"
     assert single.placement_timeline("circle").decided_at == 0
     assert single.segmentation()[1] == ["circle"]
+
+
+def test_objects_of_a_traced_prompt_are_those_of_the_prompt_typed():
+    """The trace names a prompt by its decoded tokens ("…, 4 k"), `generate` by the text typed ("…, 4k"): both
+    give the same objects, to `objects`, `segmentation` and `diagnose` alike — no phantom 'k'."""
+    from helpers import clip_tokenizer
+
+    from crossattn.diagnosis import Calibration
+    from crossattn.words import prompt_words
+
+    typed = "a photo of a cyan circle to the right of a red square, 4k"
+    tokenizer = clip_tokenizer()
+    decoded = tokenizer.decode(tokenizer(typed).input_ids, skip_special_tokens=True)
+    assert decoded.endswith("square , 4 k")
+    words = [w.text for w in prompt_words(tokenizer, typed)]
+    assert words[-2:] == ["4", "k"]
+    arrays = [np.zeros((16, 16))] * len(words)
+    arrays[words.index("circle")], arrays[words.index("square")] = blob(16, 16, 12, 8, 2), blob(16, 16, 4, 8, 2)
+    arrays[words.index("k")] = blob(16, 16, 8, 8, 2)
+    calibration = Calibration({"neglect": 0.5, "leakage": 0.3, "merging": 0.3})
+    for prompt in (typed, decoded):
+        maps = toy_maps(words, arrays, prompt=prompt)
+        assert maps.objects() == ["cyan circle", "red square"]
+        assert maps.segmentation()[1] == ["cyan circle", "red square"]
+        d = crossattn.diagnosis.diagnose(maps, calibration=calibration)
+        assert [o.name for o in d.objects] == ["cyan circle", "red square"] and not d.failed
+    only_tags = toy_maps(["4", "k", "hd"], [blob(16, 16, 8, 8, 2)] * 3, prompt="4 k , hd")
+    assert only_tags.objects() == []  # no content words either: tags are no objects

@@ -73,3 +73,107 @@ def test_notebooks_show_pictures():
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and Image.open(io.BytesIO(png)).width > 100
     assert repr(maps).startswith("HeatMaps(3 words ['a', 'red', 'circle'], 1 sites ['up.16x16']")
     assert "tensor" not in repr(maps) and repr(maps.word("circle")).startswith("WordHeatMap('circle', 32x32")
+
+
+def test_a_filtered_repr_agrees_with_its_fields():
+    """The repr counts the steps the maps hold now, not the generation's; notes are shown and read-only."""
+    from helpers import blob, toy_maps
+
+    from crossattn.capture import Site
+
+    maps = toy_maps(["a", "circle"], [np.zeros((8, 8)), blob(8, 8, 2, 2)], steps=20)
+    site = maps.sites["up.16x16"]
+    maps.sums = {"up.16x16": maps.sums["up.16x16"].repeat(4, 1, 1, 1, 1)}
+    maps.counts, maps.sites = {"up.16x16": np.ones(4, np.int64)}, {"up.16x16": Site(site.name, site.block, (8, 8))}
+    maps.bin_steps = [list(range(k, k + 5)) for k in range(0, 20, 5)]
+    assert "20 steps in 4 bins" in repr(maps) and "notes" not in repr(maps)
+    early = maps.filter(steps=slice(0, 3))
+    assert early.steps == [0, 1, 2, 3, 4] and len(early.bin_steps) == 1
+    assert "steps 0-4 (5 of 20) in 1 bin," in repr(early)
+    apart = maps.filter(steps=[0, 19])
+    assert apart.steps == [0, 1, 2, 3, 4, 15, 16, 17, 18, 19] and "steps 0-4, 15-19 (10 of 20) in 2 bins" in repr(apart)
+    maps.meta["notes"] = ["the prompt was cut: “…”"]
+    assert maps.notes == ["the prompt was cut: “…”"] and repr(maps).endswith("notes ['the prompt was cut: “…”'])")
+    maps.notes.append("changed")  # a copy: the maps' notes change only through meta
+    assert maps.notes == ["the prompt was cut: “…”"]
+    with pytest.raises(AttributeError):
+        maps.notes = []
+
+
+CROWD = ["green circle", "blue triangle", "a very long purple hexagon with thin stripes", "red square", "yellow star",
+         "orange crescent moon"]
+
+
+def crowded_masks(size: int = 64) -> list[np.ndarray]:
+    """Six small regions packed around the centre, two touching the right edge."""
+    masks = []
+    for k, (x, y) in enumerate([(26, 26), (32, 26), (38, 26), (26, 32), (58, 32), (58, 38)]):
+        m = np.zeros((size, size), bool)
+        m[y : y + 6, x : x + 6] = True
+        masks.append(m)
+        assert k < len(CROWD)
+    return masks
+
+
+def assert_legible(picture: Image.Image, found: list, texts: list[str]) -> None:
+    """Each text is drawn once (maybe shortened), inside its canvas and the picture, and no two labels overlap."""
+    assert len(found) == len(texts)
+    for label, text in zip(found, texts):
+        assert label.text == text or (label.text.endswith("…") and text.startswith(label.text[:-1]))
+        x0, y0, x1, y1 = label.box
+        c0, d0, c1, d1 = label.canvas
+        assert c0 <= x0 < x1 <= c1 and d0 <= y0 < y1 <= d1, (label, picture.size)
+        assert 0 <= c0 and 0 <= d0 and c1 <= picture.width and d1 <= picture.height
+    for i, a in enumerate(found):
+        for b in found[i + 1 :]:
+            apart = a.box[2] <= b.box[0] or b.box[2] <= a.box[0] or a.box[3] <= b.box[1] or b.box[3] <= a.box[1]
+            assert apart, (a, b)
+
+
+@pytest.mark.parametrize("tile", [256, 384, 1400])
+def test_segmentation_labels_never_overlap_or_leave_the_picture(tile):
+    from crossattn import placement
+
+    labels = np.zeros((64, 64), np.int64)
+    for k, m in enumerate(crowded_masks(), start=1):
+        labels[m] = k
+    picture = placement.segmentation_picture(Image.new("RGB", (64, 64), "gray"), labels, CROWD, tile=tile)
+    found = render.labels(picture)
+    shares = [f"{n}  {float((labels == k).mean()):.0%}" for k, n in enumerate(["background"] + CROWD)]
+    assert_legible(picture, found, CROWD + shares)
+    assert all(label.canvas == (0, 0, tile, tile) for label in found[: len(CROWD)])  # named on the image itself
+    assert [label.text for label in found[len(CROWD) :]] == shares  # the legend is never shortened
+    first = found[0].box  # a free label stays where its region is: "green circle" is near the first region
+    assert abs((first[1] + first[3]) / 2 - 29 * tile / 64) < tile / 4
+
+
+@pytest.mark.parametrize("tile", [256, 384])
+def test_diagnosis_labels_never_overlap_or_leave_the_picture(tile):
+    from crossattn.diagnosis import Diagnosis, ObjectDiagnosis
+
+    objects = [ObjectDiagnosis(name, name.split()[-1], [], 0.0, k == 1, {}, False, mask=m)
+               for k, (name, m) in enumerate(zip(CROWD, crowded_masks()))]
+    d = Diagnosis(objects, [], {}, {}, [], [], 4, [0, 1, 2, 3], "test", {"neglect": 0.5, "leakage": 0.3})
+    picture = d.picture(Image.new("RGB", (64, 64), "gray"), tile=tile)
+    texts = [f"{o.name}: {'missing?' if o.missing else 'ok'}" for o in objects]
+    assert_legible(picture, render.labels(picture), texts)
+    assert "blue triangle: missing?" in [label.text for label in render.labels(picture)]
+
+
+def test_long_titles_and_legends_are_fitted_not_cut():
+    from crossattn import placement
+
+    long = "a wonderfully long object phrase that no tile is wide enough for " * 2
+    tile = render.labelled(Image.new("RGB", (64, 64), "gray"), long, 128)
+    (label,) = render.labels(tile)
+    assert label.text.endswith("…") and label.box[2] <= 128 and label.box[0] >= 0
+    short = render.labelled(Image.new("RGB", (64, 64), "gray"), "blue triangle: step 12 of 20", 256)
+    assert render.labels(short)[0].text == "blue triangle: step 12 of 20"
+    figure = render.with_colorbar(Image.new("RGB", (64, 64), "gray"), long, tile=1400)
+    assert_legible(figure, render.labels(figure), [long, "1.0", "0.5", "0.0"])  # the title widens the figure
+    lines = [placement.Timeline(n, np.full((3, 2), 20.0), 0, 3, 6.4) for n in CROWD]
+    paths = placement.timeline_picture(Image.new("RGB", (64, 64), "gray"), lines, tile=128)
+    assert_legible(paths, render.labels(paths), [f"{n}: position decided at step 1 of 3" for n in CROWD])
+    grid = render.grid([short, tile], cols=2, pad=4)  # a grid keeps its tiles' labels, moved with them
+    assert [label.box[0] for label in render.labels(grid)] == [render.labels(short)[0].box[0] + 4,
+                                                                 label.box[0] + 4 + 256 + 4]
