@@ -12,8 +12,8 @@ local runtime with this machine's CPUs; each actor gets an equal share of them a
 per worker: each actor's `Worker.peak_rss_mib` (getrusage) at the end; in-process it is this whole process.
 
 The report: 1,000 item folders synthesised from the real items of the in-process run, each one a real item's
-summary.json with a new seed and so a new id (`sweep.item_id`), and its image.png and diagnosis.png
-hard-linked (the report reads nothing else); then `sweep.build_report` on them, min of 3.
+summary.json with a new seed and so a new id (`sweep.item_id`), and its files hard-linked (a finished item has
+every file its summary lists); then `sweep.build_report` on them, min of 3.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def measure(prompts: list[str], out: Path, engine: str, workers: int | None, ste
 
 
 def synthesise(source: Path, target: Path, n: int) -> None:
-    """`n` item folders from the finished items of `source` (summary with a new seed and id; pictures linked)."""
-    real = [s for s in sweep.finished(source).values() if s["status"] == "ok"]
+    """`n` item folders from the finished items of `source` (summary with a new seed and id; files linked)."""
+    real = [s for s in sweep.scan(source)[0].values() if s["status"] == "ok"]
     (target / "items").mkdir(parents=True)
     for k in range(n):
         original = real[k % len(real)]
@@ -57,7 +57,8 @@ def synthesise(source: Path, target: Path, n: int) -> None:
         s["id"] = sweep.item_id(sweep.Item(s["prompt"], s["seed"], tuple(s["expect"])), settings)
         folder = target / "items" / s["id"]
         folder.mkdir()
-        for name in ("image.png", "diagnosis.png"):
+        for name in s["files"]:
+            (folder / name).parent.mkdir(exist_ok=True)  # concepts/
             os.link(source / "items" / original["id"] / name, folder / name)
         (folder / sweep.SUMMARY).write_text(json.dumps(s, indent=1))
 

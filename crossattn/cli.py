@@ -3,7 +3,7 @@
 Bad input (an `InputError`) → one line ``crossattn: error: ...`` on stderr, exit status 2, checked before any
 compute is spent where it can be. Anything else is a bug: one line ``crossattn: internal error: ...``, exit
 status 1, and the traceback with ``--debug``. Ctrl-C → exit status 130. ``crossattn diagnose`` exits with 3
-when it finds a failure.
+when it finds a failure (after ``--repair``: one that remains), ``crossattn sweep`` when items are missing.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def _load(args):
 # two runs side by side would read as one result, so a run replaces all of them or none.
 RUN_FILE = "crossattn-run.json"
 OUTPUTS = ("image.png", "grid.png", "overlays", "maps.safetensors", "maps.npz", "heatmaps.json", "concepts",
-           "diagnosis.json", "diagnosis.png", "placement.json", "segmentation.png", "timeline.png", RUN_FILE)
+           "diagnosis.json", "diagnosis.png", "placement.json", "segmentation.png", "timeline.png", "effects",
+           "effects.json", "changes.npz", "image_before.png", "repair.png", RUN_FILE)
 
 
 def _writable(folder: str) -> Path:
@@ -176,6 +177,10 @@ def cmd_placement(args) -> None:
 def cmd_diagnose(args) -> int:
     objects = split_list(args.objects) or None
     out = _output_folder(args)
+    if args.repair:
+        if objects:
+            raise InputError("--repair diagnoses the prompt's own objects: leave out --objects")
+        return _repair(args, out)
     image, maps = _generate(args, objects)
     d = maps.diagnose(objects)
     _clear(out, args)
@@ -185,6 +190,81 @@ def cmd_diagnose(args) -> int:
     print(d.report())
     print(f"\nwrote {out}: image.png, diagnosis.png, diagnosis.json")
     return 3 if d.failed else 0  # the exit status says whether a failure was found
+
+
+def _repair(args, out: Path) -> int:
+    """diagnose --repair: the generation, and where objects were neglected, the boosted regeneration."""
+    from .causal import repair
+    from .pictures import repair_picture
+
+    pipe, options = _pipe_and_options(args)
+    r = repair(pipe, args.prompt, seed=args.seed, **options)
+    _clear(out, args)
+    r.image_before.save(out / "image_before.png")
+    r.image.save(out / "image.png")
+    r.after.picture(r.image).save(out / "diagnosis.png")
+    repair_picture(r).save(out / "repair.png")
+    (out / "diagnosis.json").write_text(json.dumps({"before": r.before.to_dict(), "after": r.after.to_dict(),
+                                                    "repair": r.to_dict()}, indent=1))
+    print(r.before.report())
+    if r.boosted:
+        boosted = ", ".join(f"{w} ×{s:g}" for w, s in r.boosted.items())
+        print(f"\nrepair: boosted {boosted} in steps {r.steps[0]}-{r.steps[1] - 1}; recovered: "
+              f"{', '.join(r.recovered) or 'none'}\n")
+        print(r.after.report())
+    else:
+        print("\nrepair: nothing was neglected, nothing to repair")
+    print(f"\nwrote {out}: image_before.png, image.png, repair.png, diagnosis.png, diagnosis.json")
+    return 3 if r.after.failed else 0
+
+
+def _pipe_and_options(args) -> tuple:
+    """The pipeline and the pipeline options of a causal command, checked before any compute."""
+    pipe = _load(args)
+    size = parse_size(args.size) if args.size else native_size(pipe)
+    for note in check_inputs(pipe, args.prompt, size, args.steps, args.guidance, None, seed=args.seed):
+        _note(note)
+    options = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=size[0], height=size[1])
+    if args.negative:
+        options["negative_prompt"] = args.negative
+    return pipe, options
+
+
+def cmd_effects(args) -> None:
+    from .causal import effects
+    from .pictures import effect_picture
+
+    words = split_list(args.words) or None
+    window = _window(args.window)
+    if args.how == "prompt" and (args.scale != 0.0 or args.window != "0:"):
+        raise InputError("--scale and --window apply to --how attention; --how prompt deletes the word outright")
+    out = _output_folder(args)
+    pipe, options = _pipe_and_options(args)
+    eff = effects(pipe, args.prompt, words, how=args.how, scale=args.scale, steps=window, seed=args.seed,
+                  **options)
+    _clear(out, args)
+    (out / "effects").mkdir()
+    eff.image.save(out / "image.png")
+    for k, effect in enumerate(eff):
+        effect_picture(eff, effect.word).save(out / "effects" / f"{k:02d}_{slug(effect.word)}.png")
+        effect.image.save(out / "effects" / f"{k:02d}_{slug(effect.word)}_counterfactual.png")
+    import numpy as np
+
+    np.savez_compressed(out / "changes.npz", **{f"{k:02d}_{slug(e.word)}": e.change for k, e in enumerate(eff)})
+    (out / "effects.json").write_text(json.dumps(eff.to_dict(), indent=1))
+    for e in eff:
+        r = "n/a" if e.agreement is None else f"{e.agreement:+.2f}"
+        print(f"{e.word:<20} mean change {e.change.mean():.3f}  max {e.change.max():.3f}  agreement r {r}")
+    print(f"\nwrote {out}: image.png, effects/ ({len(eff.words)} words), changes.npz, effects.json")
+
+
+def _window(text: str) -> tuple[int, int | None]:
+    """'0:10' -> (0, 10); '5:' -> (5, None): a step window as Python writes a slice."""
+    try:
+        start, stop = text.split(":")
+        return int(start or 0), int(stop) if stop.strip() else None
+    except ValueError:
+        raise InputError(f"bad --window {text!r}: write START:STOP (stop left out: to the end), e.g. 0:10") from None
 
 
 def cmd_eval_shapes(args) -> None:
@@ -210,14 +290,16 @@ def cmd_eval_shapes(args) -> None:
         print(f"wrote {args.samples}")
 
 
-def cmd_sweep(args) -> None:
+def cmd_sweep(args) -> int:
     from . import sweep
 
     if args.report_only:
         numbers = sweep.build_report(args.out)
         print(f"rebuilt {Path(args.out) / 'report.html'} and summary.jsonl from {numbers['items']} items "
               f"({numbers['errors']} with errors)")
-        return
+        for d in numbers["damaged"]:
+            print(f"crossattn: damaged, left out (a rerun redoes it): {d['folder']}: {d['problem']}", file=sys.stderr)
+        return 0
     if not args.prompts:
         raise InputError("give a PROMPTS file (or --report-only to rebuild the report of --out)")
     outcome = sweep.run(args.prompts, args.out, "ray" if args.ray is not None else "local",
@@ -226,6 +308,7 @@ def cmd_sweep(args) -> None:
                         expect_from_prompt=args.expect_from_prompt, concepts=split_list(args.concepts),
                         address=args.ray or None, workers=args.workers)
     print(outcome.describe())
+    return 0 if outcome.complete else 3  # items missing (a worker lost them): never a silent success
 
 
 def cmd_demo(args) -> None:
@@ -361,7 +444,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--objects", default=None,
                    help='comma-separated object phrases to diagnose, e.g. "red circle, blue square" (default: the '
                         "prompt's noun phrases)")
+    q.add_argument("--repair", action="store_true",
+                   help="if objects were neglected, regenerate with their words' attention boosted early (one more "
+                        "generation) and diagnose again")
     q.set_defaults(func=cmd_diagnose)
+
+    x = command("effects", "what does each word cause? regenerate without it (same seed) and map what changed")
+    generation_args(x)
+    x.add_argument("--words", default=None, help="comma-separated words or phrases (default: the prompt's objects)")
+    x.add_argument("--how", choices=("prompt", "attention"), default="prompt",
+                   help="prompt: delete the word and re-encode; attention: scale its attention (crossattn.intervene)")
+    x.add_argument("--scale", type=float, default=0.0, help="attention scale for --how attention (0: removed)")
+    x.add_argument("--window", default="0:", help="steps START:STOP the attention scale applies in (--how attention)")
+    x.set_defaults(func=cmd_effects)
 
     w = command("sweep", "generate and check prompts × seeds (resumable; --ray for many workers), then write an "
                          "HTML report")

@@ -95,6 +95,16 @@ def size_hint(pipe, max_pixels: int = MAX_PIXELS) -> str:
     return size_limit(max_pixels, multiple)
 
 
+def check_settings(steps: int, guidance: float, seed: int = 0, max_steps: int = MAX_STEPS) -> None:
+    """The checks that need no pipeline (a sweep makes them before it loads one)."""
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be a whole number from 0 to {MAX_SEED} (2**63 - 1), got {seed}")
+    if not 1 <= steps <= max_steps:
+        raise InputError(f"steps must be between 1 and {max_steps}, got {steps}")
+    if not 0 <= guidance <= 50:
+        raise InputError(f"guidance must be between 0 and 50, got {guidance}")
+
+
 def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance: float,
                  words: list[str] | None = None, seed: int = 0, max_pixels: int = MAX_PIXELS,
                  max_steps: int = MAX_STEPS, concept_method: str | None = None) -> list[str]:
@@ -102,8 +112,7 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
     (e.g. which words of an over-long prompt the model will not see)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty: type what the image should show")
-    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"seed must be a whole number from 0 to {MAX_SEED} (2**63 - 1), got {seed}")
+    check_settings(steps, guidance, seed, max_steps)
     m = size_multiple(pipe)
     w, h = size
     if w <= 0 or h <= 0 or w % m or h % m:
@@ -114,10 +123,6 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
     if largest is not None and max(w, h) > largest:  # its position table has no entries past that
         raise InputError(f"bad size {w}x{h}: this model makes images of at most {largest} px a side "
                          f"(e.g. {largest}x{largest})")
-    if not 1 <= steps <= max_steps:
-        raise InputError(f"steps must be between 1 and {max_steps}, got {steps}")
-    if not 0 <= guidance <= 50:
-        raise InputError(f"guidance must be between 0 and 50, got {guidance}")
     family = family_of(pipe)
     resolve_method(family, concept_method)
     tokenizer = family.word_tokenizer(pipe)

@@ -8,31 +8,39 @@
 **Items.** PROMPTS is a text file (one prompt a line; blank lines are skipped), JSONL (``{"prompt": ...,
 "expect": [...], "seed": 3}``) or CSV (columns ``prompt``, ``expect`` with statements separated by ``;``,
 ``seed`` or ``seeds``). An item is one (prompt, seed); rows without seeds get ``--seeds`` (``0-7``,
-``0,3,5``). Its id is a short hash of prompt, seed, statements, model and every option that changes results,
-so the same item lands in the same folder from any run and either engine.
+``0,3,5``). Prompts and statements are taken in Unicode NFKC with whitespace runs made one space (`normal_text`).
+Its id is a short hash of prompt, seed, statements, model and every option that changes results, so the same
+item lands in the same folder from any run and either engine. Bad settings (steps, guidance, size) and seeds are
+refused with `InputError` (`generate`'s own checks and messages) before any item is generated.
 
 **On disk** (``DIR``)::
 
     items/<id>/image.png, maps.safetensors, heatmaps.json, diagnosis.json, [concepts/]   (HeatMaps.save)
     items/<id>/placement.json   placement.report: objects, checks of the statements, timelines
     items/<id>/diagnosis.png    the image with each object's region and verdict (the report's gallery)
-    items/<id>/summary.json     the item's summary line; written last: its presence means "finished"
+    items/<id>/summary.json     the item's summary line, with the size of every file above ("files")
     summary.jsonl               one line per finished item, sorted by (prompt, seed, id)
     report.html, report.json    the aggregate (self-contained page; its numbers as JSON)
 
 **Resume and atomicity.** An item is written into ``DIR/.tmp/`` and renamed into ``items/<id>`` in one
-``rename``, so a folder under ``items/`` is always complete, whenever the process dies (even SIGKILL). A rerun
-skips every id whose ``summary.json`` exists; ``summary.jsonl`` is only ever rewritten whole from those
-(temp file + ``os.replace``): at the start, every 10 s and at the end. An item that raises is finished
-too, with its error (an `InputError`'s message, else the exception's type and message, and the traceback);
-delete its folder to try it again. One sweep process per DIR at a time (``.tmp/`` is cleared at the start).
+``rename``, so a folder under ``items/`` is complete whenever the process dies (even SIGKILL). An item is
+finished when its ``summary.json`` parses, has the report's layout, names its folder and every file it lists
+is there with its size (`inspect_item`); a rerun skips finished items and does damaged ones again (saying which:
+`Outcome.redone`), and the report leaves damaged folders out of its numbers and lists them. ``summary.jsonl`` is
+only ever rewritten whole from the finished items (temp file + ``os.replace``): at the start, every 10 s and at
+the end. An item that raises is finished too, with its error (an `InputError`'s message, else the exception's
+type and message, and the traceback); delete its folder to try it again. A write that fails (disk full) stops
+the sweep with one line naming the file and leaves no temporary file. One sweep process per DIR at a time
+(``.tmp/`` is cleared at the start and removed at the end).
 
 **Engines.** Both run `Worker.run`, which returns the item's files as bytes and its summary; the driver
 writes them (`write_item`), so outputs are identical (bit for bit on CPUs where both use as many torch threads:
 float sums split differently over threads) and DIR need not be shared with Ray's nodes. ``ray``: one
 actor (one pipeline) per ``workers``, ``num_gpus=1`` each when the cluster has GPUs (default: one actor per
-GPU), else an equal share of a node's CPUs; a worker that dies (out of memory...) is restarted by Ray and
-the items it held are left for the next run (`Outcome.lost`). ``crossattn`` must be importable on the nodes.
+GPU), else an equal share of a node's CPUs; a worker that dies (out of memory, kill -9...) is restarted by Ray
+and the items it held are tried again once it is back, up to `ATTEMPTS` times each; items still unfinished
+are counted (`Outcome.lost`, `Outcome.missing`), the sweep is not `complete` and ``crossattn sweep`` exits with
+status 3. ``crossattn`` must be importable on the nodes.
 
     >>> import tempfile
     >>> from crossattn import sweep
@@ -51,6 +59,7 @@ the items it held are left for the next run (`Outcome.lost`). ``crossattn`` must
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import hashlib
 import html
@@ -62,6 +71,8 @@ import shutil
 import tempfile
 import time
 import traceback
+import unicodedata
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -73,7 +84,7 @@ from tqdm import tqdm
 
 from . import placement
 from .errors import InputError, UnknownWordError, one_line
-from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
+from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, check_inputs, check_settings, generate, native_size
 from .models import DEFAULT_MODEL, load_pipeline
 from .render import png_bytes
 from .shapes.evaluate import read_pixels
@@ -82,6 +93,7 @@ from .words import word_ref
 SUMMARY = "summary.json"
 FLUSH_EVERY_S = 10.0
 IN_FLIGHT = 2  # tasks queued per Ray actor: the next item is ready while the driver writes the last
+ATTEMPTS = 3  # times an item is tried on Ray when its worker dies under it
 STARTUP_TIMEOUT_S = 900
 MAX_SEEDS = 1_000_000
 
@@ -106,13 +118,24 @@ class Settings:
                 "expect_from_prompt": self.expect_from_prompt}
 
 
+def normal_text(text: str) -> str:
+    """`text` in Unicode NFKC with runs of whitespace made one space and the ends stripped: prompts that differ
+    only there ("a  red circle ", composed or decomposed "é", full-width letters) are the same item."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
 @dataclass(frozen=True)
 class Item:
-    """One generation of a sweep: a prompt, a seed and the layout statements to check."""
+    """One generation of a sweep: a prompt, a seed and the layout statements to check (kept in `normal_text`
+    form, which is what is generated, hashed into the id and written to the summary)."""
 
     prompt: str
     seed: int
     expect: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt", normal_text(self.prompt))
+        object.__setattr__(self, "expect", tuple(normal_text(e) for e in self.expect))
 
 
 def item_id(item: Item, settings: Settings) -> str:
@@ -290,8 +313,18 @@ class Worker:
             if not isinstance(exc, InputError):  # a bug: keep what is needed to find it
                 record["traceback"] = traceback.format_exc()
         summary = {"id": item_id(item, s), "prompt": item.prompt, "seed": item.seed, "expect": list(item.expect),
-                   **s.identity(), **record, "seconds": round(time.perf_counter() - start, 3)}
+                   **s.identity(), **record, "seconds": round(time.perf_counter() - start, 3),
+                   "files": {name: len(data) for name, data in sorted(files.items())}}  # what `inspect_item` checks
         return ItemResult(summary["id"], files, summary)
+
+    def check(self, seeds: Iterable[int]) -> None:
+        """Refuse bad shared settings (steps, guidance, size) and bad item seeds with `generate`'s own checks
+        (`check_inputs`, so the messages are the CLI's), before any item is generated: otherwise every item
+        would be recorded with the same error. The prompt is a stand-in: prompts are each item's own input."""
+        s = self.settings
+        size = s.size or native_size(self.pipe)
+        for seed in sorted(set(seeds)):
+            check_inputs(self.pipe, "a", size, s.steps, s.guidance, seed=seed)
 
     def _generate(self, item: Item) -> tuple[dict[str, bytes], dict]:
         s = self.settings
@@ -311,11 +344,20 @@ class Worker:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# ---- the folder: atomic item writes, summary.jsonl -------------------------------------------------------------
+# ---- the folder: atomic item writes, what is finished, summary.jsonl ------------------------------------------
+def _unwritable(path: Path, exc: OSError) -> InputError:
+    """A failed write (disk full, no permission...) as one line naming the file in its final place."""
+    return InputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _unwritable(path, exc) from None
 
 
 def prepare(out: str | Path) -> Path:
@@ -331,25 +373,118 @@ def prepare(out: str | Path) -> Path:
 
 
 def write_item(out: Path, result: ItemResult) -> bool:
-    """Put one item's folder in place in a single rename; False if it was already finished."""
+    """Put one item's folder in place in a single rename; False if it was already finished (intact). A write
+    that fails (disk full) leaves nothing behind and raises `InputError` naming the file."""
     final = out / "items" / result.id
-    if (final / SUMMARY).exists():
+    if final.exists() and inspect_item(final)[1] is None:
         return False
     tmp = out / ".tmp" / f"{result.id}.{uuid.uuid4().hex}"
-    for name, data in result.files.items():
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / name).write_bytes(data)
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / SUMMARY).write_text(json.dumps(result.summary, indent=1))
-    if final.exists():  # not written by a sweep (those are complete): nothing in it can be trusted
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    target = final  # what is being written, as it will be named
+    try:
+        tmp.mkdir(parents=True)
+        for name, data in {**result.files, SUMMARY: json.dumps(result.summary, indent=1).encode()}.items():
+            target = final / name
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+        target = final
+        if final.exists():  # damaged, or not written by a sweep: nothing in it can be trusted
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _unwritable(target, exc) from None
     return True
 
 
-def finished(out: Path) -> dict[str, dict]:
-    """id -> summary of every finished item: the truth about DIR."""
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted((out / "items").glob(f"*/{SUMMARY}"))}
+# What the report reads of a summary, with the types it needs; a summary that departs from it (truncated,
+# crafted, hand-edited) is refused rather than trusted. A spec is a type (or a tuple of them), [spec] for a list
+# of such, {str: spec} for a mapping from text to such, or a dict of field -> spec.
+_RATE_FIELDS = {"statement": str, "passed": bool, "relation": str, "names": [str], "source": str}
+_OBJECT_FIELDS = {"name": str, "head": str, "neglect": (int, float), "missing": bool, "wrong_attribute": bool}
+_PIXELS = {"drawn": {str: bool}, "relation": ({"statement": str, "pixels": bool, "attention": bool}, type(None))}
+SUMMARY_FIELDS = {"id": str, "prompt": str, "seed": int, "model": str, "steps": int, "status": str,
+                  "files": {str: int}}
+STATUS_FIELDS = {"error": {"error": str},
+                 "ok": {"checks": [_RATE_FIELDS], "objects": [_OBJECT_FIELDS], "merged": [[str]], "failed": bool,
+                        "verdicts": [str], "settled": {str: (int, type(None))}, "pixels": (_PIXELS, type(None))}}
+
+
+def _mismatch(value, spec, where: str) -> str | None:
+    """How `value` departs from `spec` (see SUMMARY_FIELDS), or None."""
+    if isinstance(spec, tuple) and any(isinstance(s, (dict, list)) for s in spec):  # one of several layouts
+        problems = [_mismatch(value, s, where) for s in spec]
+        return None if None in problems else problems[0]
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return f"{where} must be a list"
+        return next(filter(None, (_mismatch(v, spec[0], f"{where}[{k}]") for k, v in enumerate(value))), None)
+    if isinstance(spec, dict) and str in spec:
+        if not isinstance(value, dict):
+            return f"{where} must be an object"
+        return next(filter(None, (_mismatch(v, spec[str], f"{where}[{k!r}]") for k, v in value.items())), None)
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return f"{where} must be an object"
+        missing = [k for k in spec if k not in value]
+        if missing:
+            return f"{where} has no {missing[0]!r}"
+        return next(filter(None, (_mismatch(value[k], s, f"{where}.{k}") for k, s in spec.items())), None)
+    if isinstance(value, bool) and bool not in (spec if isinstance(spec, tuple) else (spec,)):
+        return f"{where} must not be true/false"  # bool is an int to Python, not to the report
+    return None if isinstance(value, spec) else f"{where} has the wrong type ({type(value).__name__})"
+
+
+def _read_summary(folder: Path) -> tuple[dict | None, str | None]:
+    """An item folder's summary and None, or None and what is wrong with it."""
+    try:
+        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"no {SUMMARY} (not finished)"
+    except OSError as exc:
+        return None, f"{SUMMARY} cannot be read: {exc.strerror or exc}"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        return None, f"{SUMMARY} is not valid JSON (cut short?): {exc}"
+    problem = _mismatch(summary, SUMMARY_FIELDS, "summary")
+    if problem is None:
+        status = STATUS_FIELDS.get(summary["status"])
+        problem = (f"summary.status is {summary['status']!r}, not 'ok' or 'error'" if status is None
+                   else _mismatch(summary, status, "summary"))
+    return (None, f"{SUMMARY}: {problem}") if problem else (summary, None)
+
+
+def _file_problem(folder: Path, name: str, size: int) -> str | None:
+    if os.path.isabs(name) or ".." in name.split("/"):  # (string operations: this runs for every file of DIR)
+        return f"{SUMMARY} lists {name!r}, which is not inside the item folder"
+    try:
+        actual = os.stat(os.path.join(folder, name)).st_size
+    except OSError:
+        return f"{name} is missing"
+    return None if actual == size else f"{name} has {actual:,} bytes, not the {size:,} written"
+
+
+def inspect_item(folder: Path) -> tuple[dict | None, str | None]:
+    """An item folder's summary and None when the item is finished, else None and what is wrong: finished means
+    its summary parses, has the layout the report reads and names this folder, and every file it lists is there
+    with the size it was written with."""
+    summary, problem = _read_summary(folder)
+    if problem is None and summary["id"] != folder.name:
+        problem = f"{SUMMARY} says it is item {summary['id']!r}, but its folder is {folder.name!r}"
+    if problem is None:
+        problem = next(filter(None, (_file_problem(folder, n, size) for n, size in summary["files"].items())), None)
+    return (None, problem) if problem else (summary, None)
+
+
+def scan(out: Path) -> tuple[dict[str, dict], dict[str, str]]:
+    """The truth about DIR: id -> summary of every finished item, and folder name -> what is wrong for every
+    damaged one (a rerun redoes those; the report lists them)."""
+    done, damaged = {}, {}
+    for folder in sorted(p for p in (out / "items").iterdir() if p.is_dir()):
+        summary, problem = inspect_item(folder)
+        if problem:
+            damaged[folder.name] = problem
+        else:
+            done[folder.name] = summary
+    return done, damaged
 
 
 def _ordered(summaries: dict[str, dict]) -> list[dict]:
@@ -373,6 +508,9 @@ class LocalEngine:
     def __enter__(self) -> LocalEngine:
         self.worker = Worker(self.settings)
         return self
+
+    def check(self, seeds: Iterable[int]) -> None:
+        self.worker.check(seeds)
 
     def map(self, items: list[Item]) -> Iterator[ItemResult]:
         return map(self.worker.run, items)
@@ -428,14 +566,24 @@ class RayEngine:
         cpus = min(ray.cluster_resources().get("CPU", 1.0) / n, _largest_node_cpus(ray))
         options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": cpus}
         threads = None if gpus else max(1, int(cpus))
-        # A worker process that dies (out of memory, a crash) comes back; the items it held are left for a rerun.
-        actor = ray.remote(Worker).options(**options, max_restarts=-1)
+        # A worker process that dies (out of memory, a crash, kill -9) comes back with its pipeline reloaded, and
+        # Ray resubmits the items it held once it is back (not to the dead or restarting process), up to
+        # ATTEMPTS times each: an item that kills its worker every time is given up on, not retried forever.
+        actor = ray.remote(Worker).options(**options, max_restarts=-1, max_task_retries=ATTEMPTS - 1)
         self.actors = [actor.remote(self.settings, threads) for _ in range(n)]
         try:
             ray.get([a.peak_rss_mib.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)  # pipelines loaded
         except ray.exceptions.GetTimeoutError:
             raise InputError(f"Ray could not start {n} workers ({options}) in {STARTUP_TIMEOUT_S} s: "
                              f"the cluster has {ray.cluster_resources()}") from None
+
+    def check(self, seeds: Iterable[int]) -> None:
+        try:
+            self.ray.get(self.actors[0].check.remote(list(seeds)))
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, InputError):  # the worker's refusal as itself: one line, not Ray's traceback
+                raise exc.cause from None
+            raise
 
     def map(self, items: list[Item]) -> Iterator[ItemResult]:
         ray, queue, pending = self.ray, iter(items), {}
@@ -453,7 +601,7 @@ class RayEngine:
             submit(pending.pop(ref))
             try:
                 result = ray.get(ref)
-            except ray.exceptions.RayError:  # the worker died under the item: not the item's fault
+            except ray.exceptions.RayError:  # its worker died under it ATTEMPTS times (or Ray failed): not its fault
                 self.lost += 1
                 continue
             yield result
@@ -478,7 +626,9 @@ ENGINES = {"local": LocalEngine, "ray": RayEngine}
 # ---- the sweep -------------------------------------------------------------------------------------------------
 @dataclass
 class Outcome:
-    """What a `run` did. `lost`: items a dying worker left unfinished (a rerun does them)."""
+    """What a `run` did. `lost`: items whose worker died under them `ATTEMPTS` times; `redone`: id -> what was
+    wrong with the folder a run before left (`inspect_item`), for the items done again. A sweep is `complete`
+    when every item is finished; the CLI exits 3 when it is not."""
 
     out: Path
     items: int
@@ -490,12 +640,25 @@ class Outcome:
     seconds: float
     peak_rss_mib: list[float] = field(default_factory=list)
     report: dict | None = None
+    redone: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> int:
+        """Items neither finished before nor now."""
+        return self.items - self.ran - self.skipped
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
 
     def describe(self) -> str:
-        lost = f", {self.lost} lost to dying workers (rerun to do them)" if self.lost else ""
+        """One line (and one more per item that was redone because its folder was damaged)."""
+        lost = f" ({self.lost} lost: their worker died under them {ATTEMPTS} times)" if self.lost else ""
+        missing = f"; INCOMPLETE: {self.missing} items not finished{lost}, rerun to do them" if self.missing else ""
         report = f"; report: {self.out / 'report.html'}" if self.report is not None else ""
+        redone = "".join(f"\nredone items/{k}: it was damaged: {why}" for k, why in self.redone.items())
         return (f"sweep {self.out}: {self.items} items, {self.ran} generated now, {self.skipped} finished before, "
-                f"{self.errors} with errors{lost}{report}")
+                f"{self.errors} with errors{missing}{report}{redone}")
 
 
 def run(items: str | Path | Iterable[str | dict | Item], out: str | Path, engine: str = "local", *,
@@ -507,7 +670,8 @@ def run(items: str | Path | Iterable[str | dict | Item], out: str | Path, engine
 
     `items`: a prompts file name, or prompts / row dicts (``prompt``, ``expect``, ``seed``/``seeds``) / `Item`s;
     `engine`: "local" (one pipeline in this process) or "ray" (`workers` actors; `address` of a cluster, or
-    a local runtime). Items finished in `out` before are skipped; nothing is started when none is left.
+    a local runtime). Items finished in `out` before are skipped, damaged ones done again; nothing is started
+    when none is left. Bad settings or seeds raise `InputError` before any item is generated.
     """
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; use 'local' or 'ray'")
@@ -515,22 +679,32 @@ def run(items: str | Path | Iterable[str | dict | Item], out: str | Path, engine
                         tuple(concepts), expect_from_prompt, device)
     pool = ENGINES[engine](settings, workers, address)  # checks its options before anything is written
     unique = {item_id(i, settings): i for i in read_items(items, seeds)}
+    for seed in {i.seed for i in unique.values()}:  # before the model loads; the size needs it (pool.check)
+        check_settings(steps, guidance, seed)
     out = prepare(out)
-    done = finished(out)
+    done, damaged = scan(out)
     todo = {k: i for k, i in unique.items() if k not in done}
-    write_summary_lines(out, done)  # repairs a file that a killed run left behind its item folders
     started, startup = time.perf_counter(), 0.0
     try:
+        write_summary_lines(out, done)  # repairs a file that a killed run left behind its item folders
         if todo:
             with pool:
                 startup = time.perf_counter() - started
+                pool.check(i.seed for i in todo.values())
                 _drain(pool.map(list(todo.values())), out, done, len(todo), progress, engine)
-    finally:
         write_summary_lines(out, done)
+    except BaseException:
+        with contextlib.suppress(InputError):  # keep what finished; the first error (disk full?) is the news
+            write_summary_lines(out, done)
+        raise
+    finally:
+        shutil.rmtree(out / ".tmp", ignore_errors=True)  # empty unless a write failed or the run was stopped
     return Outcome(out, len(unique), ran=sum(k in done for k in todo), skipped=len(unique) - len(todo),
                    errors=sum(done[k]["status"] == "error" for k in unique if k in done), lost=pool.lost,
                    startup_s=startup, seconds=time.perf_counter() - started, peak_rss_mib=pool.peak_rss_mib,
-                   report=write_report(out, done) if report else None)  # done: every item folder's summary
+                   report=write_report(out, done, {k: why for k, why in damaged.items() if k not in done})
+                   if report else None,  # done: every finished item of DIR, this run's or not
+                   redone={k: damaged[k] for k in todo if k in damaged and k in done})
 
 
 def _drain(results: Iterator[ItemResult], out: Path, done: dict[str, dict], total: int, progress: bool,
@@ -600,8 +774,8 @@ def _pixel_numbers(ok: list[dict]) -> dict | None:
             "attention_says_obeyed": _rate(sum(r["attention"] for r in relations), len(relations))}
 
 
-def aggregate(summaries: list[dict], worst: int = WORST) -> dict:
-    """The report's numbers from summary lines (JSON-ready)."""
+def aggregate(summaries: list[dict], worst: int = WORST, damaged: dict[str, str] | None = None) -> dict:
+    """The report's numbers from summary lines (JSON-ready); `damaged`: folder -> what is wrong with it."""
     ok = [s for s in summaries if s["status"] == "ok"]
     checks = [c for s in ok for c in s["checks"]]
     objects = [o for s in ok for o in s["objects"]]
@@ -623,38 +797,45 @@ def aggregate(summaries: list[dict], worst: int = WORST) -> dict:
         "error_list": [{"id": s["id"], "prompt": s["prompt"], "seed": s["seed"], "error": s["error"]}
                        for s in summaries if s["status"] == "error"],
         "worst": [s["id"] for s in sorted(ok, key=_worst_first)[:worst]],
+        "damaged": [{"folder": f"items/{k}", "problem": why} for k, why in sorted((damaged or {}).items())],
     }
 
 
 def build_report(out: str | Path, worst: int = WORST) -> dict:
     """Rebuild DIR/summary.jsonl, DIR/report.json and the self-contained DIR/report.html from the item folders
-    alone (nothing is generated); return the numbers (report.json)."""
+    alone (nothing is generated); return the numbers (report.json; damaged folders are left out of the numbers
+    and listed under "damaged")."""
     out = Path(out)
     if not (out / "items").is_dir():
         raise InputError(f"{out} has no items/ folder: not a sweep folder")
-    summaries = finished(out)
+    summaries, damaged = scan(out)
     write_summary_lines(out, summaries)
-    return write_report(out, summaries, worst)
+    return write_report(out, summaries, damaged, worst)
 
 
-def write_report(out: Path, summaries: dict[str, dict], worst: int = WORST) -> dict:
-    """Write DIR/report.json and DIR/report.html from the finished items' summaries; return the numbers."""
-    numbers = aggregate(_ordered(summaries), worst)
+def write_report(out: Path, summaries: dict[str, dict], damaged: dict[str, str], worst: int = WORST) -> dict:
+    """Write DIR/report.json and DIR/report.html from the finished items' summaries and the damaged folders
+    (`scan`); return the numbers."""
+    numbers = aggregate(_ordered(summaries), worst, damaged)
     _write_atomic(out / "report.json", json.dumps(numbers, indent=1))
     _write_atomic(out / "report.html", render_html(out, numbers, summaries))
     return numbers
 
 
 # ---- the page: plain HTML, inline CSS and SVG, images as data URIs ----------------------------------------------
+# Gallery pictures keep their own size and aspect: the diagnosis picture's labels reach its edges.
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}.gallery{display:flex;flex-wrap:wrap;gap:12px}
-figure.item{margin:0;width:530px;border:1px solid #ddd;padding:8px;border-radius:6px}
-figure.item img{width:256px;height:256px;image-rendering:pixelated;margin-right:4px}
+figure.item{margin:0;max-width:100%;border:1px solid #ddd;padding:8px;border-radius:6px}
+figure.item a.shots{display:flex;flex-wrap:wrap;gap:4px}
+figure.item img{height:256px;width:auto;max-width:100%;object-fit:contain;image-rendering:pixelated}
+figcaption{max-width:520px}
 figcaption{font-size:12px}figcaption ul{padding-left:16px;margin:4px 0}.bad{color:#b00}code{font-size:12px}"""
 
 
 def _esc(value) -> str:
+    """Text for the page, in an element or a quoted attribute: item folders may be shared, so never markup."""
     return html.escape(str(value))
 
 
@@ -697,6 +878,7 @@ def _data_uri(path: Path) -> str | None:
 def _figure(out: Path, s: dict) -> str:
     """One gallery entry: image and diagnosis picture (linking to the item's folder), prompt, what went wrong."""
     folder = f"items/{s['id']}/"
+    link = _esc(urllib.parse.quote(folder))
     shots = "".join(f'<img alt="{name}" src="{uri}">' for name in ("image.png", "diagnosis.png")
                     if (uri := _data_uri(out / folder / name)))
     failed = [f"FAIL {c['statement']}" for c in s["checks"] if not c["passed"]]
@@ -706,8 +888,9 @@ def _figure(out: Path, s: dict) -> str:
                       "the attention says the opposite")
     lines = "".join(f'<li class="bad">{_esc(t)}</li>' for t in failed)
     lines += "".join(f"<li>{_esc(t)}</li>" for t in s["verdicts"][:4])
-    return (f'<figure class="item"><a href="{folder}">{shots}</a><figcaption><b>{_esc(s["prompt"])}</b> '
-            f'seed {s["seed"]} · <a href="{folder}"><code>{s["id"]}</code></a><ul>{lines}</ul></figcaption></figure>')
+    return (f'<figure class="item"><a class="shots" href="{link}">{shots}</a><figcaption><b>{_esc(s["prompt"])}</b> '
+            f'seed {_esc(s["seed"])} · <a href="{link}"><code>{_esc(s["id"])}</code></a><ul>{lines}</ul></figcaption>'
+            "</figure>")
 
 
 def render_html(out: Path, numbers: dict, summaries: dict[str, dict]) -> str:
@@ -740,6 +923,10 @@ def render_html(out: Path, numbers: dict, summaries: dict[str, dict]) -> str:
         _table(["id", "prompt", "seed", "error"],
                [[e["id"], e["prompt"], e["seed"], e["error"]] for e in numbers["error_list"][:ERROR_ROWS]]),
     ]
+    if numbers["damaged"]:
+        sections += [f"<h2>Damaged item folders ({len(numbers['damaged'])}): left out of every number above</h2>",
+                     "<p>A rerun of the sweep does them again.</p>",
+                     _table(["folder", "what is wrong"], [[d["folder"], d["problem"]] for d in numbers["damaged"]])]
     if numbers["pixels"]:
         px = numbers["pixels"]
         sections += ["<h2>Shapes world: attention verdicts against the pixels</h2>",

@@ -77,12 +77,14 @@ def test_write_item_is_one_rename_and_never_twice(tmp_path):
     (out / ".tmp" / "left-by-a-killed-run").mkdir()
     out = sweep.prepare(out)  # a new run clears what a killed one left half-written
     assert not any((out / ".tmp").iterdir())
-    result = sweep.ItemResult("abc", {"image.png": b"png", "concepts/heatmaps.json": b"{}"},
-                              {"id": "abc", "prompt": "p", "seed": 0, "status": "ok"})
+    files = {"image.png": b"png", "concepts/heatmaps.json": b"{}"}
+    result = sweep.ItemResult("abc", files, {"id": "abc", "prompt": "p", "seed": 0, "model": "m", "steps": 1,
+                                             "status": "error", "error": "E", "files": {"image.png": 3,
+                                                                                        "concepts/heatmaps.json": 2}})
     assert sweep.write_item(out, result)
     assert not sweep.write_item(out, sweep.ItemResult("abc", {}, {**result.summary, "seed": 1}))
     assert (out / "items/abc/concepts/heatmaps.json").read_bytes() == b"{}"
-    assert sweep.finished(out) == {"abc": result.summary} and not any((out / ".tmp").iterdir())
+    assert sweep.scan(out) == ({"abc": result.summary}, {}) and not any((out / ".tmp").iterdir())
 
 
 def test_an_item_that_raises_is_recorded_with_its_type_and_traceback(monkeypatch):
@@ -128,6 +130,7 @@ def test_local_sweep_writes_every_item_once(local):
         assert json.loads((folder / "summary.json").read_text()) == s
         files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
         assert files == (ITEM_FILES if s["status"] == "ok" else {"summary.json"})
+        assert s["files"] == {name: (folder / name).stat().st_size for name in sorted(files - {"summary.json"})}
     ok = [s for s in summaries if s["status"] == "ok"]
     assert {(s["prompt"], s["seed"]) for s in ok} == {(p, k) for p in PROMPTS for k in (0, 1)} | {("🙂🙂", 0)}
     wordless = next(s for s in ok if s["prompt"] == "🙂🙂")
@@ -201,7 +204,7 @@ def test_resume_after_sigkill_finishes_every_item_exactly_once(tmp_path):
     assert outcome.skipped >= done_before and outcome.skipped + outcome.ran == 6
     ids = [s["id"] for s in lines(out)]
     assert len(ids) == len(set(ids)) == 6 == len(list((out / "items").iterdir()))
-    assert not any((out / ".tmp").iterdir())
+    assert not (out / ".tmp").exists()
 
 
 @pytest.mark.slow
