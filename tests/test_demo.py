@@ -7,6 +7,7 @@ With CROSSATTN_DEMO_SCREENSHOT=path, the model-view test saves a full-page scree
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import os
 import re
@@ -26,9 +27,17 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client")
 
 from crossattn import placement  # noqa: E402
-from crossattn.app import INTERNAL_ERROR, Models, launch  # noqa: E402
+from crossattn.app import (  # noqa: E402
+    EXTRA_MODELS,
+    INTERNAL_ERROR,
+    QUEUE_SIZE,
+    Models,
+    launch,
+    notes_text,
+    titled_map,
+)
 from crossattn.errors import InputError  # noqa: E402
-from crossattn.generation import MAX_SEED  # noqa: E402
+from crossattn.generation import MAX_SEED, generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -190,7 +199,7 @@ def test_bad_input_is_one_line_checked_before_generating(server, monkeypatch):
         ({"expect": "circle somewhere"}, "cannot read 'circle somewhere'"),
         ({"size": "50x50"}, "bad size 50x50"),
         ({"size": "4096x4096"}, r"bad size 4096x4096: at most 16,384 pixels here \(e.g. 128x128\)"),
-        ({"steps": 101}, "maximum value 100"),
+        ({"steps": 101}, "steps must be a whole number from 1 to 100, got 101"),
         ({"seed": 2**70}, f"seed must be a whole number from 0 to {MAX_SEED}"),
         ({"prompt": "   "}, "the prompt is empty"),
         ({"other_model": "/etc"}, "--allow-any-model"),
@@ -204,6 +213,125 @@ def test_bad_input_is_one_line_checked_before_generating(server, monkeypatch):
             someone.call("/generate", **call)
     monkeypatch.undo()
     assert Image.open(someone.generate("a green triangle", steps=1)["Generated image"]).size == (64, 64)
+
+
+@pytest.mark.slow
+def test_views_before_any_generation_say_generate_first_and_log_nothing(server, caplog, capsys):
+    someone = User(server)
+    someone.steps = 3
+    with pytest.raises(Exception, match="generate an image first"):
+        someone.render(words="red")
+    with pytest.raises(Exception, match="generate an image first"):
+        someone.call("/prepare_downloads", **someone.view())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_repeated_words_map_is_titled_by_the_name_it_is_picked_by():
+    _, maps = generate(Models(None, allow_any=False).get(None).pipe, PROMPT, steps=1)
+    assert [titled_map(maps, name).word for name in ("a", "a#1", "red circle")] == ["a", "a#1", "red circle"]
+
+
+def raw_generate(server: str, **inputs) -> tuple[int, str]:
+    """/generate as any HTTP client may call it (NaN and Infinity are JSON here, as Python writes them):
+    (status, body) of the request, or of the result's event stream once queued."""
+    values = {"prompt": "a red circle", "negative": "", "seed": 0, "steps": 1, "guidance": 5.0, "size": "",
+              "model": "shapes-unet", "other_model": "", "words": "", "expect": "", "keep_heads": False,
+              "concepts": "", "concept_method": "model's default"} | inputs
+    request = urllib.request.Request(server + "gradio_api/call/generate", json.dumps({"data": list(values.values())})
+                                     .encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            event = json.loads(response.read())["event_id"]
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    with urllib.request.urlopen(f"{server}gradio_api/call/generate/{event}", timeout=300) as response:
+        return response.status, response.read().decode()
+
+
+@pytest.mark.slow
+def test_numbers_through_the_api_get_one_clear_message_each(server):
+    someone = User(server)
+    seeds = f"seed must be a whole number from 0 to {MAX_SEED}, got"
+    for inputs, message in [({"seed": "abc"}, f"{seeds} 'abc'"), ({"seed": 1.5}, f"{seeds} 1.5"),
+                            ({"steps": "7"}, "steps must be a whole number from 1 to 100, got '7'")]:
+        with pytest.raises(Exception, match=re.escape(message)):
+            someone.call("/generate", **({"prompt": "a red circle", "steps": 1, "words": "", "expect": ""} | inputs))
+    for inputs, message in [({"steps": float("nan")}, "steps must be a whole number from 1 to 100, got nan"),
+                            ({"seed": float("nan")}, f"{seeds} nan"), ({"seed": float("inf")}, f"{seeds} inf"),
+                            ({"guidance": float("nan")}, "guidance must be a number from 0 to 20, got nan")]:
+        status, body = raw_generate(server, **inputs)
+        failed = [d for d in json.loads(body)["detail"] if not d["is_valid"]]
+        assert status == 422 and [(d["parameter_name"], d["message"]) for d in failed] == [(*inputs, message)]
+
+
+@pytest.mark.slow
+def test_the_queue_and_uploads_are_bounded(server, monkeypatch):
+    release = threading.Event()
+    monkeypatch.setattr("crossattn.app.generate", lambda *args, **kwargs: release.wait(60) and None)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(raw_generate(server)[0]))
+               for _ in range(QUEUE_SIZE + 6)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while answers.count(503) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        release.set()
+        for t in threads:
+            t.join(timeout=120)
+    assert 5 <= answers.count(503) <= 6  # one runs, QUEUE_SIZE wait: the rest are refused at once
+    upload = urllib.request.Request(server + "gradio_api/upload", b"--b\r\nContent-Disposition: form-data; "
+                                    b'name="files"; filename="big.bin"\r\n\r\n' + b"0" * 2_000_000 + b"\r\n--b--\r\n",
+                                    {"Content-Type": "multipart/form-data; boundary=b"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(upload, timeout=60)
+    assert refused.value.code == 413
+
+
+def test_other_models_are_cached_by_folder_bounded_and_tell_nothing_of_server_paths(tmp_path, monkeypatch):
+    class Pipeline:
+        def __init__(self, source: str):
+            self.source = source
+            loads.append(source)
+
+        def set_progress_bar_config(self, **options) -> None:
+            pass
+
+    loads = []
+    monkeypatch.setattr("crossattn.app.load_pipeline", Pipeline)
+    monkeypatch.setattr("crossattn.app.limits_for", lambda pipe: None)
+    models = Models(None, allow_any=True)
+    folders = []
+    for k in range(EXTRA_MODELS + 1):
+        folders.append(tmp_path / f"pipe{k}")
+        folders[-1].mkdir()
+        (folders[-1] / "model_index.json").write_text("{}")
+    spellings = [str(folders[0]), f"{folders[0]}/", f"{tmp_path}/./pipe0", f"{tmp_path}/pipe1/../pipe0"]
+    assert {models.get(name).pipe for name in spellings} == {models.get(str(folders[0])).pipe} and len(loads) == 1
+    for folder in folders[1:]:
+        models.get(str(folder))
+    models.get(str(folders[0]))  # dropped as the least recently used: loaded again
+    assert len(loads) == EXTRA_MODELS + 2
+    messages = set()
+    for name in ("/etc", "/no/such/folder", str(tmp_path)):  # a folder, none, a folder without a pipeline
+        with pytest.raises(InputError) as refused:
+            models.get(name)
+        messages.add(str(refused.value).replace(repr(name), "NAME"))
+    assert len(messages) == 1 and "model_index" not in messages.pop()
+
+
+def test_a_long_prompts_note_is_one_short_line():
+    class Maps:
+        words = ["a"]
+        meta = {"notes": ["The prompt is longer than the 77 tokens the text encoder reads; the model does not see: "
+                          f"“{' '.join(['left of a blue square'] * 400)}”"]}
+
+    assert notes_text(Maps()) == ("- The prompt is longer than the 77 tokens the text encoder reads; the model does "
+                                  "not see: “left of a blue square left of a …” (2000 words)")
 
 
 @pytest.mark.slow
@@ -367,10 +495,84 @@ def test_browser_display_and_filter_changes_redraw_every_view(page):
     assert errors_shown(page) == []
 
 
+def error_badges(page) -> int:
+    """Panels whose status tracker says "Error" (what an exception in a callback puts on every output)."""
+    return page.get_by_text("Error", exact=True).count()
+
+
+def blur(page, selector: str) -> None:
+    page.locator(f"{selector} textarea").press("Tab")
+
+
 @pytest.mark.slow
-def test_browser_stop_button_ends_the_generation(page, caplog):
+def test_browser_a_bad_value_in_a_live_field_is_shown_under_it_and_nothing_else_changes(page):
+    words, layout = page.locator("#words textarea"), page.locator("#expect textarea")
+    words.fill("dog")
+    words.press("Enter")
+    expect(page.locator("#words")).to_contain_text("generate an image first")
+    layout.fill("circle near square")
+    blur(page, "#expect")
+    expect(page.locator("#expect")).to_contain_text("generate an image first")
+    words.fill("")
+    layout.fill("")
+    generate_in_page(page, steps=2)
+    image = src(page, "#generated-image")
+    gallery = page.locator("#word-gallery .caption-label")
+    expect(gallery).to_have_count(8)
+    words.fill("dog")
+    words.press("Enter")
+    message = ("'dog' is not a word of the prompt; its words are: 'a', 'red', 'circle', 'left', 'of', 'a', 'blue', "
+               "'square'")  # whole, with its first and last quote
+    expect(page.locator("#words")).to_contain_text(message)
+    layout.fill("circle near square")
+    blur(page, "#expect")
+    expect(page.locator("#expect")).to_contain_text("cannot read 'circle near square': write 'X left_of Y'")
+    page.get_by_role("button", name="Generate", exact=True).click()  # refused: the fields say why
+    time.sleep(2)
+    expect(page.locator("#words")).to_contain_text(message)  # the messages stay
+    expect(page.locator("#expect")).to_contain_text("cannot read 'circle near square'")
+    assert errors_shown(page) == [] and error_badges(page) == 0
+    assert src(page, "#generated-image") == image and gallery.count() == 8  # every panel keeps what it showed
+    words.fill("square, circle")
+    layout.fill("circle left_of square")
+    words.press("Enter")
+    expect(gallery).to_have_text(["square", "circle"])
+    expect(page.locator("#words")).not_to_contain_text("not a word")
+    expect(page.locator("#checks")).to_contain_text("circle left_of square")
+    assert errors_shown(page) == [] and error_badges(page) == 0
+
+
+@pytest.mark.slow
+def test_browser_concept_maps_enlarge_like_word_maps(page):
+    page.locator("#concepts textarea").fill("sky, square")
+    generate_in_page(page, steps=1)
+    concepts = page.locator("#concept-gallery button.thumbnail-item")
+    expect(concepts).to_have_count(2)
+    concepts.first.click()
+    expect(page.locator("#selected-map")).to_contain_text("Located word “sky”, large (concept map)")
+    expect(page.locator("#selected-map img")).to_have_attribute("src", re.compile(f"{STEM}_concept_sky_large"))
+    page.locator("#word-gallery button.thumbnail-item").nth(5).click()  # the second "a": named and titled a#1
+    expect(page.locator("#selected input")).to_have_value("a#1")
+    expect(page.locator("#selected-map")).to_contain_text("Selected word, large")
+    expect(page.locator("#selected-map img")).to_have_attribute("src", re.compile(f"{STEM}_a_1_large"))
+    assert errors_shown(page) == []
+
+
+@pytest.mark.slow
+def test_browser_size_hint_follows_the_model_picked(page):
+    size = page.locator("#size")
+    expect(size).to_contain_text("empty = the model's 64x64; at most 16,384 pixels here (e.g. 128x128)")
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name="shapes-mmdit").click()
+    expect(size).to_contain_text("empty = the model's 64x64; at most 64x64 for this model")
+
+
+@pytest.mark.slow
+def test_browser_stop_button_ends_the_generation_and_says_so(page, caplog):
     caplog.set_level(logging.INFO, logger="crossattn.app")
-    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+    generate_in_page(page, steps=1)
+    expect(page.locator("#status")).to_contain_text(f"Showing “{PROMPT}” (seed 0, 1 step, shapes-unet)")
+    page.get_by_label("Prompt", exact=True).fill("a green triangle above a yellow circle")
     page.locator("#steps input[type='range']").fill("100")
     page.get_by_label("Image size (WIDTHxHEIGHT)").fill("128x128")  # the largest allowed here: a long run
     page.get_by_role("button", name="Generate", exact=True).click()
@@ -380,6 +582,9 @@ def test_browser_stop_button_ends_the_generation(page, caplog):
     while "generation stopped after step" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "generation stopped after step" in caplog.text and "of 100" in caplog.text
+    expect(page.locator("#status")).to_have_text(f"Stopped: “a green triangle above a yellow circle” was not "
+                                                 f"generated; the views below still show the previous prompt, "
+                                                 f"“{PROMPT}”.")
     page.get_by_label("Image size (WIDTHxHEIGHT)").fill("")
     generate_in_page(page, steps=2)  # the queue is free again
     expect(page.locator("#word-gallery .caption-label")).to_have_count(8)
@@ -394,13 +599,13 @@ def test_browser_emoji_prompt_shows_the_image_and_says_there_are_no_words(page):
 
 
 @pytest.mark.slow
-def test_browser_shows_what_a_long_prompt_loses(page):
-    prompt = " and ".join(["a red circle left of a blue square"] * 10)
+def test_browser_shows_what_a_long_prompt_loses_in_one_line(page):
+    prompt = " and ".join(["a red circle left of a blue square"] * 100)
     generate_in_page(page, prompt=prompt, steps=1)
     notes = page.locator("#notes")
-    expect(notes).to_contain_text("the model does not see")
-    expect(notes).to_contain_text("left of a blue square")  # words, not tokens
-    assert "</w>" not in notes.inner_text()
+    expect(notes).to_contain_text("the model does not see: “left of a blue square and a red …” (824 words)")
+    assert "</w>" not in notes.inner_text()  # words, not tokens
+    assert notes.bounding_box()["height"] < 100  # not every unseen word: the page stays its usual length
 
 
 @pytest.mark.slow
