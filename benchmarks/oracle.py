@@ -29,7 +29,7 @@ bit. If a traced output differed from the plain one, the tools would have seen d
 the comparison is then redone with both attached to one generation (recorded as ``"joint_run": true``).
 
 Families: the embedded shapes UNet (``crossattn.load_pipeline()``), and tiny random-weight SD 1.x, SDXL, SD3,
-Flux.1, PixArt-α and Sana pipelines (``tests/helpers.py``, ``tests/helpers_more.py``), a few seconds each on a CPU.
+Flux.1, PixArt-α and Sana pipelines (``tests/families/pipelines.py``), a few seconds each on a CPU.
 """
 
 from __future__ import annotations
@@ -46,14 +46,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from helpers import quiet  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: the tiny pipelines are `tests.families`, from the root
 
 import crossattn  # noqa: E402
 from crossattn.cli import _quiet_libraries  # noqa: E402
 from crossattn.models import asset_path  # noqa: E402
+from tests.families import pipelines  # noqa: E402
 
 PROMPT = "a red circle left of a cyan square"
 SEED = 0
@@ -69,29 +67,26 @@ class Case:
 
 
 def _embedded_unet():
-    return quiet(crossattn.load_pipeline(device="cpu"))
+    return pipelines.quiet(crossattn.load_pipeline(device="cpu"))
 
 
 def _embedded_mmdit():
-    return quiet(crossattn.load_pipeline("shapes-mmdit", device="cpu"))
+    return pipelines.quiet(crossattn.load_pipeline("shapes-mmdit", device="cpu"))
 
 
 def cases() -> dict[str, Case]:
-    import helpers
-    import helpers_more
-
     tiny = dict(height=32, width=32, num_inference_steps=4)
     dit = dict(tiny, max_sequence_length=24)
     out = {
         "embedded": Case("embedded shapes UNet", _embedded_unet,
                          dict(height=64, width=64, num_inference_steps=20, guidance_scale=5.0)),
-        "sd1": Case("tiny SD 1.x (UNet)", helpers.build_tiny_sd, dict(tiny, guidance_scale=7.5)),
-        "sdxl": Case("tiny SDXL (UNet)", helpers.build_tiny_sdxl, dict(tiny, guidance_scale=5.0)),
-        "sd3": Case("tiny SD3 (MMDiT)", helpers.build_tiny_sd3, dict(dit, guidance_scale=5.0)),
-        "flux": Case("tiny Flux.1", helpers.build_tiny_flux, dict(dit, guidance_scale=3.5)),
-        "pixart": Case("tiny PixArt-α", helpers.build_tiny_pixart,
+        "sd1": Case("tiny SD 1.x (UNet)", pipelines.build_tiny_sd, dict(tiny, guidance_scale=7.5)),
+        "sdxl": Case("tiny SDXL (UNet)", pipelines.build_tiny_sdxl, dict(tiny, guidance_scale=5.0)),
+        "sd3": Case("tiny SD3 (MMDiT)", pipelines.build_tiny_sd3, dict(dit, guidance_scale=5.0)),
+        "flux": Case("tiny Flux.1", pipelines.build_tiny_flux, dict(dit, guidance_scale=3.5)),
+        "pixart": Case("tiny PixArt-α", pipelines.build_tiny_pixart,
                        dict(dit, guidance_scale=4.5, use_resolution_binning=False)),
-        "sana": Case("tiny Sana", helpers_more.build_tiny_sana,
+        "sana": Case("tiny Sana", pipelines.build_tiny_sana,
                      dict(dit, guidance_scale=4.5, use_resolution_binning=False)),
     }
     if (asset_path("shapes-mmdit") / "model_index.json").exists():  # shipped once its training is done
@@ -117,7 +112,7 @@ def ours_per_layer(tr) -> tuple[dict[str, torch.Tensor], list[str], list[int], i
         token_maps = maps.filter(layers=[name]).token_maps()  # (h, w, tokens): mean over heads and steps
         per_layer[path_of[name]] = token_maps.flatten(0, 1).double()
     # Column c of the maps is text position kept[c] (start token, prompt tokens, end token).
-    kept = tr._kept.tolist()
+    kept = tr.kept_positions
     return per_layer, list(maps.tokens), kept, len(tr.recorder.timesteps)
 
 

@@ -8,13 +8,16 @@
     <PIL.Image.Image image mode=RGB size=64x64 at ...>
 """
 
+from importlib.metadata import version
+
 from .causal import effects, repair
 from .errors import InputError, UnknownWordError
+from .explain import explain
 from .heatmaps import HeatMaps, WordHeatMap, load_heat_maps
 from .intervention import intervene
 from .models import load_pipeline
 from .tracing import Trace, trace
 
-__all__ = ["HeatMaps", "InputError", "Trace", "UnknownWordError", "WordHeatMap", "effects", "intervene",
+__all__ = ["HeatMaps", "InputError", "Trace", "UnknownWordError", "WordHeatMap", "effects", "explain", "intervene",
            "load_heat_maps", "load_pipeline", "repair", "trace"]
-__version__ = "0.2.0"
+__version__ = version("crossattn")  # one place: pyproject.toml

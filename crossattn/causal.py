@@ -101,7 +101,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def delete_word(prompt: str, word: str) -> str:
-    """The prompt without one occurrence of a word or phrase ("cat#1": the second "cat"), spaces tidied.
+    """The prompt without one occurrence of a word or phrase ("cat#1": the second "cat") and the article right
+    before it, spaces and commas tidied.
 
     Raises InputError if the word is not in the prompt, or if nothing would be left to generate from.
     """
@@ -115,7 +116,16 @@ def delete_word(prompt: str, word: str) -> str:
         raise InputError(f"{word!r} is not in the prompt {prompt!r}" if not found else
                          f"{name!r} occurs {len(found)} time(s) in the prompt; {word!r} is out of range")
     m = found[occurrence]
-    left = re.sub(r"\s+", " ", (prompt[: m.start()] + " " + prompt[m.end():])).strip()
+    # where the phrase ends a noun phrase, its article goes with it ("a red circle, a blue square" - "blue square"
+    # = "a red circle"; "a red circle" - "red" keeps its "a"); no space is left before punctuation
+    after = prompt[m.end():]
+    ends = re.match(r"\s*(?:$|[,.;:!?]|(?:and|or|left|right|above|below|of|on|in|with|to|next|near|behind|under|"
+                    r"over|beside|at)\b)", after, flags=re.IGNORECASE)
+    before = prompt[: m.start()]
+    if ends:
+        before = re.sub(r"(?:^|(?<=\s))(?:a|an|the)\s*$", "", before, flags=re.IGNORECASE)
+    left = re.sub(r"\s+", " ", before + " " + after).strip()
+    left = re.sub(r"\s+([,.;:!?])", r"\1", left).strip(" ,;:")
     if not any(ch.isalnum() for ch in left):
         raise InputError(f"deleting {word!r} leaves nothing of the prompt {prompt!r}: a counterfactual needs a "
                          "prompt (use how='attention' to remove only its attention)")

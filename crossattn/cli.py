@@ -134,13 +134,19 @@ def cmd_generate(args) -> None:
     image, maps = _generate(args, words, concepts=split_list(args.concepts) or None,
                             concept_method=args.concept_method)
     _clear(out, args)
-    (out / "overlays").mkdir()
     image.save(out / "image.png")
+    written = _write_maps(out, image, maps, args, words)
+    print(f"wrote {out}: image.png, {', '.join(written)}")
+
+
+def _write_maps(out: Path, image, maps, args, words: list[str] | None = None) -> list[str]:
+    """Overlays (one per word, then per concept), the grid and the maps themselves; returns what was written."""
+    (out / "overlays").mkdir()
     chosen = maps.word_maps(words)
     tile = max(256, *image.size)
     for k, m in enumerate(chosen):
-        picture = m.figure(image, alpha=args.alpha, cmap=args.cmap, tile=tile)
-        picture.save(out / "overlays" / f"{k:02d}_{slug(m.word)}.png")
+        m.figure(image, alpha=args.alpha, cmap=args.cmap, tile=tile).save(
+            out / "overlays" / f"{k:02d}_{slug(m.word)}.png")
     located = list(maps.concepts) if maps.concepts is not None else []
     for k, m in enumerate(located):
         m.figure(image, alpha=args.alpha, cmap=args.cmap, tile=tile).save(
@@ -148,8 +154,34 @@ def cmd_generate(args) -> None:
     maps.grid(image, words=words, alpha=args.alpha, cmap=args.cmap).save(out / "grid.png")
     maps.save(out, fmt=args.format)
     also = f" and {len(located)} concepts" if located else ""
-    print(f"wrote {out}: image.png, grid.png, overlays/ ({len(chosen)} words{also}), maps.{args.format}, "
-          "heatmaps.json" + (", concepts/" if located else ""))
+    return ["grid.png", f"overlays/ ({len(chosen)} words{also})", f"maps.{args.format}", "heatmaps.json"] + \
+        (["concepts/"] if located else [])
+
+
+def cmd_explain(args) -> None:
+    from . import placement
+    from .explain import explain, read_image
+
+    picture, _ = read_image(args.image)  # unreadable files fail here, before the model loads
+    args.prompt = args.caption  # what the output folder's record names
+    out = _output_folder(args)
+    pipe = _load(args)
+    levels = [float(x) for x in split_list(args.levels)] if args.levels else None
+    maps = explain(pipe, picture, args.caption, noise_levels=levels, seed=args.seed,
+                   concepts=split_list(args.concepts) or None, concept_method=args.concept_method)
+    for note in maps.notes:
+        _note(note)
+    _clear(out, args)
+    picture.save(out / "image.png")
+    written = ["image.png"] + _write_maps(out, picture, maps, args)
+    data = placement.report(maps, [], from_prompt=True)
+    if data["words"]:
+        labels, names = maps.segmentation()
+        placement.segmentation_picture(picture, labels, names).save(out / "segmentation.png")
+        written.append("segmentation.png")
+    (out / "placement.json").write_text(json.dumps(data, indent=1))
+    print(placement.format_report(data))
+    print(f"\nwrote {out}: {', '.join(written + ['placement.json'])}")
 
 
 def cmd_placement(args) -> None:
@@ -448,6 +480,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="if objects were neglected, regenerate with their words' attention boosted early (one more "
                         "generation) and diagnose again")
     q.set_defaults(func=cmd_diagnose)
+
+    n = command("explain", "per-word maps of an image you bring: where does the model see each caption word?")
+    n.add_argument("image", help="an image file (PNG, JPEG, …)")
+    n.add_argument("caption", help="what the image shows")
+    n.add_argument("--model", default=None, help=model_help)
+    n.add_argument("--seed", type=_seed, default=0, help="seed of the noise added to the image")
+    n.add_argument("--levels", default=None, help="comma-separated noise levels in [0, 1] (default: the model's, "
+                                                   "see crossattn.explain)")
+    n.add_argument("--concepts", default=None, help="comma-separated words to locate whether or not the caption "
+                                                    "says them (default: none)")
+    n.add_argument("--concept-method", choices=METHODS, default=None, help="see crossattn.trace (default: the "
+                                                                             "model's)")
+    n.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    n.add_argument("--cmap", type=_cmap, default="jet", help="colour map")
+    n.add_argument("--format", choices=["safetensors", "npz"], default="safetensors", help="file format of the maps")
+    n.add_argument("--out", default="out/explain", help="output folder; one that holds another run's results is "
+                                                        "refused")
+    n.add_argument("--overwrite", action="store_true", help="replace whatever results --out holds")
+    n.add_argument("--device", type=_device, default=None, help=device_help)
+    n.set_defaults(func=cmd_explain)
 
     x = command("effects", "what does each word cause? regenerate without it (same seed) and map what changed")
     generation_args(x)

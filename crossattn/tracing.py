@@ -361,6 +361,14 @@ class Trace:
             return 0
         return self._rows_state.n
 
+    @property
+    def kept_positions(self) -> list[int]:
+        """The denoiser's text positions the maps keep, in column order (token column c of `heat_maps()` is text
+        position ``kept_positions[c]``): start, prompt and end tokens (the negative's too, with capture_uncond), or
+        every position when the pipeline got embeddings; [] before the first generation (which sets them)."""
+        kept = getattr(self, "_kept", None)
+        return [] if kept is None else kept.tolist()
+
     def coverage(self) -> dict:
         """Which layers were recorded and how often; which were watched but never seen attending to the text."""
         counts = self.recorder.coverage
@@ -409,7 +417,7 @@ class Trace:
             for i, p in enumerate(segment.positions):
                 if p in column:
                     tokens[column[p]] = strings[i]
-        notes = self._setup_notes + list(self._notes) + self._skipped_steps_notes()
+        notes = self._setup_notes + list(self._notes) + self._skipped_steps_notes() + rec.notes
         if any(s.truncated for s in segments[:1]):
             notes.insert(0, f"{TRUNCATION_NOTE} {len(segments[0].ids)} token positions of the text encoder and "
                          "may have been cut: maps cover only what the model saw")

@@ -1,4 +1,5 @@
-"""One short request to a running `crossattn demo`: wait for it, generate a 4-step image, draw its views.
+"""One short request to a running `crossattn demo`: wait for it, generate a 4-step image, draw its views, ask
+what the image would be without one word.
 
     python scripts/demo_request.py http://127.0.0.1:7860/      (scripts/check_wheel.sh runs it)
 """
@@ -29,7 +30,9 @@ def main(url: str, timeout_s: float = 180) -> None:
     gallery = next(v for v in views if isinstance(v, list) and v and isinstance(v[0], dict) and "caption" in v[0])
     captions = [item["caption"] for item in gallery]
     assert captions == ["a", "red", "circle", "left", "of", "a", "blue", "square"], captions
-    print(f"demo answered: {len(captions)} word maps")
+    picture, answer = client.predict(word="blue square", how="prompt", scale=0, window=":", api_name="/what_if")
+    assert picture and "agreement of its attention map with the change" in answer, answer
+    print(f"demo answered: {len(captions)} word maps and a counterfactual")
 
 
 if __name__ == "__main__":

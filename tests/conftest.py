@@ -1,20 +1,51 @@
-"""Session-wide fixtures: the tiny pipelines of `helpers`, built once."""
+"""Session-wide fixtures: tiny pipelines (`tests.families.pipelines`) built once, on first use."""
 
 from __future__ import annotations
 
-import helpers
 import pytest
+import torch
+
+from tests.families import pipelines
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: runs a real generation loop or a browser (skip with -m 'not slow')")
 
 
-# Session-wide tiny pipelines, by fixture name: each is built once, on first use.
-BUILDERS = {"tiny_sd": helpers.build_tiny_sd, "tiny_sd3level": helpers.build_tiny_sd3level,
-            "tiny_sdxl": helpers.build_tiny_sdxl, "sd3": helpers.build_tiny_sd3, "flux": helpers.build_tiny_flux,
-            "pixart": helpers.build_tiny_pixart}
+@pytest.fixture(scope="session")
+def tiny_sd():
+    return pipelines.build_tiny_sd()
 
 
-for name, build in BUILDERS.items():  # one fixture per entry, e.g. `def test_x(sd3): ...`
-    globals()[name] = pytest.fixture(scope="session", name=name)(lambda build=build: build())
+@pytest.fixture(scope="session")
+def tiny_sd3level():
+    return pipelines.build_tiny_sd3level()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    return pipelines.build_tiny_sdxl()
+
+
+@pytest.fixture(scope="session")
+def sd3():
+    return pipelines.build_tiny_sd3()
+
+
+@pytest.fixture(scope="session")
+def flux():
+    return pipelines.build_tiny_flux()
+
+
+@pytest.fixture(scope="session")
+def pixart():
+    return pipelines.build_tiny_pixart()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny models run faster on one thread, and far faster on a machine busy with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

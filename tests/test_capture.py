@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
-from helpers import build_tiny_sd, seeded
 
 import crossattn
 from crossattn import capture
+from tests.families.pipelines import build_tiny_sd
+from tests.helpers import seeded
 
 PROMPT = "a red circle left of a cyan square"
 

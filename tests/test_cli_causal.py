@@ -19,7 +19,7 @@ def test_effects_writes_pictures_changes_and_json(tmp_path, capsys):
     assert main(["effects", PROMPT, "--words", "blue square", "--steps", "6", "--out", str(out)]) == 0
     data = json.loads((out / "effects.json").read_text())
     assert data["how"] == "prompt" and [e["word"] for e in data["effects"]] == ["blue square"]
-    assert data["effects"][0]["prompt"] == "a red circle left of a"
+    assert data["effects"][0]["prompt"] == "a red circle left of"
     picture = Image.open(out / "effects" / "00_blue_square.png")
     assert picture.width > 2 * picture.height  # attention | change | counterfactual
     assert Image.open(out / "effects" / "00_blue_square_counterfactual.png").size == (64, 64)

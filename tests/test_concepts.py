@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import build_tiny_sd, build_tiny_sd3, seeded
 
 import crossattn
+from tests.families.pipelines import build_tiny_sd, build_tiny_sd3
+from tests.helpers import seeded
 
 PROMPT = "a red circle left of a blue square"
 

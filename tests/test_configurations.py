@@ -9,10 +9,11 @@ import torch
 from diffusers import StableDiffusionXLPAGPipeline
 from diffusers.hooks import FirstBlockCacheConfig
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
-from helpers import build_tiny_flux, build_tiny_sd3, quiet, seeded
-from reference import expected_token_maps, record_attention
 
 import crossattn
+from tests.families.pipelines import build_tiny_flux, build_tiny_sd3, quiet
+from tests.helpers import seeded
+from tests.reference import expected_token_maps, record_attention
 
 PROMPT = "a cyan circle left of a cyan square"
 
@@ -87,7 +88,7 @@ def test_a_step_cache_is_named_and_the_skipped_layers_average_the_steps_they_ran
     assert any("single.0 1/6" in n for n in maps.notes)
     text, pixels = 24, 64
     expected = expected_token_maps(calls, slice(0, 1), slice(text, text + pixels), slice(0, text),
-                                   tracer._kept.tolist())
+                                   tracer.kept_positions)
     assert torch.allclose(maps.filter(layers=["single.0"]).token_maps().reshape(pixels, -1), expected, atol=1e-5)
 
 
@@ -123,7 +124,7 @@ def test_sdxl_pag_maps_are_the_prompts_row(tiny_sdxl):
     maps = tracer.heat_maps()
     for h, w in maps.resolutions:
         group = [p for p in calls if p.shape[-2] == h * w]
-        expected = expected_token_maps(group, slice(1, 2), slice(0, h * w), slice(0, 77), tracer._kept.tolist())
+        expected = expected_token_maps(group, slice(1, 2), slice(0, h * w), slice(0, 77), tracer.kept_positions)
         got = maps.filter(resolutions=[f"{h}x{w}"]).token_maps().reshape(h * w, -1)
         assert torch.allclose(got, expected, atol=1e-6)
 
@@ -162,3 +163,11 @@ def test_bf16_output_unchanged_and_maps_right(flux):
     assert torch.equal(plain, traced)
     a, b = tr.heat_maps().token_maps().flatten(), fp32.heat_maps().token_maps().flatten()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.99
+
+
+def test_modular_pipelines_are_refused_clearly():
+    from diffusers.modular_pipelines import FluxModularPipeline
+
+    pipe = FluxModularPipeline.__new__(FluxModularPipeline)  # no blocks needed to be told no
+    with pytest.raises(crossattn.InputError, match="modular pipeline, which crossattn does not support yet"):
+        crossattn.trace(pipe)

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from helpers import blob, toy_maps
 
 import crossattn
 from crossattn.diagnosis import Calibration, StoppedEarly, diagnose, early_stop
+from tests.helpers import blob, toy_maps
 
 CAL = Calibration({"neglect": 0.5, "leakage": 0.3, "merging": 0.3})
 WORDS = "a red circle left of a blue square".split()

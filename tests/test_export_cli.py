@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import seeded
 from PIL import Image
 
 import crossattn
 from crossattn.cli import main
+from tests.helpers import seeded
 
 PROMPT = "a red circle left of a cyan square"
 

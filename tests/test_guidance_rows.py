@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPAGPipeline, StableDiffusionPanoramaPipeline
-from helpers import quiet, seeded
-from reference import expected_token_maps, record_attention
 
 import crossattn
+from tests.families.pipelines import quiet
+from tests.helpers import seeded
+from tests.reference import expected_token_maps, record_attention
 
 PROMPT = "a red circle left of a cyan square"
 NEGATIVE = "a green triangle"
@@ -39,7 +40,7 @@ def row_maps(tracer, calls, row: int) -> list[torch.Tensor]:
     for h, w in tracer.heat_maps().resolutions:
         group = [p for p in calls if p.shape[-2] == h * w]
         out.append(expected_token_maps(group, slice(row, row + 1), slice(0, h * w), slice(0, group[0].shape[-1]),
-                                       tracer._kept.tolist()))
+                                       tracer.kept_positions))
     return out
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import blob, toy_maps
 
 import crossattn
 from crossattn.heatmaps import load_heat_maps
+from tests.helpers import blob, toy_maps
 
 WORDS = "a red circle left of a blue square".split()
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import seeded
-from helpers_more import build_tiny_if
 
 import crossattn
 from crossattn.families import family_of
+from tests.families.pipelines import build_tiny_if
+from tests.helpers import seeded
 
 PROMPT = "a cyan circle left of a cyan square"
 STEPS = 4

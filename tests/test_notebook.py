@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import blob, toy_maps
 
 from crossattn import notebook, render
 from crossattn.capture import Site
 from crossattn.heatmaps import HeatMaps
 from crossattn.words import Word
+from tests.helpers import blob, toy_maps
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]

@@ -5,14 +5,11 @@ Skipped when the peer is not installed (``pip install --no-deps attention-map-di
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
+from benchmarks import oracle
+
 pytest.importorskip("attention_map_diffusers")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import oracle  # noqa: E402
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd3"])

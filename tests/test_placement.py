@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import blob, toy_maps
 
 import crossattn
 from crossattn import placement
 from crossattn.words import ref_name, word_ref
+from tests.helpers import blob, toy_maps
 
 
 def test_place_centroid_bbox_area_region():
@@ -128,10 +128,9 @@ def test_identical_words_and_single_word():
 def test_objects_of_a_traced_prompt_are_those_of_the_prompt_typed():
     """The trace names a prompt by its decoded tokens ("…, 4 k"), `generate` by the text typed ("…, 4k"): both
     give the same objects, to `objects`, `segmentation` and `diagnose` alike — no phantom 'k'."""
-    from helpers import clip_tokenizer
-
     from crossattn.diagnosis import Calibration
     from crossattn.words import prompt_words
+    from tests.families.text import clip_tokenizer
 
     typed = "a photo of a cyan circle to the right of a red square, 4k"
     tokenizer = clip_tokenizer()

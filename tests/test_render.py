@@ -66,7 +66,7 @@ def test_no_label_is_clipped():
 
 def test_notebooks_show_pictures():
     """A HeatMaps or WordHeatMap as the last expression of a Jupyter cell shows its picture."""
-    from helpers import blob, toy_maps
+    from tests.helpers import blob, toy_maps
 
     maps = toy_maps(["a", "red", "circle"], [np.zeros((8, 8)), blob(8, 8, 2, 2), blob(8, 8, 6, 6)])
     for png in (maps._repr_png_(), maps.word("circle")._repr_png_()):
@@ -77,9 +77,8 @@ def test_notebooks_show_pictures():
 
 def test_a_filtered_repr_agrees_with_its_fields():
     """The repr counts the steps the maps hold now, not the generation's; notes are shown and read-only."""
-    from helpers import blob, toy_maps
-
     from crossattn.capture import Site
+    from tests.helpers import blob, toy_maps
 
     maps = toy_maps(["a", "circle"], [np.zeros((8, 8)), blob(8, 8, 2, 2)], steps=20)
     site = maps.sites["up.16x16"]

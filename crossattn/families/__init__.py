@@ -44,6 +44,10 @@ def family_of(pipe) -> Family:
     """The family of a pipeline, by its class; a clear error for video and unknown transformer pipelines."""
     names = [cls.__name__ for cls in type(pipe).__mro__]
     name = names[0]
+    if "ModularPipeline" in names:  # blocks and guiders run the denoiser in their own passes
+        raise InputError(f"{name} is a modular pipeline, which crossattn does not support yet (its guiders batch "
+                         "and order the passes themselves); use the pipeline's classic class, e.g. "
+                         "StableDiffusionXLPipeline / FluxPipeline")
     if any(word in name for word in VIDEO_WORDS):
         raise InputError(f"{name} generates video, which crossattn does not support yet (frames share the attention "
                          f"batch, so per-frame maps need their own handling); supported: {supported_list()}")

@@ -89,6 +89,7 @@ class T5UNetFamily(UNetFamily):
     T5 ids padded to the text length when maps are asked of given embeddings, no concept maps yet."""
 
     prompt_ids = Family.prompt_ids
+    segments = Family.segments  # its encoder's tokens, named "t5" (not the UNet family's "clip")
     concept_methods = Family.concept_methods
     concept_engine = Family.concept_engine
 

@@ -1,0 +1,148 @@
+"""Input checks, all before any compute is spent: each message is meant for the field it is about."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+
+from .. import placement
+from ..concepts import METHODS
+from ..errors import InputError, one_line
+from ..generation import MAX_SEED, check_inputs, native_size, parse_size, size_hint
+from ..words import find_word, split_list, word_ref
+from .limits import GUIDANCE_RANGE, Loaded, Models
+from .store import Result
+from .views import View
+
+CONCEPT_METHODS = ["model's default", *METHODS]
+
+NO_RESULT = "generate an image first"
+
+
+def number(value: object, what: str, low: float, high: float, whole: bool = False) -> float:
+    """`value` if it is a number from `low` to `high` (a whole one with `whole`), else an `InputError` saying what
+    was wrong and what is allowed: a request reaches us as its client sent it ("7", "abc", NaN, 1.5, None)."""
+    kind = "a whole number" if whole else "a number"
+    allowed = f"{what} must be {kind} from {low} to {high}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{allowed}, got {'nothing' if value is None else repr(value)}")
+    if not math.isfinite(value) or (whole and value != int(value)) or not low <= value <= high:
+        raise InputError(f"{allowed}, got {value}")
+    return int(value) if whole else float(value)
+
+
+def as_text(value: object) -> str:
+    """A text field's value as Gradio's preprocessing would give it (a request reaches us as sent)."""
+    return "" if value is None else str(value)
+
+
+def check_request(loaded: Loaded, prompt: str, size: str, steps: int, guidance: float, seed: int,
+                  names: list[str], concept_method: str | None = None) -> tuple[int, int]:
+    """The image size to generate at, once everything asked for is known to be servable and every word or
+    phrase named (words to show, words of layout statements) is in the prompt."""
+    pipe = loaded.pipe
+    dims = parse_size(size) if (size or "").strip() else native_size(pipe)
+    check_inputs(pipe, prompt, dims, steps, guidance, names, seed=seed, max_pixels=loaded.limits.max_pixels,
+                 max_steps=loaded.limits.max_steps, concept_method=concept_method)
+    return dims
+
+
+def statement_names(expect: str) -> list[str]:
+    """The words or phrases the layout statements name (an unreadable statement is an `InputError`)."""
+    return [name for statement in View(expect=expect).statements for name in placement.statement_words(statement)]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A generation request that passed every check: what `generate` is called with."""
+
+    loaded: Loaded
+    seed: int
+    steps: int
+    guidance: float
+    dims: tuple[int, int]
+    method: str | None
+
+
+# Every field checked alone, the others at these values (always accepted), so that each message names its field.
+ACCEPTED = {"prompt": "a", "size": "", "steps": 1, "guidance": 0.0, "seed": 0, "names": [], "concept_method": None}
+
+
+class Checks:
+    """Runs checks, each on behalf of one field of the page, and keeps the first message per field."""
+
+    def __init__(self):
+        self.errors: dict[str, str] = {}
+
+    def __call__(self, field: str, check: Callable, *args, **kwargs):
+        try:
+            return check(*args, **kwargs)
+        except InputError as exc:
+            self.errors.setdefault(field, one_line(exc))
+            return None
+
+    def verdicts(self, fields: list[str]) -> list[dict]:
+        """One `gr.validate` per input of an event, in its order: shown under each field that failed."""
+        return [gr.validate(name not in self.errors, self.errors.get(name, "")) for name in fields]
+
+    def refuse(self) -> None:
+        """An `InputError` naming each field that failed, if any did (a request that skipped the validator)."""
+        if self.errors:
+            raise InputError("; ".join(f"{name}: {message}" for name, message in self.errors.items()))
+
+
+def check_generation(models: Models, prompt: str, seed: object, steps: object, guidance: object, size: str,
+                     model: str, other_model: str, words: str, expect: str, concept_method: str,
+                     load: bool = True) -> tuple[Request | None, Checks]:
+    """The request if it can be served, with the checks' messages by field. With `load=False` a model typed
+    in that is not loaded yet is not loaded: only what needs no model is checked (the request is None)."""
+    checks = Checks()
+    size, model, other_model, words, expect = map(as_text, (size, model, other_model, words, expect))
+    loaded = checks("other_model" if other_model.strip() else "model", models.get, other_model or model, load)
+    seed = checks("seed", number, seed, "seed", 0, MAX_SEED, whole=True)
+    guidance = checks("guidance", number, guidance, "guidance", *GUIDANCE_RANGE)
+    if loaded is None:  # the rest depends on the model: its limits, its tokenizer
+        return None, checks
+    steps = checks("steps", number, steps, "steps", 1, loaded.limits.max_steps, whole=True)
+    method = None if concept_method in (None, CONCEPT_METHODS[0]) else as_text(concept_method)
+    for name, value in {"prompt": prompt, "size": size, "concept_method": method}.items():
+        checks(name, check_request, loaded, **(ACCEPTED | {name: value}))
+    named = named_words(checks, words, expect)
+    if "prompt" not in checks.errors:  # words are looked for in the prompt
+        for box, names in named.items():
+            checks(box, check_request, loaded, **(ACCEPTED | {"prompt": prompt, "names": names}))
+    if checks.errors:
+        return None, checks
+    names = named["words"] + named["expect"]
+    dims = check_request(loaded, prompt, size, steps, guidance, seed, names, method)  # each passed alone: all pass
+    return Request(loaded, seed, steps, guidance, dims, method), checks
+
+
+def named_words(checks: Checks, words: str, expect: str) -> dict[str, list[str]]:
+    """The words typed to show and those the layout statements name, by field (one it cannot read: none)."""
+    return {box: checks(box, read, text) or []
+            for box, (read, text) in {"words": (split_list, words), "expect": (statement_names, expect)}.items()}
+
+
+def check_view(result: Result | None, view: View, used: str) -> Checks:
+    """The display settings checked against the stored maps; without maps, the control just `used` says that an
+    image is needed first."""
+    checks = Checks()
+    if result is None:
+        checks.errors[used] = NO_RESULT
+        return checks
+    for box, names in named_words(checks, view.words, view.expect).items():
+        for name in names:
+            checks(box, find_word, result.maps.word_info, *word_ref(name))
+    return checks
+
+
+def size_info(loaded: Loaded) -> str:
+    """The size box's hint: the model's own size and the sizes it can make here."""
+    width, height = native_size(loaded.pipe)
+    return f"empty = the model's {width}x{height}; {size_hint(loaded.pipe, loaded.limits.max_pixels)}"
+
+

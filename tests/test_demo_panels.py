@@ -1,0 +1,159 @@
+"""The demo's causal panels and its Explain tab in a real browser (Playwright + chromium), driven as
+tests/test_demo.py drives the generation page: the "What if" panel, the Repair button, "Explain an image".
+
+The server, browser and page fixtures are test_demo's (one server for this module, the embedded UNet).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from PIL import Image, ImageDraw
+
+pytest.importorskip("gradio_client")
+
+from tests import test_demo  # noqa: E402
+from tests.test_demo import PROMPT, STEM, User, errors_shown, expect, generate_in_page  # noqa: E402
+
+server, browser, page = test_demo.server, test_demo.browser, test_demo.page  # its fixtures, by name here
+
+# Known to neglect 'green square' and 'blue triangle' on the embedded UNet at seed 1, 12 steps.
+NEGLECTING = "a red circle, a green square and a blue triangle"
+SCENE = "a red circle left of a blue square"
+
+
+def picture_at(page, selector: str) -> Image.Image:
+    """The picture an image panel shows, as the browser fetched it."""
+    return Image.open(io.BytesIO(page.request.get(page.locator(f"{selector} img").get_attribute("src")).body()))
+
+
+def generate_with_seed(page, prompt: str, seed: int, steps: int) -> None:
+    page.locator("#seed input").fill(str(seed))
+    generate_in_page(page, prompt=prompt, steps=steps)
+
+
+@pytest.mark.slow
+def test_what_if_refuses_bad_values_before_generating_each_beside_its_field(server):
+    someone = User(server)
+    with pytest.raises(Exception, match="word: generate an image first"):
+        someone.call("/what_if", word="circle", how="prompt", scale=0, window=":")
+    someone.generate(steps=2)
+    cases = [({"word": "dog"}, "word: 'dog' is not a word of the prompt; its words are: 'a', 'red'"),
+             ({"word": "circle", "how": "maybe"}, "how: how must be one of prompt, attention, got 'maybe'"),
+             ({"how": "attention", "window": "0:9"},
+              "window: step range '0:9' is outside this generation's 2 steps: write START:STOP with 0 <= START < "
+              "STOP <= 2"),
+             ({"how": "attention", "window": "a:b"}, "window: bad step range 'a:b'"),
+             ({"how": "attention", "scale": 3.5}, "scale: scale must be a number from 0 to 3, got 3.5")]
+    for inputs, message in cases:
+        with pytest.raises(Exception, match=re.escape(message)):
+            someone.call("/what_if", **({"word": "circle", "how": "prompt", "scale": 0, "window": ":"} | inputs))
+
+
+@pytest.mark.slow
+def test_browser_what_if_shows_the_counterfactual_and_where_the_picture_changed(page):
+    generate_in_page(page)
+    expect(page.locator("#whatif-word input")).to_have_value("red circle")  # the first object by default
+    page.get_by_role("button", name="What if?").click()
+    picture = page.locator("#whatif-picture img")
+    expect(picture).to_have_attribute("src", re.compile(f"{STEM}_whatif_red_circle_prompt"), timeout=60_000)
+    answer = page.locator("#whatif-answer")
+    expect(answer).to_contain_text("red circle deleted from the prompt (“a left of a blue square”), seed 0")
+    expect(answer).to_contain_text("agreement of its attention map with the change: r = ")
+    shown = picture_at(page, "#whatif-picture")
+    assert shown.width > 2.5 * shown.height  # attention | change | counterfactual, side by side
+
+    page.locator("#whatif-how").get_by_text("scale its attention", exact=True).click()
+    window = page.locator("#whatif-window textarea")
+    window.fill("0:9")
+    page.get_by_role("button", name="What if?").click()
+    expect(page.locator("#whatif-window")).to_contain_text("step range '0:9' is outside this generation's 3 steps")
+    window.fill("0:2")
+    page.get_by_role("button", name="What if?").click()
+    expect(picture).to_have_attribute("src", re.compile(f"{STEM}_whatif_red_circle_attention"), timeout=60_000)
+    expect(answer).to_contain_text("its attention ×0 in steps 0:2")
+    expect(page.locator("#whatif-window")).not_to_contain_text("outside")
+    assert errors_shown(page) == []
+
+
+@pytest.mark.slow
+def test_browser_repair_is_offered_only_when_an_object_was_neglected(page):
+    generate_in_page(page)  # nothing neglected in PROMPT at seed 0, 3 steps
+    expect(page.locator("#verdicts")).to_contain_text("no failure found")
+    expect(page.locator("#repair")).to_be_hidden()
+    expect(page.locator("#repair-picture")).to_be_hidden()
+    generate_with_seed(page, NEGLECTING, seed=1, steps=12)
+    expect(page.locator("#verdicts")).to_contain_text("'green square' was probably neglected")
+    button = page.locator("#repair")
+    expect(button).to_have_text("Repair: boost green square, blue triangle")
+    button.click()
+    expect(page.locator("#repair-picture img")).to_have_attribute("src", re.compile("seed1_repair"), timeout=60_000)
+    text = page.locator("#repair-text")
+    expect(text).to_contain_text("boosted: green square ×3, blue triangle ×3 in steps 0:6")
+    expect(text).to_contain_text("recovered: ")
+    generate_in_page(page, prompt=PROMPT, steps=3)  # hidden again, its answer cleared
+    expect(button).to_be_hidden()
+    expect(page.locator("#repair-picture")).to_be_hidden()
+    assert errors_shown(page) == []
+
+
+def drawn_scene(path) -> str:
+    """A red circle on the left and a blue square on the right, drawn (never generated)."""
+    picture = Image.new("RGB", (64, 64), (240, 240, 236))
+    draw = ImageDraw.Draw(picture)
+    draw.ellipse((6, 22, 26, 42), fill=(220, 30, 30))
+    draw.rectangle((40, 24, 56, 40), fill=(30, 60, 220))
+    picture.save(path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_browser_explain_an_uploaded_image(page, tmp_path):
+    page.get_by_role("tab", name="Explain an image").click()
+    expect(page.locator("#explain-image")).to_contain_text("at most 10MB")
+    (tmp_path / "notes.png").write_text("not a picture")
+    upload = page.locator("#explain-image input[type='file']")
+    upload.set_input_files(str(tmp_path / "notes.png"))
+    page.locator("#caption textarea").fill(SCENE)
+    page.get_by_role("button", name="Explain", exact=True).click()
+    expect(page.locator("#explain-image")).to_contain_text(
+        "'notes.png' is not an image this tool can read: give a PNG, JPEG, WebP, BMP, GIF or TIFF file")
+    upload.set_input_files(drawn_scene(tmp_path / "scene.png"))
+    page.locator("#caption textarea").fill("   ")
+    page.get_by_role("button", name="Explain", exact=True).click()
+    expect(page.locator("#caption")).to_contain_text("the caption is empty: say what the image shows")
+    page.locator("#caption textarea").fill(SCENE)
+    page.get_by_role("button", name="Explain", exact=True).click()
+    gallery = page.locator("#explain-gallery .caption-label")
+    expect(gallery).to_have_count(8, timeout=60_000)
+    expect(gallery).to_have_text(SCENE.split())
+    expect(page.locator("#explain-segmentation img")).to_have_attribute("src", re.compile("_segmentation"))
+    assert errors_shown(page) == []
+
+
+@pytest.mark.slow
+def test_explain_says_what_reading_the_upload_converted(server, tmp_path):
+    from gradio_client import handle_file
+
+    path = drawn_scene(tmp_path / "scene.png")
+    Image.open(path).convert("RGBA").save(path)
+    gallery, segmentation, _, notes = User(server).client.predict(
+        picture=handle_file(path), caption=SCENE, concepts="", model="shapes-unet", api_name="/explain")
+    assert [item["caption"] for item in gallery] == SCENE.split() and Image.open(segmentation).size[0] >= 64
+    assert "the image has transparency: transparent pixels are shown on white" in notes
+
+
+@pytest.mark.slow
+def test_browser_the_generated_image_is_sent_to_the_explain_tab(page):
+    page.locator("#concepts textarea").fill("")
+    generate_in_page(page, steps=1)
+    page.get_by_role("button", name="Explain this image in the “Explain an image” tab").click()
+    expect(page.locator("#caption textarea")).to_have_value(PROMPT)
+    expect(page.locator("#explain-image img")).to_be_visible()
+    page.locator("#explain-concepts textarea").fill("sky")
+    page.get_by_role("button", name="Explain", exact=True).click()
+    expect(page.locator("#explain-gallery .caption-label")).to_have_count(8, timeout=60_000)
+    expect(page.locator("#explain-concept-gallery .caption-label")).to_have_text(["sky"])
+    assert errors_shown(page) == []
