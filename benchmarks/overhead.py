@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/overhead.py            # ≈ 15 min on a quiet 2-core CPU; table + results/overhead.json
     .venv/bin/python benchmarks/overhead.py --quick    # every row at tiny sizes, 1 repeat (≈ 1 min): checks the script
                                                        # (writes results/overhead_quick.json)
+    .venv/bin/python benchmarks/overhead.py --only embedded --threads 1   # one model's rows (its 12 timed repeats;
+                                                       # writes results/overhead_embedded.json)
 
 The 15 minutes are an estimate from per-step times (the JSON records each model's seconds): about 5 for the
 UNet rows (as before: timing, 10/50-step memory, 512 px memory, overlays, two fresh-process RSS probes), 3 for
@@ -63,14 +65,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # helpers: tiny text encoders and the T5-style tokenizer
-
-from helpers import quiet  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: tiny text encoders and tokenizers are `tests.families.text`
 
 import crossattn  # noqa: E402
 from crossattn.cli import _quiet_libraries  # noqa: E402
 from crossattn.shapes.model import MODEL_DIR, load_tokenizer, untrained_pipeline  # noqa: E402
+from tests.families.pipelines import quiet  # noqa: E402
 
 PROMPT = "a red circle left of a blue square"
 HAS_PEER = importlib.util.find_spec("attention_map_diffusers") is not None
@@ -138,8 +138,9 @@ def _factor8_vae(latent_channels: int):
 def sd35_width_pipeline(tiny: bool = False):
     """SD3.5-medium width, two joint blocks (see the module docstring); `tiny`: 2 heads × 32, joint dim 64."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from helpers import clip_tokenizer, t5_tokenizer, text_config, tiny_t5
     from transformers import CLIPTextModelWithProjection
+
+    from tests.families.text import clip_tokenizer, t5_tokenizer, text_config, tiny_t5
 
     torch.manual_seed(0)
     heads, head_dim, text_width, pooled = (2, 32, 64, 64) if tiny else (24, 64, 4096, 2048)
@@ -160,8 +161,9 @@ def sd35_width_pipeline(tiny: bool = False):
 def flux_width_pipeline(tiny: bool = False):
     """Flux.1 width, two double- and two single-stream blocks (see the module docstring); `tiny`: 2 heads × 32."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from helpers import clip_tokenizer, t5_tokenizer, text_config, tiny_t5
     from transformers import CLIPTextModel
+
+    from tests.families.text import clip_tokenizer, t5_tokenizer, text_config, tiny_t5
 
     torch.manual_seed(0)
     heads, head_dim, text_width, rope = (2, 32, 64, (8, 12, 12)) if tiny else (24, 128, 4096, (16, 56, 56))
@@ -315,6 +317,9 @@ def peak_rss_probe(tool: str, size: int, steps: int) -> int:
 
 
 # ---- the run --------------------------------------------------------------------------------------------------
+MODELS = ("embedded", "sd15", "sd35_width", "flux_width")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per tool (the embedded model: 4×)")
@@ -324,14 +329,18 @@ def main() -> None:
                         help="torch threads (default: torch's choice, one per core); on a host busy with other "
                              "work, 2 threads on 2 cores can make small models 10-50x slower (OpenMP threads "
                              "waiting for each other), and 1 gives steadier, different figures")
+    parser.add_argument("--only", nargs="+", choices=MODELS, default=MODELS,
+                        help="these models' rows only (e.g. `--only embedded --repeats 3`: its 12 timed repeats)")
     parser.add_argument("--json", default=None, help="default: benchmarks/results/overhead.json "
-                                                     "(overhead_quick.json with --quick, so a check never "
-                                                     "overwrites the real figures)")
+                                                     "(overhead_quick.json with --quick, overhead_<models>.json "
+                                                     "with --only, so a check never overwrites the real figures)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.json is None:
-        args.json = str(ROOT / "benchmarks" / "results" / ("overhead_quick.json" if args.quick else "overhead.json"))
+        name = "overhead_quick" if args.quick else "overhead" if set(args.only) == set(MODELS) else \
+            "overhead_" + "_".join(args.only)
+        args.json = str(ROOT / "benchmarks" / "results" / f"{name}.json")
     torch.set_flush_denormal(True)
     _quiet_libraries()
     quick = args.quick
@@ -353,25 +362,28 @@ def main() -> None:
         result[key]["seconds"] = time.perf_counter() - since
         print(f"{result[key]['model']}: {result[key]['seconds']:.0f} s", file=sys.stderr)
 
-    since = time.perf_counter()
-    pipe, name = embedded_pipeline()
-    b = Bench("embedded", name, pipe, 64, 4 if quick else 20)
-    result[b.key] = {"model": name, "time": overhead(b, repeats * (1 if quick else 4)),
-                     "memory": memory(b, 64, snapshots) + ([] if quick else memory(b, 128, (20,))),
-                     "render": render_cost(pipe, b.steps, 64)}
-    done(b.key, since)
-    del pipe, b
+    if "embedded" in args.only:
+        since = time.perf_counter()
+        pipe, name = embedded_pipeline()
+        b = Bench("embedded", name, pipe, 64, 4 if quick else 20)
+        result[b.key] = {"model": name, "time": overhead(b, repeats * (1 if quick else 4)),
+                         "memory": memory(b, 64, snapshots) + ([] if quick else memory(b, 128, (20,))),
+                         "render": render_cost(pipe, b.steps, 64)}
+        done(b.key, since)
+        del pipe, b
 
-    since = time.perf_counter()
-    b = Bench("sd15", "SD 1.5 architecture, random weights" + tiny, sd15_pipeline(quick), size, 2 if quick else 4)
-    result[b.key] = {"model": b.title, "time": overhead(b, repeats),
-                     "memory": memory(b, size, snapshots) + ([] if quick else memory(b, 512, (2,))),
-                     "render": render_cost(b.pipe, 2, size)}
-    del b
-    if not quick:
-        result["sd15"]["peak_rss_kib"] = {"plain": peak_rss_probe("plain", 256, 3),
-                                          "traced": peak_rss_probe("crossattn", 256, 3)}
-    done("sd15", since)
+    if "sd15" in args.only:
+        since = time.perf_counter()
+        b = Bench("sd15", "SD 1.5 architecture, random weights" + tiny, sd15_pipeline(quick), size,
+                  2 if quick else 4)
+        result[b.key] = {"model": b.title, "time": overhead(b, repeats),
+                         "memory": memory(b, size, snapshots) + ([] if quick else memory(b, 512, (2,))),
+                         "render": render_cost(b.pipe, 2, size)}
+        del b
+        if not quick:
+            result["sd15"]["peak_rss_kib"] = {"plain": peak_rss_probe("plain", 256, 3),
+                                              "traced": peak_rss_probe("crossattn", 256, 3)}
+        done("sd15", since)
 
     transformers = (  # built one at a time: the Flux-width one alone holds 4 GB of float32 weights
         ("sd35_width", "MMDiT, SD3.5-medium width, 2 joint blocks", sd35_width_pipeline, 2,
@@ -380,6 +392,8 @@ def main() -> None:
          dict(guidance_scale=3.5, **text)),
     )
     for key, title, build, steps, call in transformers:
+        if key not in args.only:
+            continue
         since = time.perf_counter()
         b = Bench(key, title + tiny, build(quick), size, steps, call)
         result[key] = {"model": b.title, "time": overhead(b, repeats), "memory": memory(b, size, snapshots)}
@@ -393,8 +407,6 @@ def main() -> None:
     print_table(result)
 
 
-MODELS = ("embedded", "sd15", "sd35_width", "flux_width")
-
 
 def print_table(r: dict) -> None:
     peer = f"; peer: {r['peer']}" if "peer" in r else ""
@@ -403,7 +415,7 @@ def print_table(r: dict) -> None:
     print("\n| model | size | steps | tool | plain min / median (s) | traced min / median (s) | ratio min | "
           "ratio median | maps ready after (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for key in MODELS:
+    for key in [m for m in MODELS if m in r]:
         t = r[key]["time"]
         for tool in t["tools"][1:]:
             print(f"| {r[key]['model']} | {t['size']} px | {t['steps']} | {tool} | {t['plain_min_s']:.3f} / "
@@ -412,7 +424,7 @@ def print_table(r: dict) -> None:
     print("\n| model | size | steps | crossattn accumulators (B) | crossattn trace (B) | tokens kept | "
           "peer default: last step (B) | peer all steps (B) | peer maps after compute() (B) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for key in MODELS:
+    for key in [m for m in MODELS if m in r]:
         for m in r[key]["memory"]:
             held = [f"{m[k]:,}" if k in m else "—" for k in ("peer_held_bytes_last_step", "peer_held_bytes_all_steps",
                                                              "peer_maps_bytes_all_steps")]
@@ -420,11 +432,11 @@ def print_table(r: dict) -> None:
                   f"{m['trace_bytes']:,} | {m['tokens_kept']} | {' | '.join(held)} |")
     print("\n| model | size | words | all overlays min / median (s) |")
     print("|---|---|---|---|")
-    for key in ("embedded", "sd15"):
+    for key in [m for m in ("embedded", "sd15") if m in r]:
         c = r[key]["render"]
         print(f"| {r[key]['model']} | {c['size']} px | {c['words']} | {c['all_overlays_min_s']:.4f} / "
               f"{c['all_overlays_median_s']:.4f} |")
-    if "peak_rss_kib" in r["sd15"]:
+    if "peak_rss_kib" in r.get("sd15", {}):
         rss = r["sd15"]["peak_rss_kib"]
         print(f"\nSD 1.5 arch, 256 px, 3 steps, fresh process peak RSS: plain {rss['plain'] / 1024:.0f} MiB, "
               f"traced {rss['traced'] / 1024:.0f} MiB (difference {(rss['traced'] - rss['plain']) / 1024:+.0f} MiB)")

@@ -10,9 +10,11 @@ Why observe the attention call and not replace the processor: every model family
 a `TorchFunctionMode` (torch's public hook into every torch call) sees the final query, key, value and mask
 that reach `F.scaled_dot_product_attention`, lets that very call produce the layer's output (so traced
 outputs are bit-identical to untraced ones, by construction) and forms on the side the probabilities of
-the recorded rows' image queries on the prompt's text keys: on the CPU from the flash kernel's log-sum-exp
-(the same kernel SDPA would pick, called directly because it also returns the log-sum-exp), elsewhere with
-an explicit float32 softmax over all keys, chunked over heads.
+the recorded rows' image queries on the prompt's text keys, exp(q·k·scale − lse): the log-sum-exp comes from
+the fused kernel SDPA would pick (CPU flash; CUDA flash, memory-efficient or cuDNN: `KERNELS`), called
+directly as SDPA calls it because it also returns the log-sum-exp, and verified against SDPA on the first call
+of each signature; where no kernel gives it (or one is rejected), from an explicit float32 pass over all keys,
+chunked over heads, and `Recorder.notes` says so.
 
 Memory: the recorder never stores per-step full-resolution maps. Per image it holds
 ``time_bins × Σ_sites (h·w) × heads_kept × tokens × 4 bytes`` (a *site* is a group of layers summed
@@ -25,14 +27,17 @@ up to its end token, never the padding), plus a coarse per-step trace of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+from torch.nn.attention import SDPBackend
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 # How a layer's attention call lays out text and image positions (see `Layer.kind`).
 KINDS = ("cross", "text_first", "text_last", "added_kv")
+_UNSEEN = object()  # a cache's "not looked at yet" (None is a verdict)
 # The attention function the observer watches for, bound once: a library that wraps
 # `F.scaled_dot_product_attention` later still reaches this builtin, and is then seen through it.
 _SDPA = F.scaled_dot_product_attention
@@ -107,12 +112,17 @@ class Recorder:
     coverage: dict[str, dict[str, int]] = field(default_factory=dict)
     ran_steps: dict[str, set[int]] = field(default_factory=dict)  # layer -> the steps it recorded
     listener: object | None = None  # a `concepts.ConceptEngine` following concepts on the side, if any
+    # recorded calls by where their log-sum-exp came from: a fused kernel's name, or "explicit…" (see `notes`)
+    lse_sources: dict[str, int] = field(default_factory=dict)
     step: StepState | None = None
-    _views: dict = field(default_factory=dict, repr=False)
+    _views: dict = field(default_factory=dict, repr=False)  # (site, bin, slot) -> the sums' view to add to
+    _plans: dict = field(default_factory=dict, repr=False)  # (layer, shapes, text, grid) -> spans and grid, or None
+    _site_names: dict = field(default_factory=dict, repr=False)  # (layer, h, w) -> site name
+    _call_cache: dict = field(default_factory=dict, repr=False)  # what is constant within one denoiser call
 
     def reset(self) -> None:
         for part in (self.sums, self.counts, self.sites, self.trace, self.trace_counts, self.timesteps, self._views,
-                     self.ran_steps):
+                     self.ran_steps, self.lse_sources, self._call_cache):
             part.clear()
         for counts in self.coverage.values():
             counts.update(recorded=0, skipped=0)
@@ -124,6 +134,7 @@ class Recorder:
             self.trace_counts.append(0)
             self.trace.append(None)  # filled lazily by the trace layers
         self.step = step
+        self._call_cache.clear()
 
     def bin_of(self, index: int, total: int) -> int:
         """Time bin of a step: bins split the expected steps into equal, contiguous ranges."""
@@ -147,35 +158,79 @@ class Recorder:
     # ---- the attention call ---------------------------------------------------------------------------
     def observe(self, layer: Layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                 scale=None, enable_gqa=False) -> torch.Tensor:
-        """Run one `scaled_dot_product_attention` call of `layer` unchanged; record its text attention."""
+        """Run one `scaled_dot_product_attention` call of `layer` unchanged; record its text attention.
+
+        This runs for every traced attention call, so what depends only on the layer and the call's shapes (its
+        spans, grid and site) is worked out once and kept: on small models the cost of capture is Python and
+        kernel launches, not arithmetic.
+        """
         call = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
         if enable_gqa:
             call["enable_gqa"] = True
         step = self.step
         if step is None:  # the denoiser runs outside a traced pipeline call
             return _SDPA(query, key, value, **call)
-        counts = self.coverage.setdefault(layer.name, {"recorded": 0, "skipped": 0})
+        counts = self.coverage.get(layer.name)
+        if counts is None:
+            counts = self.coverage[layer.name] = {"recorded": 0, "skipped": 0}
         # An attention call over part of the batch (e.g. a PAG processor that attends for the unperturbed rows
         # only) cannot be mapped to the denoiser's rows: skipped, and counted as such in coverage.
-        spans = self._spans(layer, query.shape[2], key.shape[2]) \
-            if query.ndim == 4 and dropout_p == 0 and query.shape[0] == step.batch else None
-        if spans is None:
+        plan = None
+        if query.ndim == 4 and dropout_p == 0 and query.shape[0] == step.batch:
+            shapes = (layer.name, query.shape[2], key.shape[2], step.text_len, step.grid)
+            plan = self._plans.get(shapes, _UNSEEN)
+            if plan is _UNSEEN:
+                spans = self._spans(layer, query.shape[2], key.shape[2])
+                plan = self._plans[shapes] = None if spans is None else \
+                    (*spans, *self._grid(spans[0].stop - spans[0].start))
+        if plan is None:
             counts["skipped"] += 1
-        if spans is None or step.rows.start == step.rows.stop:
+        if plan is None or step.rows.start == step.rows.stop:
             return _SDPA(query, key, value, **call)
-        images, text = spans
-        out, probs = _attention_and_probabilities(query, key, value, call, step.rows, images, text, step.kept,
-                                                  self.mass == "text")
+        images, text, h, w = plan
+        renormalise = step.kept.to(query.device) if self.mass == "text" else None
+        out, probs, source = _attention_and_probabilities(query, key, value, call, step.rows, images,
+                                                          self._wanted(text, query.device), renormalise)
+        self.lse_sources[source] = self.lse_sources.get(source, 0) + 1
         if step.outside is not None:
             probs[..., step.outside] = 0
         counts["recorded"] += 1
-        self.ran_steps.setdefault(layer.name, set()).add(step.index)
-        h, w = self._grid(images.stop - images.start)
+        ran = self.ran_steps.get(layer.name)
+        if ran is None:
+            ran = self.ran_steps[layer.name] = set()
+        ran.add(step.index)
         self.record(layer, probs, h, w)
         if self.listener is not None:
             scale = query.shape[-1] ** -0.5 if call["scale"] is None else call["scale"]
             self.listener.attention(layer, query, key, value, out, step.rows, images, scale)
         return out
+
+    def _wanted(self, text: slice, device: torch.device) -> slice | torch.Tensor:
+        """The key positions whose probabilities are recorded: the kept text positions (all text positions with
+        ``mass="text"``, which renormalises over them), as a slice when they are consecutive (a view of the keys,
+        no gather), else an index tensor. Worked out once per denoiser call."""
+        wanted = self._call_cache.get((text.start, device))
+        if wanted is None:
+            kept = self.step.kept.tolist()
+            if self.mass == "text":
+                wanted = text
+            elif kept and kept == list(range(kept[0], kept[-1] + 1)):
+                wanted = slice(text.start + kept[0], text.start + kept[-1] + 1)
+            else:
+                wanted = text.start + self.step.kept.to(device)
+            self._call_cache[(text.start, device)] = wanted
+        return wanted
+
+    @property
+    def notes(self) -> list[str]:
+        """What a user must know about how these probabilities were computed (for `HeatMaps.notes`)."""
+        explicit = {source: n for source, n in self.lse_sources.items() if source.startswith(EXPLICIT)}
+        if not explicit:
+            return []
+        why = "; ".join(source.removeprefix(EXPLICIT).lstrip(": ") or "switched off" for source in explicit)
+        return [f"the explicit float32 path was used for {sum(explicit.values())} of {sum(self.lse_sources.values())} "
+                f"recorded attention calls (no fused kernel gave the log-sum-exp here: {why}): the maps are as exact, "
+                "their cost is a second attention pass over all keys"]
 
     def _spans(self, layer: Layer, n_queries: int, n_keys: int) -> tuple[slice, slice] | None:
         """(image query positions, text key positions) of this call, or None when it is not text attention
@@ -202,16 +257,18 @@ class Recorder:
     def record(self, layer: Layer, probs: torch.Tensor, h: int, w: int) -> None:
         """Add one layer's probabilities (recorded rows, heads, h*w, kept tokens) for the current step.
 
-        This runs for every traced attention call, so it keeps to two kernels (head sum, in-place add) and
-        cached views: on small models the cost of capture is the number of kernel launches.
+        This runs for every traced attention call, so it keeps to one kernel (the head sum and the add in one
+        batched matrix product) and cached views: on small models the cost of capture is the number of kernel
+        launches. Trace layers (one resolution) need the head sum itself, for the per-step trace too.
         """
         step = self.step
         # Counts are per images-axis row; a negatives-only call shares the count of the prompt's rows.
-        heads = probs.shape[1] if step.count else 0
-        if self.per_layer:
-            name = layer.name
-        else:
-            name = f"{layer.block}.{h}x{w}" if self.resolution_sites else layer.block
+        rows, heads = probs.shape[:2]
+        counted = heads if step.count else 0
+        name = self._site_names.get((layer.name, h, w))
+        if name is None:
+            name = self._site_names[(layer.name, h, w)] = layer.name if self.per_layer else \
+                f"{layer.block}.{h}x{w}" if self.resolution_sites else layer.block
         b = self.bin_of(step.index, step.total)
         target = self._views.get((name, b, step.slot.start))
         if target is None:
@@ -220,14 +277,19 @@ class Recorder:
             target = self._views[(name, b, step.slot.start)] = view
         if self.per_head:
             target.add_(probs)
-            self.counts[name][b] += heads > 0
-        if layer.trace or not self.per_head:
+            self.counts[name][b] += counted > 0
+        elif not layer.trace:  # target (rows, pixels·tokens) += ones(heads) · probs (heads, pixels·tokens)
+            ones = self._call_cache.get(("ones", rows, heads, probs.device))
+            if ones is None:
+                ones = self._call_cache["ones", rows, heads, probs.device] = probs.new_ones((rows, 1, heads))
+            target.view(rows, 1, -1).baddbmm_(ones, probs.reshape(rows, heads, -1))
+            self.counts[name][b] += counted
+        if layer.trace:
             summed = probs.sum(dim=1)  # (images, pixels, tokens)
             if not self.per_head:
                 target.add_(summed)
-                self.counts[name][b] += heads
-            if layer.trace:
-                self._trace(summed, h, w, heads)
+                self.counts[name][b] += counted
+            self._trace(summed, h, w, counted)
 
     def _allocate(self, name: str, block: str, h: int, w: int, probs: torch.Tensor) -> torch.Tensor:
         bins = min(self.time_bins, max(self.step.total, 1))
@@ -248,7 +310,7 @@ class Recorder:
             self.trace[-1] = grid.new_zeros((self.step.images,) + grid.shape[1:])
         if self.trace[-1].shape[1:] != grid.shape[1:]:  # a trace layer at another resolution: skip it
             return
-        self.trace[-1][self.step.slot] += grid
+        self.trace[-1][self.step.slot].add_(grid)
         self.trace_counts[-1] += heads
 
 
@@ -283,95 +345,229 @@ class AttentionObserver(TorchFunctionMode):
             self.__exit__(None, None, None)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not _SDPA:
-            return func(*args, **kwargs)
-        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
-        return self.recorder.observe(self.layer, **dict(zip(names, args)), **kwargs)
+        # every torch call of the layer passes here: kept to one comparison (`observe` takes SDPA's arguments)
+        if func is _SDPA:
+            return self.recorder.observe(self.layer, *args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
-def _attention_and_probabilities(query, key, value, call: dict, rows: slice, images: slice, text: slice,
-                                 kept: torch.Tensor, renormalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDPA's output, bit for bit, and the float32 probabilities (rows, heads, image queries, kept tokens).
+def _attention_and_probabilities(query, key, value, call: dict, rows: slice, images: slice,
+                                 wanted: slice | torch.Tensor, renormalise: torch.Tensor | None
+                                 ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """SDPA's output, bit for bit; the float32 probabilities (rows, heads, image queries, wanted keys); and where
+    the log-sum-exp that normalised them came from (`_output_and_lse`).
 
-    On the CPU, when SDPA would pick its flash kernel anyway, that kernel is called directly: it also returns
-    each query's log-sum-exp over all keys, so the kept tokens' probabilities are exp(q·k·scale − lse): a
-    Q·Kᵀ over the prompt's few tokens instead of all keys, and no softmax. Elsewhere (CUDA, masks SDPA
-    routes to other kernels) the output comes from SDPA and the log-sum-exp from an explicit float32 pass.
+    The probabilities are exp(q·k·scale + mask − lse) over the wanted keys only: one small Q·Kᵀ, no softmax.
+    `renormalise`: divide by each query's total over the wanted keys (all text positions), then keep these.
     """
-    mask, scale = call["attn_mask"], call["scale"]
-    scale = query.shape[-1] ** -0.5 if scale is None else scale
-    q = query[rows, :, images].float()
-    k = key[rows].float()
+    scale = query.shape[-1] ** -0.5 if call["scale"] is None else call["scale"]
+    q = query[rows, :, images]
+    k = key[rows]
     if k.shape[1] != q.shape[1]:  # grouped-query attention: each key head serves several query heads
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    wanted = text.start + kept.to(query.device) if not renormalise else torch.arange(text.start, text.stop,
-                                                                                       device=query.device)
-    m = None
-    if mask is not None:
-        m = mask.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])[rows][:, :, images]
-    lse = None
-    if query.device.type == "cpu" and not call.get("enable_gqa") and _flash_lse_available() and \
-            torch._fused_sdp_choice(query, key, value, mask, 0.0, call["is_causal"], scale=call["scale"]) == \
-            int(torch.backends.cuda.SDPBackend.FLASH_ATTENTION.value):
-        out, full_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, 0.0, call["is_causal"], attn_mask=mask, scale=call["scale"])
-        lse = full_lse[rows, :, images].float()
+    mask = call["attn_mask"]
+    m = None if mask is None else \
+        mask.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])[rows, :, images]
+    out, lse, source = _output_and_lse(query, key, value, call, rows, images, q, k, m, scale)
+    kw = k[:, :, wanted] if isinstance(wanted, slice) else k.index_select(2, wanted)
+    r, h, n, d = q.shape
+    q3, k3t = q.float().reshape(r * h, n, d), kw.float().reshape(r * h, -1, d).mT
+    bias = _bias(m, call["is_causal"], images, wanted, kw.shape[2], query.device)
+    if bias is None:  # scale·q·k − lse, in one kernel
+        probs = torch.baddbmm(lse.reshape(r * h, n, 1), q3, k3t, beta=-1, alpha=scale)
     else:
-        out = _SDPA(query, key, value, **call)
-    probs = torch.empty(q.shape[:3] + (len(wanted),), dtype=torch.float32, device=query.device)
-    # heads per pass: the explicit path forms (rows, heads, queries, all keys) scores, kept under 2^26 floats
-    step = q.shape[1] if lse is not None else max(1, 2**26 // max(1, q.shape[0] * q.shape[2] * k.shape[2]))
-    for h in range(0, q.shape[1], step):
-        hs = slice(h, h + step)
-        mask_h = None if m is None else m[:, hs]
-        if lse is None:  # explicit pass over all keys: the log-sum-exp the output was normalised with
-            scores = torch.matmul(q[:, hs], k[:, hs].transpose(-1, -2)) * scale
-            scores = _masked(scores, mask_h, call["is_causal"], images)
-            probs[:, hs] = (scores[..., wanted] - scores.logsumexp(-1, keepdim=True)).exp_()
-        else:
-            scores = torch.matmul(q[:, hs], k[:, hs][:, :, wanted].transpose(-1, -2)) * scale
-            scores = _masked(scores, None if mask_h is None else mask_h[..., wanted], call["is_causal"], images,
-                             wanted)
-            probs[:, hs] = (scores - lse[:, hs, :, None]).exp_()
-    if renormalise:  # share of the text attention: divide by each query's total on the text positions
+        probs = torch.baddbmm((bias - lse[..., None]).reshape(r * h, n, -1), q3, k3t, alpha=scale)
+    probs = probs.exp_().view(r, h, n, -1)
+    if renormalise is not None:  # share of the text attention: divide by each query's total on the text positions
         probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
-        probs = probs[..., kept.to(query.device)]
-    return out, probs
+        probs = probs.index_select(-1, renormalise)
+    return out, probs, source
 
 
-def _masked(scores: torch.Tensor, mask: torch.Tensor | None, causal: bool, images: slice,
-            keys: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply SDPA's mask semantics (bool: True = attend; float: added) and causality to float32 scores."""
-    if mask is not None and mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    elif mask is not None:
-        scores = scores + mask.float()
+def _output_and_lse(query, key, value, call: dict, rows: slice, images: slice, q, k, mask, scale: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(SDPA's output, the float32 log-sum-exp (rows, heads, image queries) it was normalised with, its source).
+
+    When SDPA would pick a fused kernel of `KERNELS`, that kernel is called directly, as SDPA's own composite
+    calls it: the same computation, which also returns the log-sum-exp. Its calling conventions are private and
+    may change with torch, so each (kernel, device, dtype, shapes, strides, mask) signature is verified on its
+    first real call (`_verify`) and the verdict kept for the process. Otherwise SDPA gives the output and an
+    explicit float32 pass over all keys the log-sum-exp (an "explicit…" source, reported in `Recorder.notes`).
+    """
+    if not _FLASH_LSE:
+        why = EXPLICIT
+    elif call.get("enable_gqa"):  # the direct ops take no such flag
+        why = f"{EXPLICIT}: grouped-query attention"
+    elif any(isinstance(mode, AttentionObserver) for mode in _get_current_function_mode_stack()):
+        # another trace or an intervention watches this layer too: it must see the SDPA call, not a private op
+        why = f"{EXPLICIT}: another trace or intervention watches the same layers"
+    else:
+        choice = torch._fused_sdp_choice(query, key, value, call["attn_mask"], 0.0, call["is_causal"],
+                                         scale=call["scale"])
+        kernel = KERNELS.get((query.device.type, choice))
+        if kernel is None:
+            why = f"{EXPLICIT}: SDPA picks its {_BACKENDS.get(choice, choice)} kernel on {query.device.type}"
+        else:
+            full = call["attn_mask"]
+            signature = (kernel.name, query.device, query.dtype, query.shape, key.shape, value.shape, query.stride(),
+                         key.stride(), value.stride(), call["is_causal"], call["scale"],
+                         None if full is None else (full.dtype, full.shape, full.stride()))
+            verdict = _VERDICTS.get(signature, _UNSEEN)
+            if verdict is None:
+                out, lse = kernel(query, key, value, call)
+                return out, lse[rows, :, images].float(), kernel.name
+            if verdict is _UNSEEN:
+                return _verify(kernel, signature, query, key, value, call, rows, images, q, k, mask, scale)
+            why = f"{EXPLICIT}: {verdict}"
+    return _SDPA(query, key, value, **call), _explicit_lse(q, k, mask, call["is_causal"], images, scale), why
+
+
+def _verify(kernel: FusedKernel, signature: tuple, query, key, value, call: dict, rows: slice, images: slice,
+            q, k, mask, scale: float) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The first call of a signature: SDPA's output and the kernel's must be equal (`torch.equal`), and the
+    kernel's log-sum-exp must match an explicit float32 one within the input precision's rounding; any exception
+    rejects the kernel too. The verdict is kept in `_VERDICTS`; a rejected signature takes the explicit path."""
+    out = _SDPA(query, key, value, **call)
+    expected = _explicit_lse(q, k, mask, call["is_causal"], images, scale)
+    # 16-bit inputs: the kernels' float32 scores still come from exactly representable products, but their
+    # accumulation order and fast exp() differ from ours; a wrong convention (base 2, unscaled, padded rows)
+    # is off by far more than either tolerance
+    tolerance = 1e-4 if query.element_size() <= 2 else 1e-5
+    verdict, lse = None, expected
+    try:
+        fused_out, fused_lse = kernel(query, key, value, call)
+        fused_lse = fused_lse[rows, :, images].float()
+        if not torch.equal(fused_out, out):
+            verdict = f"{kernel.name} did not reproduce SDPA's output"
+        elif fused_lse.shape != expected.shape or not torch.allclose(fused_lse, expected, rtol=tolerance,
+                                                                       atol=tolerance):
+            verdict = f"{kernel.name} gave another log-sum-exp"
+        else:
+            lse = fused_lse
+    except Exception as error:  # a private op: missing, renamed or called otherwise by this torch
+        verdict = f"{kernel.name} failed ({type(error).__name__})"
+    _VERDICTS[signature] = verdict
+    return out, lse, kernel.name if verdict is None else f"{EXPLICIT}: {verdict}"
+
+
+def _explicit_lse(q, k, mask, causal: bool, images: slice, scale: float) -> torch.Tensor:
+    """Float32 log-sum-exp of the scores of `q` (rows, heads, image queries, dim) over all keys `k`, chunked over
+    heads so that the scores of one pass stay under 2^26 floats."""
+    q, k = q.float(), k.float()
+    r, h, n, _ = q.shape
+    lse = q.new_empty((r, h, n))
+    step = max(1, 2**26 // max(1, r * n * k.shape[2]))
+    for start in range(0, h, step):
+        heads = slice(start, start + step)
+        scores = torch.matmul(q[:, heads], k[:, heads].mT) * scale
+        bias = _bias(None if mask is None else mask[:, heads], causal, images, slice(0, k.shape[2]), k.shape[2],
+                     q.device)
+        lse[:, heads] = (scores if bias is None else scores + bias).logsumexp(-1)
+    return lse
+
+
+def _bias(mask, causal: bool, images: slice, keys: slice | torch.Tensor, n_keys: int, device: torch.device
+          ) -> torch.Tensor | None:
+    """SDPA's mask semantics (bool: True = attend; float: added) and causality, as a float32 additive bias on
+    the scores of the image queries on `keys` (`n_keys` of them); None when there is nothing to add."""
+    bias = None
+    if mask is not None:
+        mask = mask[..., keys] if isinstance(keys, slice) else mask.index_select(-1, keys)
+        bias = torch.zeros(mask.shape, device=device).masked_fill_(~mask, -math.inf) \
+            if mask.dtype == torch.bool else mask.float()
     if causal:
-        qpos = torch.arange(images.start, images.stop, device=scores.device)[:, None]
-        kpos = keys[None, :] if keys is not None else torch.arange(scores.shape[-1], device=scores.device)[None]
-        scores = scores.masked_fill(kpos > qpos, float("-inf"))
-    return scores
+        positions = torch.arange(keys.start, keys.start + n_keys, device=device) if isinstance(keys, slice) else keys
+        later = positions[None, :] > torch.arange(images.start, images.stop, device=device)[:, None]
+        causal_bias = torch.zeros(later.shape, device=device).masked_fill_(later, -math.inf)
+        bias = causal_bias if bias is None else bias + causal_bias
+    return bias
 
 
-_FLASH_LSE: bool | None = None
+# ---- fused kernels that return the log-sum-exp ---------------------------------------------------------------
+EXPLICIT = "explicit"  # the source of a log-sum-exp from the explicit float32 pass (`Recorder.lse_sources`)
+_BACKENDS = {int(b.value): name for b, name in ((SDPBackend.MATH, "math"), (SDPBackend.FLASH_ATTENTION, "flash"),
+                                               (SDPBackend.EFFICIENT_ATTENTION, "memory-efficient"),
+                                               (SDPBackend.CUDNN_ATTENTION, "cuDNN"),
+                                               (SDPBackend.OVERRIDEABLE, "overrideable"))}
+
+
+@dataclass(frozen=True)
+class FusedKernel:
+    """A fused SDPA kernel that also returns each query's log-sum-exp.
+
+    ``call(query, key, value, mask, is_causal, scale)`` calls the private op as SDPA's composite calls it
+    (torch's ``aten/src/ATen/native/transformers/attention.cpp``: the same mask conversion, padding and scale),
+    and returns (output, log-sum-exp of shape (batch, heads, ≥ queries, …)).
+    """
+
+    name: str
+    call: Callable
+
+    def __call__(self, query, key, value, call: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse = self.call(query, key, value, call["attn_mask"], call["is_causal"], call["scale"])
+        return out, lse.flatten(2)  # cuDNN's has a trailing 1; memory-efficient pads the queries (never read)
+
+
+def _additive(mask, dtype: torch.dtype, masked: float):
+    """SDPA's `convert_boolean_attn_mask`: a bool mask becomes 0 / `masked` in the inputs' dtype."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.where(mask.logical_not(), masked, torch.scalar_tensor(0.0, dtype=dtype, device=mask.device))
+
+
+def _cpu_flash(query, key, value, mask, causal, scale):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, causal, attn_mask=_additive(mask, query.dtype, -math.inf), scale=scale)
+
+
+def _cuda_flash(query, key, value, mask, causal, scale):
+    # SDPA pads the head dim to a multiple of 8, scales by the unpadded one and cuts the output back (no masks)
+    d = query.shape[-1]
+    padded = [F.pad(x, (0, -d % 8)) if d % 8 else x for x in (query, key, value)]
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+        *padded, 0.0, causal, False, scale=1.0 / math.sqrt(d) if scale is None else scale)[:2]
+    return out[..., :d], lse
+
+
+def _cuda_efficient(query, key, value, mask, causal, scale):
+    bias = _additive(mask, query.dtype, -math.inf)
+    if bias is not None:  # SDPA's preprocess_mask: 4-D, last dim padded to 16 (and cut back), 16-aligned strides
+        s = key.shape[2]
+        bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], s)
+        if s % 16:
+            bias = F.pad(bias, (0, 16 - s % 16))[..., :s]
+        elif any(stride % 16 for stride in bias.stride()[:3]):
+            bias = bias.contiguous()
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, bias, True, 0.0, causal,
+                                                                  scale=scale)[:2]
+
+
+def _cuda_cudnn(query, key, value, mask, causal, scale):
+    # SDPA's convert_boolean_attn_mask_cudnn: a finite large negative instead of -inf
+    return torch.ops.aten._scaled_dot_product_cudnn_attention(
+        query, key, value, _additive(mask, query.dtype, -65504.0), True, 0.0, causal, False, scale=scale)[:2]
+
+
+# (device type, the backend `torch._fused_sdp_choice` picks) -> the kernel to call instead of SDPA
+KERNELS: dict[tuple[str, int], FusedKernel] = {
+    ("cpu", int(SDPBackend.FLASH_ATTENTION.value)): FusedKernel("cpu flash", _cpu_flash),
+    ("cuda", int(SDPBackend.FLASH_ATTENTION.value)): FusedKernel("cuda flash", _cuda_flash),
+    ("cuda", int(SDPBackend.EFFICIENT_ATTENTION.value)): FusedKernel("cuda memory-efficient", _cuda_efficient),
+    ("cuda", int(SDPBackend.CUDNN_ATTENTION.value)): FusedKernel("cuda cuDNN", _cuda_cudnn),
+}
+# signature -> None (the kernel reproduced SDPA and its log-sum-exp) or why it was rejected (`_verify`)
+_VERDICTS: dict[tuple, str | None] = {}
+# False: every call takes the explicit float32 pass (`benchmarks/cuda.py --explicit` measures that path)
+_FLASH_LSE = True
 
 
 def _flash_lse_available() -> bool:
-    """Whether torch's CPU flash-attention op exists with the signature used above (a private op: probed
-    once on a tiny input and compared with SDPA; when missing or changed, the explicit path is used)."""
-    global _FLASH_LSE
-    if _FLASH_LSE is None:
-        try:
-            q = torch.randn(1, 2, 3, 8, generator=torch.Generator().manual_seed(0))
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, q, q, 0.0, False, attn_mask=None,
-                                                                                   scale=None)
-            reference = _SDPA(q, q, q)
-            expected = torch.logsumexp(q @ q.transpose(-1, -2) * 8**-0.5, -1)
-            _FLASH_LSE = torch.equal(out, reference) and torch.allclose(lse, expected, atol=1e-5)
-        except (AttributeError, RuntimeError, TypeError, ValueError):
-            _FLASH_LSE = False
-    return _FLASH_LSE
+    """Whether the fused path is on and this torch's CPU flash kernel passes `_verify` (on a small call)."""
+    q = torch.randn(1, 2, 3, 8, generator=torch.Generator().manual_seed(0))
+    call = dict(attn_mask=None, dropout_p=0.0, is_causal=False, scale=None)
+    everything = slice(0, 3)
+    *_, source = _output_and_lse(q, q, q, call, slice(0, 1), everything, q, q, None, 8**-0.5)
+    return source == KERNELS["cpu", int(SDPBackend.FLASH_ATTENTION.value)].name
 
 
 class PlainSDPAProcessor:

@@ -162,7 +162,9 @@ def cmd_explain(args) -> None:
     from . import placement
     from .explain import explain, read_image
 
-    picture, _ = read_image(args.image)  # unreadable files fail here, before the model loads
+    picture, said = read_image(args.image)  # unreadable files fail here, before the model loads
+    for note in said:  # what reading it converted (transparency, 16-bit, rotation ...)
+        _note(note)
     args.prompt = args.caption  # what the output folder's record names
     out = _output_folder(args)
     pipe = _load(args)
@@ -170,7 +172,8 @@ def cmd_explain(args) -> None:
     maps = explain(pipe, picture, args.caption, noise_levels=levels, seed=args.seed,
                    concepts=split_list(args.concepts) or None, concept_method=args.concept_method)
     for note in maps.notes:
-        _note(note)
+        if note not in said:
+            _note(note)
     _clear(out, args)
     picture.save(out / "image.png")
     written = ["image.png"] + _write_maps(out, picture, maps, args)

@@ -375,14 +375,15 @@ def explain(pipe, image: str | Path | Image.Image | np.ndarray, caption: str, *,
         noise_levels: each level ℓ in [0, 1] is one denoiser call at timestep ℓ·T (DDPM schedulers) or σ = ℓ
             (flow matching); see the module's docstring. Default (0.3, 0.1), from benchmarks/explain_eval.py (100
             held-out shapes-world scenes drawn with exact masks, both embedded models): low noise reads a given
-            image best — single levels 0.1-0.3 score within 0.003 of each other (mIoU of colour+shape maps: UNet
-            0.770-0.773, 0.892-0.898 on its finest sites; MMDiT 0.877-0.878), then the MMDiT falls (0.855 at 0.4,
-            0.832 at 0.5, 0.704 at 0.7: at high σ its text attention spreads over the whole image) and so do the
-            UNet's finest maps (0.876 at 0.5, 0.829 at 0.7); both collapse at 0.9. Two levels (0.3, 0.1) are as
-            good as the best single level on both models (UNet 0.772 / 0.897, MMDiT 0.877) and, on the drawn
-            out-of-distribution scenes (textured background, anti-aliased edges, 4-5 objects), 0.002-0.003 above
-            level 0.1 alone on the UNet: two noise draws instead of one, for one more call; three or four levels
-            add nothing.
+            image best (mIoU of colour+shape maps at single levels 0.1 / 0.2 / 0.3: UNet 0.770 / 0.771 / 0.773,
+            on its finest sites 0.898 / 0.896 / 0.892; MMDiT 0.878 / 0.877 / 0.869), then the MMDiT falls (0.855
+            at 0.4, 0.832 at 0.5, 0.704 at 0.7: at high σ its text attention spreads over the whole image) and so
+            do the UNet's finest maps (0.876 at 0.5, 0.829 at 0.7); both collapse at 0.9. Two levels (0.3, 0.1) are as
+            good as the best single level on both models (UNet 0.772 / 0.897, MMDiT 0.877), and within 0.005 of
+            level 0.1 alone either way on drawn out-of-distribution scenes (textured background, anti-aliased
+            edges, 4-5 objects, touching objects). Two were kept over one for one more call: the maps then rest
+            on two noise draws and two depths rather than on one level being right for a model never measured
+            here; ``noise_levels=[0.1]`` halves the cost. Three or four levels add nothing.
         seed: seeds the noise (one draw per level).
         concepts: words to locate whether or not the caption says them (``maps.concept("sky")``).
         **trace_options: passed to `crossattn.trace` (``per_head``, ``per_layer``, ``mass``,

@@ -111,3 +111,10 @@ def test_repair_boosts_exactly_the_neglected_objects_early(pipe, monkeypatch):
     assert r.boosted == {"blue square": fx.REPAIR_SCALE}
     assert r.after.window == list(range(round(STEPS * fx.REPAIR_SHARE), STEPS))  # read after the boost
     assert not np.array_equal(np.asarray(r.image), np.asarray(r.image_before))
+
+
+def test_attention_effects_of_positions_that_are_not_words(pipe):
+    eff = crossattn.effects(pipe, PROMPT, ["<end>"], how="attention", num_inference_steps=4)
+    assert eff["<end>"].change.max() > 0 and eff["<end>"].agreement is None  # no word map to compare with
+    with pytest.raises(crossattn.InputError, match="names text positions, not words"):
+        crossattn.effects(pipe, PROMPT, ["<end>"], num_inference_steps=4)
