@@ -12,6 +12,8 @@ import re
 import pytest
 from PIL import Image, ImageDraw
 
+from crossattn.causal import REPAIR_SCALE
+
 pytest.importorskip("gradio_client")
 
 from tests import test_demo  # noqa: E402
@@ -60,7 +62,7 @@ def test_browser_what_if_shows_the_counterfactual_and_where_the_picture_changed(
     picture = page.locator("#whatif-picture img")
     expect(picture).to_have_attribute("src", re.compile(f"{STEM}_whatif_red_circle_prompt"), timeout=60_000)
     answer = page.locator("#whatif-answer")
-    expect(answer).to_contain_text("red circle deleted from the prompt (“a left of a blue square”), seed 0")
+    expect(answer).to_contain_text("red circle deleted from the prompt (“left of a blue square”), seed 0")
     expect(answer).to_contain_text("agreement of its attention map with the change: r = ")
     shown = picture_at(page, "#whatif-picture")
     assert shown.width > 2.5 * shown.height  # attention | change | counterfactual, side by side
@@ -91,7 +93,8 @@ def test_browser_repair_is_offered_only_when_an_object_was_neglected(page):
     button.click()
     expect(page.locator("#repair-picture img")).to_have_attribute("src", re.compile("seed1_repair"), timeout=60_000)
     text = page.locator("#repair-text")
-    expect(text).to_contain_text("boosted: green square ×3, blue triangle ×3 in steps 0:6")
+    boost = f"×{REPAIR_SCALE:g}"
+    expect(text).to_contain_text(f"boosted: green square {boost}, blue triangle {boost} in steps 0:6")
     expect(text).to_contain_text("recovered: ")
     generate_in_page(page, prompt=PROMPT, steps=3)  # hidden again, its answer cleared
     expect(button).to_be_hidden()
