@@ -45,11 +45,9 @@ from crossattn.shapes import evaluate as ev  # noqa: E402
 from crossattn.shapes.world import (  # noqa: E402
     BACKGROUND,
     COLOURS,
-    HELD_OUT_SEED,
     SHAPES,
     Scene,
     ShapeObject,
-    sample_scene,
 )
 
 TAU = 0.4
@@ -64,20 +62,6 @@ OOD_KINDS = ("in distribution, PIL renderer", "more objects (4-5)", "textured ba
 
 
 # ---- scenes ------------------------------------------------------------------------------------------------
-def held_out_scenes(n: int) -> list[Scene]:
-    """The scenes behind `evaluate.held_out_prompts(n)`: the captions eval-shapes generates, with their drawings."""
-    n_two, scenes, seed = round(n * 0.6), [], HELD_OUT_SEED
-    while len(scenes) < n:
-        want = 2 if len(scenes) < n_two else None
-        scene = sample_scene(seed, n_objects=want)
-        seed += 1
-        if want is None and len(scene.objects) == 2:
-            continue
-        scenes.append(scene)
-    assert [s.caption for s in scenes] == ev.held_out_prompts(n)
-    return scenes
-
-
 def outline(obj: ShapeObject, scale: float) -> list[tuple[float, float]] | None:
     """The shapes world's geometry (a square's half side is 0.88 r; a triangle's base at 0.8 r below the centre),
     scaled; None for a circle."""
@@ -232,7 +216,7 @@ def timed(run: Callable, items: list) -> tuple[dict, float]:
 def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None]) -> dict:
     pipe = crossattn.load_pipeline(name)
     pipe.set_progress_bar_config(disable=True)
-    scenes = held_out_scenes(n)
+    scenes = ev.held_out_scenes(n)  # the captions eval-shapes generates, with their drawings
     few = scenes[: min(n, 12 if quick else 30)]  # the costly comparisons (img2img, generation) run on these
     result: dict = {"model": name, "scenes": n, "subset": len(few), "tau": TAU, "default_levels": list(DEFAULT_LEVELS)}
 

@@ -124,18 +124,24 @@ class Counts:
         return self.hit / self.n if self.n else None
 
 
-def held_out_prompts(n: int, two_object_share: float = 0.6) -> list[str]:
-    """n captions from held-out scenes: about `two_object_share` of them with two objects and a relation."""
+def held_out_scenes(n: int, two_object_share: float = 0.6) -> list:
+    """n held-out scenes (seeds training never draws): about `two_object_share` of them with two objects and a
+    relation, the rest with one or three."""
     n_two = round(n * two_object_share)
-    prompts, seed = [], HELD_OUT_SEED
-    while len(prompts) < n:
-        want = 2 if len(prompts) < n_two else None
+    scenes, seed = [], HELD_OUT_SEED
+    while len(scenes) < n:
+        want = 2 if len(scenes) < n_two else None
         scene = sample_scene(seed, n_objects=want)
         seed += 1
         if want is None and len(scene.objects) == 2:
             continue
-        prompts.append(scene.caption)
-    return prompts
+        scenes.append(scene)
+    return scenes
+
+
+def held_out_prompts(n: int, two_object_share: float = 0.6) -> list[str]:
+    """The captions of `held_out_scenes`."""
+    return [scene.caption for scene in held_out_scenes(n, two_object_share)]
 
 
 # With concepts=True every image also follows these concepts (crossattn.concepts): the world's whole vocabulary.
