@@ -106,17 +106,24 @@ def _note(text: str) -> None:
     print(f"crossattn: note: {text}", file=sys.stderr)
 
 
+def _checked(args, words: list[str] | None = None, concept_method: str | None = None) -> tuple:
+    """(pipeline, size, the input's notes): loaded, and the request checked before any compute; the notes are
+    printed (stderr, one line each)."""
+    pipe = _load(args)
+    size = parse_size(args.size) if args.size else native_size(pipe)
+    said = check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words, seed=args.seed,
+                        concept_method=concept_method)
+    for note in said:
+        _note(note)
+    return pipe, size, said
+
+
 def _generate(args, words: list[str] | None = None, **trace_options):
     """Load, validate (before any compute), generate under a tqdm bar; returns (image, maps). Each note for
     the user (stderr, one line) is printed once: the input's before the compute, the trace's after it."""
     from tqdm import tqdm
 
-    pipe = _load(args)
-    size = parse_size(args.size) if args.size else native_size(pipe)
-    said = check_inputs(pipe, args.prompt, size, args.steps, args.guidance, words, seed=args.seed,
-                        concept_method=trace_options.get("concept_method"))
-    for note in said:
-        _note(note)
+    pipe, size, said = _checked(args, words, trace_options.get("concept_method"))
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
         image, maps = generate(pipe, args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                size=size, negative_prompt=args.negative, on_step=lambda i, n: bar.update(1),
@@ -255,10 +262,7 @@ def _repair(args, out: Path) -> int:
 
 def _pipe_and_options(args) -> tuple:
     """The pipeline and the pipeline options of a causal command, checked before any compute."""
-    pipe = _load(args)
-    size = parse_size(args.size) if args.size else native_size(pipe)
-    for note in check_inputs(pipe, args.prompt, size, args.steps, args.guidance, None, seed=args.seed):
-        _note(note)
+    pipe, size, _ = _checked(args)
     options = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=size[0], height=size[1])
     if args.negative:
         options["negative_prompt"] = args.negative

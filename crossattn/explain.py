@@ -29,15 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InputError
 from .families import FLUX, PIXART, SANA, SD3, UNET, family_of
 from .families.unet import depth_of
-from .generation import (
-    NO_WORDS,
-    TRACE_TRUNCATION,
-    TRUNCATED,
-    check_inputs,
-    max_side,
-    native_size,
-    size_multiple,
-)
+from .generation import NO_WORDS, check_inputs, max_side, merged_notes, native_size, size_multiple
 from .heatmaps import MAX_IMAGE_PIXELS, MAX_IMAGE_SCALE, HeatMaps
 from .tracing import trace
 
@@ -436,10 +428,7 @@ def explain(pipe, image: str | Path | Image.Image | np.ndarray, caption: str, *,
     for kept in (maps, maps.concepts):
         if kept is not None:
             kept.image_size = (height, width)
-    traced = maps.meta.get("notes", [])
-    if any(n.startswith(TRUNCATED) for n in notes):  # ours already names what the text encoder cut
-        traced = [n for n in traced if not n.startswith(TRACE_TRUNCATION)]
     maps.meta.update(prompt=caption, explained=True, noise_levels=levels, seed=seed, guidance_scale=None,
-                     model_size=list(work), notes=list(dict.fromkeys(notes + traced)))
+                     model_size=list(work), notes=merged_notes(notes, maps.meta.get("notes", [])))
     maps._image = picture
     return maps

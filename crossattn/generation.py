@@ -22,7 +22,7 @@ from .diagnosis import early_stop
 from .errors import InputError
 from .families import family_of
 from .heatmaps import HeatMaps
-from .tracing import trace
+from .tracing import TRUNCATION_NOTE, trace
 from .words import find_word, prompt_words, truncation, word_ref
 
 DEFAULT_STEPS = 20
@@ -33,7 +33,6 @@ MAX_PIXELS = 4096 * 4096
 # Not an error: the image is still made (emoji, punctuation), only there is nothing to draw a map of.
 NO_WORDS = "The prompt has no words to map (no letters or digits): here is the image, without heat maps."
 TRUNCATED = "The prompt is longer than the"
-TRACE_TRUNCATION = "the prompt fills all"  # how crossattn.tracing's note on a full text encoder begins
 
 
 def denoiser(pipe) -> torch.nn.Module:
@@ -185,11 +184,13 @@ def generate(
         image = pipe(prompt=prompt, **options).images[0]  # by name: Flux.2's first argument is `image`
     maps = tr.heat_maps()
     maps.meta.update(prompt=prompt, negative_prompt=negative_prompt, seed=seed, guidance_scale=guidance,
-                     size=list(size))
-    # The trace's own notes follow the input's, each once; where the input's note already names what the text
-    # encoder cut, the trace's vaguer "may have been cut" would say it a second time.
-    traced = maps.meta.get("notes", [])
-    if any(n.startswith(TRUNCATED) for n in notes):
-        traced = [n for n in traced if not n.startswith(TRACE_TRUNCATION)]
-    maps.meta["notes"] = list(dict.fromkeys(notes + traced))
+                     size=list(size), notes=merged_notes(notes, maps.meta.get("notes", [])))
     return image, maps
+
+
+def merged_notes(said: list[str], traced: list[str]) -> list[str]:
+    """The input's notes, then the trace's, each once; where the input's already names what the text encoder cut,
+    the trace's vaguer "may have been cut" would say it a second time."""
+    if any(n.startswith(TRUNCATED) for n in said):
+        traced = [n for n in traced if not n.startswith(TRUNCATION_NOTE)]
+    return list(dict.fromkeys(said + traced))

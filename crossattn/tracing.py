@@ -32,8 +32,8 @@ from .words import Word, words_from_segments
 # Cross-attention processors that compute plain softmax attention without SDPA: swapped for the trace.
 NON_SDPA_PLAIN = {"AttnProcessor", "SlicedAttnProcessor", "XFormersAttnProcessor"}
 MASSES = ("raw", "text")
-# diffusers attention backends that run torch's scaled_dot_product_attention (`None`: the process-wide default)
 TRUNCATION_NOTE = "the prompt fills all"  # how the note on a prompt the text encoder may have cut begins
+# diffusers attention backends that run torch's scaled_dot_product_attention (`None`: the process-wide default)
 SDPA_BACKENDS = {"native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math"}
 
 
@@ -78,9 +78,12 @@ class Trace:
         self._backends: dict = {}  # processor -> its own attention backend, while switched to torch's SDPA
         self._compiled: dict = {}  # module -> its compiled forward, while it runs eagerly
         self._rows_state: _RowState | None = None
+        self._kept: torch.Tensor | None = None  # text positions kept, set by each generation's first call
         self._checked_observable = False
         self._swapped: dict | None = None
-        self._encode_prompt = None  # the pipeline's own encode_prompt attribute, while wrapped
+        # (the pipeline's encode_prompt, whether it was an instance attribute) once wrapped; watching until stop()
+        self._encode_original: tuple | None = None
+        self._watching_encode = False
         self._hooks: list = []
         self._observers: list[AttentionObserver] = []
 
@@ -156,14 +159,15 @@ class Trace:
         original = getattr(self.pipe, "encode_prompt", None)
         if original is None:
             return
-        self._encode_prompt = self._encode_original = (original, "encode_prompt" in vars(self.pipe))
+        self._encode_original = (original, "encode_prompt" in vars(self.pipe))
+        self._watching_encode = True
 
         def encode_prompt(*args, **kwargs):
-            if self._encode_prompt is not None:  # still watching (a wrapper left under another's is inert)
+            if self._watching_encode:  # (a wrapper left under another trace's after stop() is inert)
                 if self.recorder.step is not None:  # the previous generation is over
                     self._new_run()
             returned = original(*args, **kwargs)
-            if self._encode_prompt is not None:
+            if self._watching_encode:
                 if not self._encoded:  # the prompt as typed (the first call encodes prompts, later ones negatives)
                     self._typed = kwargs.get("prompt", args[0] if args else None)
                 self._encoded.append(returned)
@@ -173,15 +177,15 @@ class Trace:
         self.pipe.encode_prompt = encode_prompt
 
     def _unwrap_encode_prompt(self) -> None:
-        if self._encode_prompt is None:
+        if not self._watching_encode:
             return
-        original, own = self._encode_prompt
-        self._encode_prompt = None
+        original, own = self._encode_original
+        self._watching_encode = False
         current = vars(self.pipe).get("encode_prompt")
         if getattr(current, "crossattn_owner", None) is not self:
             return  # another trace wrapped ours and is still active: ours is now inert, theirs restores past it
         # skip wrappers of traces that already ended out of order (inert), back to the pipeline's own
-        while (owner := getattr(original, "crossattn_owner", None)) is not None and owner._encode_prompt is None:
+        while (owner := getattr(original, "crossattn_owner", None)) is not None and not owner._watching_encode:
             original, own = owner._encode_original
         if own:
             self.pipe.encode_prompt = original
@@ -217,7 +221,7 @@ class Trace:
         paths = list(self.layers)
         for name, module in self.denoiser.named_modules():
             compiled = getattr(module, "_compiled_call_impl", None)
-            if compiled is not None and any(p == name or p.startswith(f"{name}.") or not name for p in paths):
+            if compiled is not None and (not name or any(p == name or p.startswith(f"{name}.") for p in paths)):
                 self._compiled[module] = compiled
                 module._compiled_call_impl = None
         if self._compiled:
@@ -366,8 +370,7 @@ class Trace:
         """The denoiser's text positions the maps keep, in column order (token column c of `heat_maps()` is text
         position ``kept_positions[c]``): start, prompt and end tokens (the negative's too, with capture_uncond), or
         every position when the pipeline got embeddings; [] before the first generation (which sets them)."""
-        kept = getattr(self, "_kept", None)
-        return [] if kept is None else kept.tolist()
+        return [] if self._kept is None else self._kept.tolist()
 
     def coverage(self) -> dict:
         """Which layers were recorded and how often; which were watched but never seen attending to the text."""
