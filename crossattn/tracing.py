@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import concepts as concept_maps
 from .capture import AttentionObserver, PlainSDPAProcessor, Recorder, StepState
 from .concepts import resolve_method
 from .errors import InputError
@@ -104,7 +105,8 @@ class Trace:
         self._swapped = {name: processors[name] for name in swap}
         try:
             if self.concepts:  # encoded before the hooks exist, so the prompt capture never sees them
-                engine = self.family.concept_engine(self.pipe, self, self.concepts, self.concept_method)
+                engine = concept_maps.engine(self.family, self.pipe, self.denoiser, self.layers, self.concept_recorder,
+                                            self.concepts, self.concept_method)
                 self.recorder.listener = engine
                 self._hooks.extend(engine.hooks())
             if swap:

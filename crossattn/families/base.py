@@ -46,6 +46,7 @@ class Family:
     source = "t5"  # the name of the text the first encoder makes (`maps.word(w, source=...)`)
     resolution_sites = False  # one resolution throughout: sites are named by block ("joint"), not "up.16x16"
     concept_methods: tuple[str, ...] = ()  # `concepts.METHODS` it offers, its default first
+    concept_engine: str | None = None  # "cross" (UNet cross-attention) or "joint" (SD3 blocks): `crossattn.concepts`
 
     # Which attention modules attend to the text: a regex of the module path (its group: the block's number) →
     # (block name, layout kind); see `numbered_layers`. Families with other layer structures override `layers`.
@@ -105,11 +106,9 @@ class Family:
         """The tokenizer that feeds a text encoder (text_encoder_2 → tokenizer_2, ...)."""
         return getattr(pipe, encoder.replace("text_encoder", "tokenizer"), None)
 
-    def concept_engine(self, pipe, trace, concepts: list[str], method: str):
-        """A `concepts.ConceptEngine` following `concepts` during generation with one of `concept_methods`
-        (see `crossattn.concepts`)."""
-        raise InputError(f"concept maps are not available for {self.name} yet: they work on UNet pipelines and "
-                         "on joint-attention transformers (SD3 / the embedded MMDiT)")
+    def encode_texts(self, pipe, texts: list[str]) -> torch.Tensor:
+        """The pipeline's text states of `texts` on their own, without guidance (concepts; `crossattn.concepts`)."""
+        raise InputError(f"{self.name} cannot encode concepts")
 
     def word_tokenizer(self, pipe):
         """The tokenizer whose words the maps are named by (for checking words before generating)."""

@@ -15,7 +15,6 @@ import re
 import torch
 
 from ..capture import Layer
-from ..concepts import CrossConcepts, encode_concepts
 from ..words import tokenize_prompt
 from .base import Family, Segment, whole
 
@@ -76,12 +75,11 @@ class UNetFamily(Family):
 
     concept_methods = ("attention",)
 
-    def concept_engine(self, pipe, trace, concepts, method):
+    concept_engine = "cross"
+
+    def encode_texts(self, pipe, texts: list[str]) -> torch.Tensor:
         device = getattr(pipe, "_execution_device", None) or pipe.device
-        states = encode_concepts(pipe, concepts, lambda texts: pipe.encode_prompt(
-            texts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0])
-        modules = {layer.name: trace.denoiser.get_submodule(path) for path, layer in trace.layers.items()}
-        return CrossConcepts(trace.concept_recorder, modules, states)
+        return pipe.encode_prompt(texts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
 
 
 class T5UNetFamily(UNetFamily):
