@@ -154,7 +154,7 @@ def layout_timing(run: Runner, k: int, ablation: str) -> dict | None:
     if not drawn:
         return None
     pair, obj = drawn[k % len(drawn)]
-    row = {"object": obj, "decided_at": run.maps.placement_timeline(pair[1]).decided_at,
+    row = {"object": obj, "decided_at": crossattn.track(run.maps, pair[1]).decided_at,
            "all": run.outcome(run.image_of(scales=ABLATIONS[ablation](obj)), pair)["gone"]}
     for share in LAYOUT_K:
         stop = max(1, round(run.steps * share / 100))

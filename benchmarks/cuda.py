@@ -14,7 +14,7 @@ Models (weights do not change the cost; built directly on the device):
 The text encoders are tiny stand-ins with the real output widths (they run once per call, outside the loop);
 the timed call stops at the latents (``output_type="latent"``), so the ratio is not diluted by the VAE.
 
-Each repeat runs plain, traced (log-sum-exp path) and traced (explicit path: `capture._FLASH_LSE = False`)
+Each repeat runs plain, traced (log-sum-exp path) and traced (explicit path: `kernels._FLASH_LSE = False`)
 back to back, in forward order on even repeats and reversed on odd ones, after one warm-up of each (which also
 verifies the fused kernel on each call signature); times are CUDA-synchronised; min over repeats. Each traced
 output must equal the plain one (`torch.equal`). Peak memory: `torch.cuda.max_memory_allocated` of one call of
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402  (its builders; it puts the repository on sys.path)
 
 import crossattn  # noqa: E402
-from crossattn import capture  # noqa: E402
+from crossattn.capture import kernels  # noqa: E402
 from crossattn.cli import _quiet_libraries  # noqa: E402
 
 PROMPT = overhead.PROMPT
@@ -81,7 +81,7 @@ def call(pipe, mode: str, steps: int, size: int, extra: dict):
     """(seconds, latents, the trace or None) of one synchronised pipeline call in `mode`."""
     kw = dict(num_inference_steps=steps, height=size, width=size, output_type="latent",
               generator=torch.Generator(pipe.device).manual_seed(0), **extra)
-    capture._FLASH_LSE = mode != "explicit"
+    kernels._FLASH_LSE = mode != "explicit"
     try:
         sync(pipe.device)
         start = time.perf_counter()
@@ -93,7 +93,7 @@ def call(pipe, mode: str, steps: int, size: int, extra: dict):
         sync(pipe.device)
         return time.perf_counter() - start, out, tr
     finally:
-        capture._FLASH_LSE = True
+        kernels._FLASH_LSE = True
 
 
 def sync(device: torch.device) -> None:

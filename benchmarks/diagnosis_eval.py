@@ -1,4 +1,4 @@
-"""How often is `maps.diagnose()` right? Validation on the shapes world, where the truth is in the pixels.
+"""How often is `crossattn.diagnose(maps)` right? Validation on the shapes world, where the truth is in the pixels.
 
 Failures are made likely on purpose — two- and three-object prompts, few denoising steps, low guidance — and
 the truth is read from the generated pixels (`crossattn.shapes.evaluate`'s palette segmentation):
@@ -99,7 +99,7 @@ def collect(pipes: list, captions: list[str], label: str) -> list[dict]:
         for window, share in WINDOWS.items():
             span = None if share is None else slice(0, max(1, round(share * steps)))
             d = diagnose(maps, objects, span)
-            relation = maps.relations_from_prompt()
+            relation = crossattn.relations(maps)
             attention_says_broken = None
             if relation:
                 attention_says_broken = not (maps if span is None else maps.filter(steps=span)).check(

@@ -183,7 +183,7 @@ def iou_of(heat: np.ndarray, mask: np.ndarray) -> float:
 def score_maps(maps, objects: list[ShapeObject], masks: list[np.ndarray], scores: dict) -> None:
     """Add each object's IoU per word kind (and with the finest sites alone, on UNets) to `scores`."""
     views = {"": maps}
-    if maps.meta.get("resolution_sites"):
+    if maps.info.resolution_sites:
         views[" (finest sites)"] = maps.filter(resolutions=[maps.resolutions[0]])
     for suffix, view in views.items():
         for query, mask in zip(queries(objects), masks):
@@ -280,7 +280,7 @@ def img2img_baseline(pipe, scenes: list[Scene]) -> dict:
             img2img(scene.caption, image=Image.fromarray(scene.image), generator=torch.Generator().manual_seed(0),
                     **IMG2IMG)
         maps = tr.heat_maps()
-        state["calls"] = maps.meta["steps"]
+        state["calls"] = maps.info.steps
         score_maps(maps, scene.objects, scene.masks, scores)
 
     scores, seconds = timed(run, scenes)

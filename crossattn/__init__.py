@@ -11,13 +11,17 @@
 from importlib.metadata import version
 
 from .causal import effects, repair
+from .diagnosis import diagnose
 from .errors import InputError, UnknownWordError
 from .explain import explain
-from .heatmaps import HeatMaps, WordHeatMap, load_heat_maps
+from .heatmaps import HeatMaps, WordHeatMap
 from .intervention import intervene
 from .models import load_pipeline
+from .placement import check, objects, placements, relations, segmentation, track
+from .saved import load_heat_maps
 from .tracing import Trace, trace
 
-__all__ = ["HeatMaps", "InputError", "Trace", "UnknownWordError", "WordHeatMap", "effects", "explain", "intervene",
-           "load_heat_maps", "load_pipeline", "repair", "trace"]
+__all__ = ["HeatMaps", "InputError", "Trace", "UnknownWordError", "WordHeatMap", "check", "diagnose", "effects",
+           "explain", "intervene", "load_heat_maps", "load_pipeline", "objects", "placements", "relations", "repair",
+           "segmentation", "trace", "track"]
 __version__ = version("crossattn")  # one place: pyproject.toml

@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 
-import numpy as np
-from PIL import Image
-
-from .diagnosis import Diagnosis, diagnose
+from . import placement
+from .diagnosis import diagnose
+from .effects import Effect, Effects, Repair, change_map, pearson
 from .errors import InputError
 from .generation import generate
-from .heatmaps import HeatMaps
 from .intervention import AFTER, END, intervene
 from .words import word_ref
 
@@ -41,65 +38,6 @@ HOWS = ("prompt", "attention")
 # object is lost in >= 90 % of cases: boost ×5 in the first half of the steps (11/43 back, 39/42 without loss).
 REPAIR_SCALE = 5.0
 REPAIR_SHARE = 0.5
-
-
-@dataclass
-class Effect:
-    """What taking one word away did: the counterfactual image, where it changed, and how that agrees with the
-    word's attention map."""
-
-    word: str
-    image: Image.Image
-    change: np.ndarray  # float32 (H, W) in [0, 1]: mean absolute RGB change per pixel
-    agreement: float | None  # Pearson r of the word's attention map (plain generation) and `change`; None if flat
-    # or not a word
-    prompt: str  # the counterfactual's prompt (the word deleted, for how="prompt")
-
-    def to_dict(self) -> dict:
-        return {"word": self.word, "prompt": self.prompt, "mean_change": round(float(self.change.mean()), 5),
-                "max_change": round(float(self.change.max()), 5),
-                "agreement": None if self.agreement is None else round(self.agreement, 4)}
-
-
-@dataclass
-class Effects:
-    """The plain generation and one counterfactual per word: ``eff["blue circle"].change``."""
-
-    prompt: str
-    how: str
-    scale: float
-    steps: tuple[int, int | None]
-    seed: int
-    image: Image.Image
-    maps: HeatMaps
-    words: dict[str, Effect] = field(default_factory=dict)
-
-    def __getitem__(self, word: str) -> Effect:
-        if word not in self.words:
-            raise InputError(f"no effect was measured for {word!r}; these were: {', '.join(map(repr, self.words))}")
-        return self.words[word]
-
-    def __iter__(self):
-        return iter(self.words.values())
-
-    def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "how": self.how, "scale": self.scale, "steps": list(self.steps),
-                "seed": self.seed, "effects": [e.to_dict() for e in self.words.values()]}
-
-
-def change_map(before: Image.Image, after: Image.Image) -> np.ndarray:
-    """Per pixel, the mean absolute change of the RGB values, in [0, 1]."""
-    a = np.asarray(before.convert("RGB"), dtype=np.float32)
-    b = np.asarray(after.convert("RGB"), dtype=np.float32)
-    return (np.abs(a - b).mean(-1) / 255.0).astype(np.float32)
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson r of two maps of one size; None when either is constant (r is undefined)."""
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    norm = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / norm if norm > 0 else None
 
 
 def delete_word(prompt: str, word: str) -> str:
@@ -178,7 +116,7 @@ def effects(pipe, prompt: str, words: list[str] | None = None, *, how: str = "pr
     counterfactuals = {w: delete_word(prompt, w) for w in words or []} if how == "prompt" else {}
     checked = [w for w in words or [] if w not in special] or None  # intervene checks the special keys itself
     image, maps = generate(pipe, prompt, seed=seed, words=checked, **options)
-    words = list(words or maps.objects())
+    words = list(words or placement.objects(maps))
     out = Effects(prompt, how, scale, tuple(steps), seed, image, maps)
     for word in words:
         if how == "prompt":
@@ -194,31 +132,6 @@ def effects(pipe, prompt: str, words: list[str] | None = None, *, how: str = "pr
         out.words[word] = Effect(str(word), other, change, None if attention is None else pearson(attention, change),
                                  edited)
     return out
-
-
-@dataclass
-class Repair:
-    """A generation, its diagnosis, and — where objects were neglected — the regeneration with their words'
-    attention boosted. ``after`` reads the repaired generation's steps after the boost (unbiased attention)."""
-
-    prompt: str
-    image_before: Image.Image
-    image: Image.Image
-    before: Diagnosis
-    after: Diagnosis
-    boosted: dict[str, float]
-    steps: tuple[int, int]
-    maps_before: HeatMaps
-    maps: HeatMaps
-
-    @property
-    def recovered(self) -> list[str]:
-        """Objects neglected before and not after."""
-        return [name for name in self.boosted if not self.after[name].missing]
-
-    def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "boosted": self.boosted, "steps": list(self.steps),
-                "recovered": self.recovered, "before": self.before.verdicts(), "after": self.after.verdicts()}
 
 
 def repair(pipe, prompt: str, *, seed: int = 0, scale: float = REPAIR_SCALE, share: float = REPAIR_SHARE,
@@ -241,7 +154,7 @@ def repair(pipe, prompt: str, *, seed: int = 0, scale: float = REPAIR_SCALE, sha
     options = generate_options(pipe_kwargs)
     image, maps = generate(pipe, prompt, seed=seed, **options)
     before = diagnose(maps)
-    total = len(maps.trace_counts)
+    total = len(maps.data.step_counts)
     window = (0, max(1, min(total - 1, round(total * share))))
     neglected = {o.name: scale for o in before.objects if o.missing}
     if not neglected:

@@ -18,11 +18,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from . import diagnosis, geometry, pictures, placement, reports
 from .concepts import METHODS
 from .errors import InputError, one_line
 from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEED, check_inputs, generate, native_size, parse_size
+from .geometry import DEFAULT_TAU
 from .models import DEFAULT_MODEL, EMBEDDED, available_devices, check_device
-from .placement import DEFAULT_TAU
 from .render import COLORMAPS
 from .words import slug, split_list
 
@@ -128,10 +129,10 @@ def _generate(args, words: list[str] | None = None, **trace_options):
         image, maps = generate(pipe, args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                size=size, negative_prompt=args.negative, on_step=lambda i, n: bar.update(1),
                                **trace_options)
-    for note in maps.meta["notes"]:
+    for note in maps.info.notes:
         if note not in said:
             _note(note)
-    maps.meta["model"] = args.model or DEFAULT_MODEL
+    maps.info.model = args.model or DEFAULT_MODEL
     return image, maps
 
 
@@ -149,7 +150,7 @@ def cmd_generate(args) -> None:
 def _write_maps(out: Path, image, maps, args, words: list[str] | None = None) -> list[str]:
     """Overlays (one per word, then per concept), the grid and the maps themselves; returns what was written."""
     (out / "overlays").mkdir()
-    chosen = maps.word_maps(words)
+    chosen = [maps.word(w) for w in words] if words else list(maps)
     tile = max(256, *image.size)
     for k, m in enumerate(chosen):
         m.figure(image, alpha=args.alpha, cmap=args.cmap, tile=tile).save(
@@ -159,14 +160,13 @@ def _write_maps(out: Path, image, maps, args, words: list[str] | None = None) ->
         m.figure(image, alpha=args.alpha, cmap=args.cmap, tile=tile).save(
             out / "overlays" / f"concept{k:02d}_{slug(m.word)}.png")
     maps.grid(image, words=words, alpha=args.alpha, cmap=args.cmap).save(out / "grid.png")
-    maps.save(out, fmt=args.format)
+    maps.save(out, fmt=args.format, diagnosis=diagnosis.diagnose(maps))  # the verdict travels with its maps
     also = f" and {len(located)} concepts" if located else ""
     return ["grid.png", f"overlays/ ({len(chosen)} words{also})", f"maps.{args.format}", "heatmaps.json"] + \
         (["concepts/"] if located else [])
 
 
 def cmd_explain(args) -> None:
-    from . import placement
     from .explain import explain, read_image
 
     picture, said = read_image(args.image)  # unreadable files fail here, before the model loads
@@ -186,33 +186,32 @@ def cmd_explain(args) -> None:
     written = ["image.png"] + _write_maps(out, picture, maps, args)
     data = placement.report(maps, [], from_prompt=True)
     if data["words"]:
-        labels, names = maps.segmentation()
-        placement.segmentation_picture(picture, labels, names).save(out / "segmentation.png")
+        labels, names = placement.segmentation(maps)
+        pictures.segmentation_picture(picture, labels, names).save(out / "segmentation.png")
         written.append("segmentation.png")
     (out / "placement.json").write_text(json.dumps(data, indent=1))
-    print(placement.format_report(data))
+    print(reports.format_report(data))
     print(f"\nwrote {out}: {', '.join(written + ['placement.json'])}")
 
 
 def cmd_placement(args) -> None:
-    from . import placement
 
     named = [w for s in args.expect for w in placement.statement_words(s)]  # unreadable statements fail here
     out = _output_folder(args)
     image, maps = _generate(args, named)
     data = placement.report(maps, args.expect, from_prompt=args.from_prompt, method=args.method, tau=args.tau)
-    data |= {"seed": args.seed, "model": maps.meta["model"], "steps": args.steps}
+    data |= {"seed": args.seed, "model": maps.info.model, "steps": args.steps}
     _clear(out, args)
     image.save(out / "image.png")
     written = ["image.png"]
     if data["words"]:  # no object to segment or follow (an emoji-only prompt: its note said so)
-        labels, names = maps.segmentation()
-        placement.segmentation_picture(image, labels, names).save(out / "segmentation.png")
-        lines = [placement.Timeline.from_dict(t) for t in data["timelines"]]
-        placement.timeline_picture(image, lines).save(out / "timeline.png")
+        labels, names = placement.segmentation(maps)
+        pictures.segmentation_picture(image, labels, names).save(out / "segmentation.png")
+        lines = [geometry.Track.from_dict(t) for t in data["timelines"]]
+        pictures.track_picture(image, lines).save(out / "timeline.png")
         written += ["segmentation.png", "timeline.png"]
     (out / "placement.json").write_text(json.dumps(data, indent=1))
-    print(placement.format_report(data))
+    print(reports.format_report(data))
     print(f"\nwrote {out}: {', '.join(written)}, placement.json")
 
 
@@ -224,12 +223,12 @@ def cmd_diagnose(args) -> int:
             raise InputError("--repair diagnoses the prompt's own objects: leave out --objects")
         return _repair(args, out)
     image, maps = _generate(args, objects)
-    d = maps.diagnose(objects)
+    d = diagnosis.diagnose(maps, objects)
     _clear(out, args)
     image.save(out / "image.png")
-    d.picture(image).save(out / "diagnosis.png")
+    pictures.diagnosis_picture(d, image).save(out / "diagnosis.png")
     (out / "diagnosis.json").write_text(json.dumps(d.to_dict(), indent=1))
-    print(d.report())
+    print(reports.diagnosis_text(d))
     print(f"\nwrote {out}: image.png, diagnosis.png, diagnosis.json")
     return 3 if d.failed else 0  # the exit status says whether a failure was found
 
@@ -244,16 +243,16 @@ def _repair(args, out: Path) -> int:
     _clear(out, args)
     r.image_before.save(out / "image_before.png")
     r.image.save(out / "image.png")
-    r.after.picture(r.image).save(out / "diagnosis.png")
+    pictures.diagnosis_picture(r.after, r.image).save(out / "diagnosis.png")
     repair_picture(r).save(out / "repair.png")
     (out / "diagnosis.json").write_text(json.dumps({"before": r.before.to_dict(), "after": r.after.to_dict(),
                                                     "repair": r.to_dict()}, indent=1))
-    print(r.before.report())
+    print(reports.diagnosis_text(r.before))
     if r.boosted:
         boosted = ", ".join(f"{w} ×{s:g}" for w, s in r.boosted.items())
         print(f"\nrepair: boosted {boosted} in steps {r.steps[0]}-{r.steps[1] - 1}; recovered: "
               f"{', '.join(r.recovered) or 'none'}\n")
-        print(r.after.report())
+        print(reports.diagnosis_text(r.after))
     else:
         print("\nrepair: nothing was neglected, nothing to repair")
     print(f"\nwrote {out}: image_before.png, image.png, repair.png, diagnosis.png, diagnosis.json")
@@ -322,7 +321,7 @@ def cmd_eval_shapes(args) -> None:
     if args.samples:
         rows = []
         for image, maps, _ in examples:
-            words = [f"{c} {s}" for c, s in parse_caption(maps.meta["prompt"])[0]]
+            words = [f"{c} {s}" for c, s in parse_caption(maps.info.prompt)[0]]
             rows.append(maps.grid(image, words=words + ["left" if "left" in maps.words else maps.words[-1]],
                                   tile=160, cols=4))
         render.grid(rows, cols=1, pad=0).save(args.samples)

@@ -1,6 +1,6 @@
 """Why did this generation go wrong? Neglected objects, leaking attributes, merged objects, broken relations.
 
-Downstream of the heat maps (``maps.diagnose()`` forwards here). The objects are the prompt's noun phrases with
+A function over heat maps: ``crossattn.diagnose(maps)``. The objects are the prompt's noun phrases with
 their attribute words (`crossattn.phrases`), or the ones the caller names ("red circle", "blue square").
 
 Scores (all in [0, 1]; higher = more likely a failure), from the maps of a window of steps:
@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
-from . import placement, render
+from . import geometry, placement
 from .errors import InputError, UnknownWordError
 from .models import asset_path
 from .words import ref_name, word_ref
@@ -152,38 +151,6 @@ class Diagnosis:
                 "thresholds": {k: None if math.isinf(v) else v for k, v in self.thresholds.items()},
                 "notes": self.notes}
 
-    def report(self) -> str:
-        """A text report: one line per object with its scores, then the verdicts."""
-        rows = [f"{'object':<18} {'neglect':>8} {'missing':>8}  leakage"]
-        for o in self.objects:
-            leak = ", ".join(f"{k} {v:.0%}" for k, v in o.leakage.items()) or "-"
-            rows.append(f"{o.name:<18} {o.neglect:>8.2f} {'yes' if o.missing else 'no':>8}  {leak}")
-        pairs = [f"{a} / {b}: mask IoU {v:.2f}" for (a, b), v in self.merging.items()]
-        return "\n".join(rows + pairs + [""] + [f"- {line}" for line in self.verdicts()]
-                         + [f"note: {n}" for n in self.notes])
-
-    def picture(self, image: Image.Image | np.ndarray, tile: int = 384) -> Image.Image:
-        """The image with each object's region outlined and labelled with its verdict."""
-        import cv2
-
-        base = render.scale_to(Image.fromarray(render.as_rgb(image)), tile)
-        canvas = np.asarray(base).copy()
-        colours = placement.palette_for([o.name for o in self.objects])
-        anchors, texts = [], []
-        for o, colour in zip(self.objects, colours):
-            if o.mask is None or not o.mask.any():
-                continue
-            big = cv2.resize(o.mask.astype(np.uint8), base.size, interpolation=cv2.INTER_NEAREST)
-            contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(canvas, contours, -1, colour, 2, cv2.LINE_AA)
-            ys, xs = np.nonzero(big)
-            verdict = "missing?" if o.missing else "wrong colour?" if o.wrong_attribute else "ok"
-            anchors.append((float(xs.mean()), float(ys.min())))  # at the top of its outline, moved aside if crowded
-            texts.append(f"{o.name}: {verdict}")
-        out = Image.fromarray(canvas)
-        render.draw_labels(out, anchors, texts, max(11, tile // 30))
-        return out
-
 
 def _conf(share: float | None) -> str:
     return "" if share is None else f"; {share:.0%} of such cases were real failures in validation"
@@ -237,7 +204,7 @@ def neglect_scores(maps: HeatMaps, subs: list[Subject]) -> list[float]:
     return [1.0 - p / top if top > 0 else 1.0 for p in peaks]
 
 
-def regions(maps: HeatMaps, subs: list[Subject], tau: float = placement.DEFAULT_TAU) -> list[np.ndarray]:
+def regions(maps: HeatMaps, subs: list[Subject], tau: float = geometry.DEFAULT_TAU) -> list[np.ndarray]:
     """Each object's own pixels: where its head word gets more attention than any other object's head word,
     and at least `tau` × its own peak (raw probabilities: a weak, flat map owns little)."""
     raws = np.stack([_maps_of(maps, s) for s in subs])
@@ -263,7 +230,7 @@ def leakage_scores(maps: HeatMaps, subs: list[Subject], owned: list[np.ndarray])
 
 def _occurrence_before(maps: HeatMaps, attribute: str, subject: Subject) -> int:
     """Which repeat of an attribute word belongs to this object: the last one before the object's head."""
-    words = [w.text.lower() for w in maps.word_info]
+    words = [w.text.lower() for w in maps.data.words]
     heads = [i for i, w in enumerate(words) if w == subject.head.lower()]
     head_at = heads[subject.occurrence] if subject.occurrence < len(heads) else len(words)
     before = [i for i in range(head_at) if words[i] == attribute.lower()]
@@ -271,7 +238,7 @@ def _occurrence_before(maps: HeatMaps, attribute: str, subject: Subject) -> int:
 
 
 def merging_scores(maps: HeatMaps, subs: list[Subject]) -> dict[tuple[str, str], float]:
-    masks = [placement.place(s.name, maps.word(s.head, s.occurrence).array).mask for s in subs]
+    masks = [geometry.place(s.name, maps.word(s.head, s.occurrence).array).mask for s in subs]
     out = {}
     for i in range(len(subs)):
         for j in range(i + 1, len(subs)):
@@ -287,16 +254,16 @@ def diagnose(maps: HeatMaps, objects: list[str] | None = None, steps: slice | li
         >>> import crossattn
         >>> from crossattn.generation import generate
         >>> image, maps = generate(crossattn.load_pipeline(), "a red circle left of a blue square", seed=0)
-        >>> d = maps.diagnose()
+        >>> d = crossattn.diagnose(maps)
         >>> [o.name for o in d.objects], d["circle"].missing
         (['red circle', 'blue square'], False)
     """
     calibration = calibration or Calibration.load()
     subs, notes = subjects(maps, objects)
     window = maps if steps is None else maps.filter(steps=steps)
-    n_steps = len(maps.trace_counts)
+    n_steps = len(maps.data.step_counts)
     # neglect looks at the first half of the generation, where the layout is decided (all of an early window)
-    total = maps.meta.get("steps") or n_steps
+    total = maps.info.steps or n_steps
     layout = window.filter(steps=[s for s in window.steps if s < max(1, total // 2)] or window.steps[:1])
     neglect = neglect_scores(layout, subs)
     owned = regions(window, subs) if subs else []
@@ -312,7 +279,7 @@ def diagnose(maps: HeatMaps, objects: list[str] | None = None, steps: slice | li
         o.confidence = {"neglect": calibration.confidence("neglect", neglect[k]),
                         "leakage": calibration.confidence("leakage", max(leakage[k].values(), default=0.0))}
         result.append(o)
-    if steps is None and subs and maps.trace is not None:
+    if steps is None and subs and maps.data.step_sums is not None:
         _settle(maps, subs, result, th)
     return Diagnosis(
         objects=result,
@@ -336,13 +303,13 @@ def _settle(maps: HeatMaps, subs: list[Subject], result: list[ObjectDiagnosis], 
     stay what they finally are."""
     frames = {}
     for s in subs:
-        frames[s.name] = maps.timeline(s.head, s.occurrence)
-    steps = len(maps.trace_counts)
+        frames[s.name] = maps.over_steps(s.head, s.occurrence)
+    steps = len(maps.data.step_counts)
     peaks = np.stack([frames[s.name].reshape(steps, -1).max(-1) for s in subs])  # (objects, steps)
     top = peaks.max(0)
     missing = (1 - peaks / np.where(top > 0, top, 1)) >= th["neglect"]
     for k, o in enumerate(result):
-        o.settled["missing"] = placement.settle_step(missing[k][:, None].astype(float), 0.5)
+        o.settled["missing"] = geometry.settle_step(missing[k][:, None].astype(float), 0.5)
     for k, (s, o) in enumerate(zip(subs, result)):
         if not o.leakage:
             continue
@@ -351,11 +318,11 @@ def _settle(maps: HeatMaps, subs: list[Subject], result: list[ObjectDiagnosis], 
         for step in range(steps):
             shares = []
             for attribute in o.leakage:
-                series = maps.timeline(attribute, _occurrence_before(maps, attribute, s))[step]
+                series = maps.over_steps(attribute, _occurrence_before(maps, attribute, s))[step]
                 total = series.sum()
                 shares.append(series[owner[step] != k].sum() / total if total > 0 else 0.0)
             verdicts.append(max(shares) >= th["leakage"])
-        o.settled["wrong_attribute"] = placement.settle_step(np.array(verdicts, float)[:, None], 0.5)
+        o.settled["wrong_attribute"] = geometry.settle_step(np.array(verdicts, float)[:, None], 0.5)
 
 
 # ---- early verdict ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,8 @@ from .errors import InputError
 from .families import FLUX, PIXART, SANA, SD3, UNET, family_of
 from .families.unet import depth_of
 from .generation import NO_WORDS, check_inputs, max_side, merged_notes, native_size, size_multiple
-from .heatmaps import MAX_IMAGE_PIXELS, MAX_IMAGE_SCALE, HeatMaps
+from .heatmaps import HeatMaps
+from .saved import MAX_IMAGE_PIXELS, MAX_IMAGE_SCALE
 from .tracing import trace
 
 # Chosen on benchmarks/explain_eval.py (drawn shapes-world scenes with exact masks): `explain`'s docstring has
@@ -360,8 +361,8 @@ def explain(pipe, image: str | Path | Image.Image | np.ndarray, caption: str, *,
         image: a file path, a PIL image or an array (see `read_image`: transparency, greyscale and 16-bit are
             converted with a note in ``maps.notes``). A size the model cannot take, or one above its native
             pixel count, is resized for the model (`model_size`) with a note; the maps come back at the image's
-            own size. Larger than the maps can hold (``heatmaps.MAX_IMAGE_PIXELS``, or more than
-            ``heatmaps.MAX_IMAGE_SCALE`` image pixels per attention cell) is refused.
+            own size. Larger than the maps can hold (``saved.MAX_IMAGE_PIXELS``, or more than
+            ``saved.MAX_IMAGE_SCALE`` image pixels per attention cell) is refused.
         caption: what the image shows, in the model's words; a caption longer than the text encoder reads is
             kept with a note naming what it does not see.
         noise_levels: each level ℓ in [0, 1] is one denoiser call at timestep ℓ·T (DDPM schedulers) or σ = ℓ
@@ -391,7 +392,7 @@ def explain(pipe, image: str | Path | Image.Image | np.ndarray, caption: str, *,
         >>> maps = crossattn.explain(crossattn.load_pipeline(), picture, "a red circle left of a blue square")
         >>> maps.words, maps.image_size
         (['a', 'red', 'circle', 'left', 'of', 'a', 'blue', 'square'], (64, 64))
-        >>> maps.check("red circle left_of blue square").passed
+        >>> crossattn.check(maps, "red circle left_of blue square").passed
         True
     """
     path = _path_of(pipe)
@@ -428,7 +429,7 @@ def explain(pipe, image: str | Path | Image.Image | np.ndarray, caption: str, *,
     for kept in (maps, maps.concepts):
         if kept is not None:
             kept.image_size = (height, width)
-    maps.meta.update(prompt=caption, explained=True, noise_levels=levels, seed=seed, guidance_scale=None,
-                     model_size=list(work), notes=merged_notes(notes, maps.meta.get("notes", [])))
+    maps.info = replace(maps.info, prompt=caption, explained=True, noise_levels=levels, seed=seed, guidance_scale=None,
+                        model_size=list(work), notes=merged_notes(notes, maps.info.notes))
     maps._image = picture
     return maps

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from PIL import Image
@@ -183,8 +184,8 @@ def generate(
             options["callback"] = lambda i, t, latents: after_step(i)
         image = pipe(prompt=prompt, **options).images[0]  # by name: Flux.2's first argument is `image`
     maps = tr.heat_maps()
-    maps.meta.update(prompt=prompt, negative_prompt=negative_prompt, seed=seed, guidance_scale=guidance,
-                     size=list(size), notes=merged_notes(notes, maps.meta.get("notes", [])))
+    maps.info = replace(maps.info, prompt=prompt, negative_prompt=negative_prompt, seed=seed, guidance_scale=guidance,
+                        size=list(size), notes=merged_notes(notes, maps.info.notes))
     return image, maps
 
 

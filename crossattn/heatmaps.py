@@ -25,37 +25,30 @@ to one word's map:
     >>> m = late_up.word("circle")
     >>> m.array.shape, float(m.array.max()), m.overlay(image).size
     ((64, 64), 1.0, (64, 64))
-    >>> sorted(maps.placement(["circle", "square"]))
-    ['circle', 'square']
+    >>> maps["circle#0"].word, len(maps.over_steps("circle"))
+    ('circle', 20)
 """
 
 from __future__ import annotations
 
 import json
-import math
-import zipfile
-import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import SafetensorError
 
-from . import render
+from . import notebook, render
 from .capture import Site
 from .errors import InputError
-from .words import Word, find_word, ref_name
+from .words import Word, find_word, ref_name, word_ref
 
 # heatmaps.json's format: 2 added per-source word positions and the model family (crossattn 0.2).
 FORMAT_VERSION = 2
 
-if TYPE_CHECKING:  # placement and diagnosis sit downstream of heat maps: the methods below only forward to them
-    from . import diagnosis, placement
 
 
 @dataclass
@@ -134,35 +127,83 @@ def _matches_resolution(site: Site, wanted: Iterable) -> bool:
 
 
 @dataclass
-class HeatMaps:
-    """All captured maps of one image; index by word (`maps["circle"]`), slice with `filter`."""
+class MapData:
+    """What the recorder summed for one image, as `HeatMaps.save` writes it (the raw material of every map)."""
 
     sums: dict[str, torch.Tensor]  # site -> (bins, heads, h, w, tokens) float32 sums
     counts: dict[str, np.ndarray]  # site -> (bins,) single-head maps summed into each head slot
     sites: dict[str, Site]
     bin_steps: list[list[int]]  # steps that went into each bin
-    trace: torch.Tensor | None  # (steps, th, tw, tokens) sums at the coarsest resolution
-    trace_counts: np.ndarray  # (steps,)
-    word_info: list[Word]
-    tokens: list[str]  # kept token strings, position 0 = start token
-    image_size: tuple[int, int]  # (height, width) in pixels
+    step_sums: torch.Tensor | None  # (steps, th, tw, tokens) sums at the coarsest resolution, one per step
+    step_counts: np.ndarray  # (steps,) single-head maps summed into each step
+    words: list[Word]  # the prompt's words and the token positions each covers
     per_head: bool = False
     per_layer: bool = False
-    meta: dict = field(default_factory=dict)
+
+    @property
+    def heads(self) -> int:
+        """Head slots stored per site (1 when heads were summed during capture)."""
+        return max(t.shape[1] for t in self.sums.values())
+
+
+@dataclass
+class MapInfo:
+    """Where the maps came from: filled by the trace (model, family, steps …), then by the generation or the
+    explanation that made them (prompt, seed …). Saved beside the arrays and read back by `load_heat_maps`."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    model: str | None = None  # the name the pipeline was loaded by (hub id, folder or embedded name)
+    pipeline: str | None = None  # its class
+    family: str = "UNet"
+    kind: str = "words"  # or "concepts": maps of words the prompt need not say
+    resolution_sites: bool = True  # sites are named by resolution ("up.16x16"); False: by block ("joint")
+    sources: list[str] = field(default_factory=list)  # the text encoders whose positions the words cover
+    mass: str = "raw"
+    image_index: int = 0
+    negative: bool = False
+    steps: int | None = None  # the denoising steps the pipeline was asked for
+    timesteps: list[float] = field(default_factory=list)
+    seed: int | None = None
+    guidance_scale: float | None = None
+    size: list[int] | None = None  # (width, height) asked for
+    coverage: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the user should know (a prompt cut by the encoder …)
+    concepts: list[str] = field(default_factory=list)
+    concept_method: str | None = None
+    explained: bool = False  # maps of an existing image (`crossattn.explain`), not of a generation
+    noise_levels: list[float] | None = None
+    model_size: list[int] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+INFO_FIELDS = {f.name for f in fields(MapInfo)}
+
+
+@dataclass
+class HeatMaps:
+    """All captured maps of one image; index by word (`maps["circle"]`), slice with `filter`."""
+
+    data: MapData
+    tokens: list[str]  # kept token strings, position 0 = start token
+    image_size: tuple[int, int]  # (height, width) in pixels
+    info: MapInfo = field(default_factory=MapInfo)
     concepts: HeatMaps | None = None  # maps of words the prompt need not say (trace(..., concepts=[...]))
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
     _image: Image.Image | None = field(default=None, repr=False, compare=False)  # the generated image, where known
 
     def __repr__(self) -> str:
-        heads = f", {self.heads} heads" if self.per_head else ""
+        heads = f", {self.data.heads} heads" if self.data.per_head else ""
         notes = f", notes {self.notes}" if self.notes else ""
-        return (f"HeatMaps({len(self.word_info)} words {self.words}, {len(self.sites)} sites {sorted(self.sites)}, "
+        return (f"HeatMaps({len(self)} words {self.words}, {len(self.sites)} sites {sorted(self.sites)}, "
                 f"{self._steps_text()}{heads}, image {self.image_size[1]}x{self.image_size[0]}, "
-                f"{self.meta.get('family', 'UNet')}{notes})")
+                f"{self.info.family}{notes})")
 
     def _steps_text(self) -> str:
         """Like "20 steps in 4 bins", or after `filter`, what is left: "steps 0-4 (5 of 20) in 1 bin"."""
-        steps, total, bins = self.steps, len(self.trace_counts), len(self.bin_steps)
+        steps, total, bins = self.steps, len(self.data.step_counts), len(self.data.bin_steps)
         in_bins = f"in {bins} bin{'s' if bins != 1 else ''}"
         if len(steps) == total:
             return f"{total} steps {in_bins}"
@@ -172,8 +213,6 @@ class HeatMaps:
     def _repr_html_(self) -> str:
         """Jupyter shows the maps as an explorable view (`crossattn.notebook`): over the generated image when the
         maps know it, else on grey; `crossattn.notebook.explore(maps, image)` shows them over a given image."""
-        from . import notebook
-
         return notebook.explore(self, self._image).html
 
     def _repr_png_(self) -> bytes:
@@ -185,13 +224,23 @@ class HeatMaps:
     # ---- what is in here ------------------------------------------------------------------------------
     @property
     def words(self) -> list[str]:
-        """The prompt's words in order (repeats included; address them with `occurrence=`)."""
-        return [w.text for w in self.word_info]
+        """The prompt's words in order (repeats included; address them as "cat#1" or with `occurrence=`)."""
+        return [w.text for w in self.data.words]
+
+    @property
+    def names(self) -> list[str]:
+        """Every word of the prompt by the name statements and `placement` use: repeats as "a#1"."""
+        return [ref_name(w.text, w.occurrence) for w in self.data.words]
 
     @property
     def steps(self) -> list[int]:
         """Denoising steps covered by the selected time bins."""
-        return sorted(s for b in self.bin_steps for s in b)
+        return sorted(s for b in self.data.bin_steps for s in b)
+
+    @property
+    def sites(self) -> dict[str, Site]:
+        """Where maps were summed: "up.16x16" (UNets), "joint" (transformers), or one layer each with per_layer."""
+        return self.data.sites
 
     @property
     def resolutions(self) -> list[tuple[int, int]]:
@@ -202,25 +251,15 @@ class HeatMaps:
         return sorted({s.block for s in self.sites.values()})
 
     @property
-    def heads(self) -> int:
-        """Head slots stored per site (1 when heads were summed during capture)."""
-        return max(t.shape[1] for t in self.sums.values())
-
-    @property
     def notes(self) -> list[str]:
-        """What the user should know about these maps (a prompt cut by the text encoder, ...): ``meta["notes"]``."""
-        return list(self.meta.get("notes", []))
-
-    @property
-    def names(self) -> list[str]:
-        """Every word of the prompt by the name statements and `placement` use: repeats as "a#1"."""
-        return [ref_name(w.text, w.occurrence) for w in self.word_info]
+        """What the user should know about these maps (a prompt cut by the text encoder, ...): `info.notes`."""
+        return list(self.info.notes)
 
     def __len__(self) -> int:
-        return len(self.word_info)
+        return len(self.data.words)
 
     def __iter__(self) -> Iterator[WordHeatMap]:
-        for w in self.word_info:
+        for w in self.data.words:
             yield self.word(w.text, w.occurrence)
 
     def __getitem__(self, word: str) -> WordHeatMap:
@@ -231,16 +270,40 @@ class HeatMaps:
         """A view restricted to some steps, resolutions, blocks, heads or layers (None keeps all).
 
         - steps: slice, int or ints. Full-resolution maps are kept per *time bin*, so a bin is kept when any
-          of its steps is selected (`.steps` says which steps that covers); the per-step trace is exact.
-        - resolutions: ints (match height or width, e.g. 16 for 16×16), "HxW" strings or (h, w) tuples.
-        - blocks: "down", "mid", "up".  - heads: head indices (needs ``trace(pipe, per_head=True)``).
-        - layers: substrings of layer names (needs ``trace(pipe, per_layer=True)``).
+          of its steps is selected (`.steps` says which steps that covers); the per-step maps are exact.
+        - resolutions: ints (match height or width, e.g. 16 for 16×16), "HxW" strings or (h, w) tuples
+          (UNets; transformers work at one resolution).
+        - blocks: block names, as `blocks` lists them ("down", "mid", "up" on UNets; "joint", "single", … on
+          transformers).
+        - heads: head indices (needs ``trace(pipe, per_head=True)``).
+        - layers: layer names or their prefixes, as `sites` lists them (needs ``trace(pipe, per_layer=True)``).
         """
+        d = self.data
+        sites = self._kept_sites(resolutions, blocks, layers)
+        n_steps = len(d.step_counts)
+        chosen = set(_select_steps(steps, n_steps))
+        keep_bins = [b for b, members in enumerate(d.bin_steps) if chosen & set(members)]
+        if not keep_bins:
+            raise InputError("no time bin covers the selected steps")
+        sums = {k: d.sums[k][keep_bins] for k in sites}
+        if heads is not None:
+            sums = {k: t[:, _heads(heads, d.per_head, k, t.shape[1])] for k, t in sums.items()}
+        concepts = None
+        if self.concepts is not None:
+            layers_kept = None if layers is None else [k for k in self.concepts.sites if k in sites]
+            concepts = self.concepts.filter(steps, resolutions, blocks, None, layers_kept or layers)
+        data = replace(d, sums=sums, counts={k: d.counts[k][keep_bins] for k in sites}, sites=sites,
+                       bin_steps=[d.bin_steps[b] for b in keep_bins],
+                       step_counts=np.where(np.isin(np.arange(n_steps), sorted(chosen)), d.step_counts, 0))
+        return replace(self, data=data, concepts=concepts, _cache={})
+
+    def _kept_sites(self, resolutions, blocks, layers) -> dict[str, Site]:
+        """The sites `filter` keeps (each criterion checked against what these maps have)."""
         sites = dict(self.sites)
         if resolutions is not None:
-            if not self.meta.get("resolution_sites", True):
-                raise InputError(f"resolutions do not apply to {self.meta.get('family', 'this model')}: all its layers "
-                                 f"work at {self.resolutions[0][0]}x{self.resolutions[0][1]}; filter by blocks "
+            if not self.info.resolution_sites:
+                raise InputError(f"resolutions do not apply to {self.info.family}: all its layers work at "
+                                 f"{self.resolutions[0][0]}x{self.resolutions[0][1]}; filter by blocks "
                                  f"{self.blocks} or layers instead")
             sites = {k: s for k, s in sites.items() if _matches_resolution(s, resolutions)}
         if blocks is not None:
@@ -249,7 +312,7 @@ class HeatMaps:
                 raise InputError(f"unknown blocks {sorted(unknown)}; these maps have {self.blocks}")
             sites = {k: s for k, s in sites.items() if s.block in blocks}
         if layers is not None:
-            if not self.per_layer:
+            if not self.data.per_layer:
                 raise InputError("layers were summed during capture; use crossattn.trace(pipe, per_layer=True)")
             unknown = [p for p in layers if not any(k == p or k.startswith(p + ".") for k in self.sites)]
             if unknown:
@@ -259,61 +322,36 @@ class HeatMaps:
             raise InputError(
                 f"no maps left after filtering; available resolutions {self.resolutions}, blocks {self.blocks}"
             )
-        n_steps = len(self.trace_counts)
-        chosen = set(_select_steps(steps, n_steps))
-        keep_bins = [b for b, members in enumerate(self.bin_steps) if chosen & set(members)]
-        if not keep_bins:
-            raise InputError("no time bin covers the selected steps")
-        sums = {k: self.sums[k][keep_bins] for k in sites}
-        if heads is not None:
-            if not self.per_head:
-                raise InputError("heads were summed during capture; use crossattn.trace(pipe, per_head=True)")
-            heads = list(heads)
-            for k, t in sums.items():
-                if max(heads) >= t.shape[1] or min(heads) < -t.shape[1]:
-                    raise InputError(f"site {k} has {t.shape[1]} heads; asked for heads {heads}")
-            sums = {k: t[:, heads] for k, t in sums.items()}
-        trace_keep = sorted(chosen)
-        concepts = None
-        if self.concepts is not None:
-            layers_kept = None if layers is None else [k for k in self.concepts.sites if k in sites]
-            concepts = self.concepts.filter(steps, resolutions, blocks, None, layers_kept or layers)
-        return replace(
-            self,
-            concepts=concepts,
-            sums=sums,
-            counts={k: self.counts[k][keep_bins] for k in sites},
-            sites=sites,
-            bin_steps=[self.bin_steps[b] for b in keep_bins],
-            trace_counts=np.where(np.isin(np.arange(n_steps), trace_keep), self.trace_counts, 0),
-            _cache={},
-        )
+        return sites
 
     # ---- reductions -------------------------------------------------------------------------------------
     def token_maps(self) -> torch.Tensor:
         """Mean attention probability per token, (h, w, tokens) on the finest selected grid."""
         if "tokens" not in self._cache:
+            d = self.data
             target = max((s.resolution for s in self.sites.values()), key=lambda r: r[0] * r[1])
             total, n = None, 0.0
-            for k, t in self.sums.items():
+            for k, t in d.sums.items():
                 summed = t.sum(dim=(0, 1)).permute(2, 0, 1)[None]  # (1, tokens, h, w)
                 if summed.shape[-2:] != target:
                     summed = F.interpolate(summed, size=target, mode="bilinear", align_corners=False)
                 total = summed if total is None else total + summed
-                n += float(self.counts[k].sum()) * (t.shape[1] if self.per_head else 1)
+                n += float(d.counts[k].sum()) * (t.shape[1] if d.per_head else 1)
             self._cache["tokens"] = (total[0] / max(n, 1e-12)).permute(1, 2, 0)
         return self._cache["tokens"]
 
-    def word(self, word: str, occurrence: int = 0, source: str | None = None) -> WordHeatMap:
-        """One word's map (case-insensitive; several words, e.g. "red circle", are merged).
+    def word(self, word: str, occurrence: int | None = None, source: str | None = None) -> WordHeatMap:
+        """One word's map (case-insensitive; several words, e.g. "red circle", are merged; the second "cat" is
+        "cat#1" or ``occurrence=1``).
 
         `source` picks one text encoder's positions where the model reads several ("clip", "t5": SD3);
         by default all of them count (the word's whole share of the attention).
         """
-        sources = self.meta.get("sources") or []
+        text, occurrence = word_ref(word) if occurrence is None else (word, occurrence)
+        sources = self.info.sources
         if source is not None and source not in sources:
             raise InputError(f"unknown source {source!r}; these maps have {sources or 'one source'}")
-        matched = find_word(self.word_info, word, occurrence)
+        matched = find_word(self.data.words, text, occurrence)
         positions = tuple(p for w in matched for p in w.in_source(source))
         latent = self.token_maps()[..., list(positions)].sum(-1).cpu().numpy().astype(np.float32)
         raw = render.upsample(latent, self.image_size)
@@ -328,94 +366,39 @@ class HeatMaps:
             raise InputError("no concepts were followed: use crossattn.trace(pipe, concepts=['sky', ...])")
         return self.concepts.word(name)
 
-    def word_maps(self, words: list[str] | None = None) -> list[WordHeatMap]:
-        """Maps of the given words, or of every word of the prompt (repeats included) when None or empty."""
-        return [self.word(w) for w in words] if words else list(self)
-
-    def timeline(self, word: str, occurrence: int = 0) -> np.ndarray:
+    def over_steps(self, word: str, occurrence: int | None = None) -> np.ndarray:
         """The word's coarse map at every step, (steps, th, tw) mean probabilities; zeros for unselected steps."""
-        if self.trace is None:
-            raise InputError("no per-step trace was recorded")
-        positions = [p for w in find_word(self.word_info, word, occurrence) for p in w.positions]
-        per_step = self.trace[..., positions].sum(-1).cpu().numpy()
-        counts = np.maximum(self.trace_counts, 1)[:, None, None]
-        return np.where(self.trace_counts[:, None, None] > 0, per_step / counts, 0).astype(np.float32)
-
-    # ---- placement (forwarded: `crossattn.placement` sits downstream of the maps) -------------------------
-    def placement(self, words: list[str] | None = None, method: str = "relative",
-                  tau: float | None = None) -> dict[str, placement.Placement]:
-        """word -> Placement (centroid, bbox, area, region); all words by default.
-
-        Repeated words get keys "cat", "cat#1", ...; a multi-word entry ("red circle") merges its words.
-        """
-        from . import placement
-
-        return placement.placements(self, words, method, placement.DEFAULT_TAU if tau is None else tau)
-
-    def check(self, statement: str, method: str = "relative", tau: float | None = None, margin: float = 0.05,
-              min_iou: float = 0.3) -> placement.CheckResult:
-        """Verdict on a layout statement: "circle left_of square" (right_of, above, below),
-        "circle on the left" (right, top, bottom) or "circle in x0,y0,x1,y1" (normalised box)."""
-        from . import placement
-
-        return placement.check(self, statement, method, placement.DEFAULT_TAU if tau is None else tau, margin,
-                               min_iou)
-
-    def relations_from_prompt(self) -> list[str]:
-        """Statements the prompt itself makes ("cat left_of dog", "moon at the top", ...)."""
-        from . import placement
-
-        return placement.prompt_relations(self)[0]
-
-    def objects(self) -> list[str]:
-        """The objects the prompt names, as phrases ("red circle", "cat#1")."""
-        from . import placement
-
-        return placement.objects(self)
-
-    def segmentation(self, words: list[str] | None = None, background: float = 0.3) -> tuple[np.ndarray, list[str]]:
-        """Who owns each pixel: (labels (H, W), names); label 0 = background, k = names[k - 1]."""
-        from . import placement
-
-        return placement.segmentation(self, words, background)
-
-    def placement_timeline(self, word: str, occurrence: int = 0, tau: float | None = None,
-                           tolerance: float = 0.1) -> placement.Timeline:
-        """The word's centroid at every step and the step from which its position stays put."""
-        from . import placement
-
-        tau = placement.DEFAULT_TAU if tau is None else tau
-        return placement.placement_timeline(self, ref_name(word, occurrence), tau, tolerance)
-
-    def diagnose(self, objects: list[str] | None = None, steps=None) -> diagnosis.Diagnosis:
-        """Why did this generation go wrong? Neglected objects, leaking attributes, merged objects, broken
-        relations (`crossattn.diagnosis`). `objects`: phrases to diagnose (default: the prompt's); `steps`: only
-        those steps (an early verdict)."""
-        from . import diagnosis
-
-        return diagnosis.diagnose(self, objects, steps)
+        d = self.data
+        if d.step_sums is None:
+            raise InputError("no per-step maps were recorded")
+        text, occurrence = word_ref(word) if occurrence is None else (word, occurrence)
+        positions = [p for w in find_word(d.words, text, occurrence) for p in w.positions]
+        per_step = d.step_sums[..., positions].sum(-1).cpu().numpy()
+        counts = np.maximum(d.step_counts, 1)[:, None, None]
+        return np.where(d.step_counts[:, None, None] > 0, per_step / counts, 0).astype(np.float32)
 
     # ---- pictures ---------------------------------------------------------------------------------------
     def grid(self, image: Image.Image | np.ndarray, words: list[str] | None = None, alpha: float = 0.5,
              cmap: str = "jet", tile: int = 256, cols: int | None = None) -> Image.Image:
-        """The image followed by one labelled overlay per word (all words by default)."""
-        chosen = self.word_maps(words)
+        """The image followed by one labelled overlay per word (all words of the prompt by default)."""
+        chosen = [self.word(w) for w in words] if words else list(self)
         tiles = [render.labelled(Image.fromarray(render.as_rgb(image)), "image", tile)]
         tiles += [render.labelled(m.overlay(image, alpha, cmap, size=tile), m.word, tile) for m in chosen]
         return render.grid(tiles, cols)
 
     # ---- files ------------------------------------------------------------------------------------------
-    def save(self, directory: str | Path, fmt: str = "safetensors",
-             diagnosis: diagnosis.Diagnosis | None = None) -> Path:
-        """Write ``maps.safetensors`` (or ``maps.npz``) with the raw sums, ``heatmaps.json`` with the rest, and
-        ``diagnosis.json`` (`diagnosis`, or `diagnose()` when not given); concept maps go to ``concepts/``."""
+    def save(self, directory: str | Path, fmt: str = "safetensors", diagnosis=None) -> Path:
+        """Write ``maps.safetensors`` (or ``maps.npz``) with the raw sums and ``heatmaps.json`` with the rest;
+        concept maps go to ``concepts/``. A `diagnosis` (`crossattn.diagnose(maps)`) travels with the maps it
+        was read from, as ``diagnosis.json``. `crossattn.load_heat_maps` reads the folder back."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        arrays = {f"sums/{k}": t.contiguous().cpu() for k, t in self.sums.items()}
-        arrays |= {f"counts/{k}": torch.as_tensor(c, dtype=torch.int64) for k, c in self.counts.items()}
-        arrays["trace_counts"] = torch.as_tensor(self.trace_counts, dtype=torch.int64)
-        if self.trace is not None:
-            arrays["trace"] = self.trace.contiguous().cpu()
+        d = self.data
+        arrays = {f"sums/{k}": t.contiguous().cpu() for k, t in d.sums.items()}
+        arrays |= {f"counts/{k}": torch.as_tensor(c, dtype=torch.int64) for k, c in d.counts.items()}
+        arrays["trace_counts"] = torch.as_tensor(d.step_counts, dtype=torch.int64)  # file names kept from 0.2
+        if d.step_sums is not None:
+            arrays["trace"] = d.step_sums.contiguous().cpu()
         if fmt == "safetensors":
             from safetensors.torch import save_file
 
@@ -425,266 +408,32 @@ class HeatMaps:
             np.savez_compressed(out / "maps.npz", **{k: v.numpy() for k, v in arrays.items()})
         else:
             raise InputError(f"unknown format {fmt!r}; use 'safetensors' or 'npz'")
-        info = {
+        saved = {
             "format_version": FORMAT_VERSION,
             "maps_file": f"maps.{'npz' if fmt == 'npz' else 'safetensors'}",
             "words": [{"text": w.text, "token_indices": list(w.positions), "occurrence": w.occurrence,
-                       "sources": {name: list(cols) for name, cols in w.sources}} for w in self.word_info],
+                       "sources": {name: list(cols) for name, cols in w.sources}} for w in d.words],
             "tokens": self.tokens,
             "image_size": list(self.image_size),
-            "per_head": self.per_head,
-            "per_layer": self.per_layer,
-            "bin_steps": self.bin_steps,
-            "sites": {k: {"block": s.block, "resolution": list(s.resolution)} for k, s in self.sites.items()},
-            **self.meta,
+            "per_head": d.per_head,
+            "per_layer": d.per_layer,
+            "bin_steps": d.bin_steps,
+            "sites": {k: {"block": s.block, "resolution": list(s.resolution)} for k, s in d.sites.items()},
+            **self.info.to_dict(),
         }
-        (out / "heatmaps.json").write_text(json.dumps(info, indent=1))
-        if self.meta.get("kind") != "concepts":  # the diagnosis travels with the maps it was read from
-            (out / "diagnosis.json").write_text(json.dumps((diagnosis or self.diagnose()).to_dict(), indent=1))
+        (out / "heatmaps.json").write_text(json.dumps(saved, indent=1))
+        if diagnosis is not None:
+            (out / "diagnosis.json").write_text(json.dumps(diagnosis.to_dict(), indent=1))
         if self.concepts is not None:
             self.concepts.save(out / "concepts", fmt)
         return out
 
 
-# Bounds on what a saved folder may ask for: a word's map is drawn at the image size, and the finest grid kept is
-# at least 1/128 of the image side in every family (after a filter, perhaps only a UNet's coarsest: 1/64).
-MAX_IMAGE_PIXELS = 8192 * 8192
-MAX_IMAGE_SCALE = 128
-MAX_INFO_BYTES = 64 << 20
-# heatmaps.json keys that become `meta` and are read by crossattn: (the types each may have, in words)
-META_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "prompt": ((str, type(None)), "a string or null"), "negative_prompt": ((str, type(None)), "a string or null"),
-    "notes": ((list,), "a list of strings"), "sources": ((list,), "a list of strings"),
-    "concepts": ((list,), "a list of strings"), "steps": ((int, type(None)), "an integer or null"),
-    "family": ((str,), "a string"), "kind": ((str,), "a string"), "resolution_sites": ((bool,), "true or false"),
-}
-
-
-class _Reader:
-    """Checks one file of a saved folder; every complaint is an `InputError` naming the file."""
-
-    def __init__(self, file: Path):
-        self.file = file
-
-    def fail(self, what: str) -> InputError:
-        return InputError(f"{self.file}: {what} (not a folder written by HeatMaps.save, or damaged)")
-
-    def get(self, data: dict, key: str, kinds: type | tuple[type, ...], what: str):
-        if key not in data:
-            raise self.fail(f"{key!r} is missing")
-        value = data[key]
-        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise self.fail(f"{key!r} must be {what}, got {_short(value)}")
-        return value
-
-    def ints(self, value, what: str, low: int = 0, high: float = math.inf, length: int | None = None) -> list[int]:
-        """A list of ints in [low, high), of `length` items when given."""
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        if not ok or (length is not None and len(value) != length) or not all(low <= v < high for v in value):
-            size = f"{length} " if length is not None else ""
-            raise self.fail(f"{what} must be a list of {size}integers in [{low}, {high}), got {_short(value)}")
-        return value
-
-
-def _short(value) -> str:
-    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _inside(folder: Path, name, reader: _Reader, what: str) -> Path:
-    """`folder / name`, refused unless it is a plain relative name that stays inside `folder` (symlinks resolved)."""
-    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise reader.fail(f"{what} must be a file name inside the folder, got {_short(name)}")
-    path = folder / name
-    if not path.resolve().is_relative_to(folder.resolve()):
-        raise reader.fail(f"{what} {name!r} leads outside the folder")
-    return path
-
-
-def _array_headers(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """name -> (shape, dtype kind "f"/"i"/"u"/"b") of every array in a maps file, read without loading the data."""
-    if path.suffix == ".npz":
-        out = {}
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                with archive.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-                    if read_header is None:
-                        raise ValueError(f"{member}: unsupported .npy version {version}")
-                    shape, _, dtype = read_header(f)
-                out[member.removesuffix(".npy")] = (tuple(shape), dtype.kind)
-        return out
-    from safetensors import safe_open
-
-    kinds = {"F": "f", "B": "f", "I": "i", "U": "u"}  # F32, BF16, I64, U8, ... by their first letter
-    with safe_open(path, "pt") as f:
-        return {k: (tuple(f.get_slice(k).get_shape()), kinds.get(f.get_slice(k).get_dtype()[0], "?")) for k in f.keys()}
-
-
-def _load_arrays(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {k: torch.from_numpy(data[k]) for k in names}
-    from safetensors import safe_open
-
-    with safe_open(path, "pt") as f:
-        return {k: f.get_tensor(k) for k in names}
-
-
-def load_heat_maps(directory: str | Path) -> HeatMaps:
-    """Read a folder written by `HeatMaps.save` back into a `HeatMaps`.
-
-    Everything is checked before use: a damaged or crafted folder raises `InputError` naming the file and what is
-    wrong (types, missing keys, shapes against the JSON, a maps file outside the folder, sizes out of bounds).
-    """
-    folder = Path(directory)
-    info_file = folder / "heatmaps.json"
-    reader = _Reader(info_file)
-    if not info_file.is_file():
-        raise InputError(f"{info_file} not found: not a folder written by HeatMaps.save")
-    if info_file.stat().st_size > MAX_INFO_BYTES:
-        raise reader.fail(f"{info_file.stat().st_size} bytes, more than the {MAX_INFO_BYTES} a saved folder holds")
-    try:
-        info = json.loads(info_file.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise reader.fail(f"not valid JSON ({e})") from None
-    if not isinstance(info, dict):
-        raise reader.fail(f"must hold a JSON object, got {_short(info)}")
-    version = info.get("format_version")
-    if version not in (1, FORMAT_VERSION):
-        raise InputError(f"{info_file} has format version {_short(version)}; this crossattn reads versions 1 and "
-                         f"{FORMAT_VERSION} (upgrade crossattn to read newer files)")
-    meta = {k: v for k, v in info.items() if k not in _SAVED_KEYS}
-    for key, (kinds, what) in META_TYPES.items():
-        if key in meta:
-            reader.get(meta, key, kinds, what)
-    for key in ("notes", "sources", "concepts"):
-        if key in meta and not all(isinstance(v, str) for v in meta[key]):
-            raise reader.fail(f"{key!r} must be a list of strings, got {_short(meta[key])}")
-    tokens = reader.get(info, "tokens", list, "a list of token strings")
-    if not all(isinstance(t, str) for t in tokens):
-        raise reader.fail(f"'tokens' must be a list of strings, got {_short(tokens)}")
-    words = [_read_word(w, reader, len(tokens)) for w in reader.get(info, "words", list, "a list of words")]
-    height, width = reader.ints(reader.get(info, "image_size", list, "[height, width]"), "'image_size'", 1,
-                                length=2)
-    if height * width > MAX_IMAGE_PIXELS:
-        raise reader.fail(f"'image_size' {height}x{width} is more than {MAX_IMAGE_PIXELS:,} pixels")
-    per_head = reader.get(info, "per_head", bool, "true or false")
-    per_layer = reader.get(info, "per_layer", bool, "true or false")
-    sites = {}
-    for name, s in reader.get(info, "sites", dict, "an object of sites").items():
-        if not isinstance(s, dict):
-            raise reader.fail(f"site {name!r} must be an object with 'block' and 'resolution', got {_short(s)}")
-        block = reader.get(s, "block", str, "a block name")
-        resolution = reader.ints(reader.get(s, "resolution", list, "[height, width]"), f"site {name!r}'s resolution",
-                                 1, length=2)
-        sites[name] = Site(name, block, tuple(resolution))
-    if not sites:
-        raise reader.fail("'sites' is empty")
-    finest = max((s.resolution for s in sites.values()), key=lambda r: r[0] * r[1])
-    if not all(g <= side <= MAX_IMAGE_SCALE * g for g, side in zip(finest, (height, width))):
-        raise reader.fail(f"'image_size' {height}x{width} does not fit the finest attention grid "
-                          f"{finest[0]}x{finest[1]} (1 to {MAX_IMAGE_SCALE} pixels per grid cell)")
-    raw_bins = reader.get(info, "bin_steps", list, "a list of lists of steps")
-    if not raw_bins:
-        raise reader.fail("'bin_steps' is empty")
-    path = _inside(folder, reader.get(info, "maps_file", str, "a file name"), reader, "'maps_file'")
-    arrays = _read_arrays(path, sites, len(raw_bins), len(tokens), per_head)
-    n_steps = len(arrays["trace_counts"])
-    bin_steps = [reader.ints(b, "each of 'bin_steps'", 0, n_steps) for b in raw_bins]
-    concepts = None
-    if (folder / "concepts" / "heatmaps.json").exists():
-        _inside(folder, "concepts", reader, "the concepts folder")
-        concepts = load_heat_maps(folder / "concepts")
-        if concepts.image_size != (height, width):
-            raise InputError(f"{folder / 'concepts' / 'heatmaps.json'}: image size {concepts.image_size} differs from "
-                             f"the maps' {(height, width)}")
-    return HeatMaps(
-        concepts=concepts,
-        sums={k: arrays[f"sums/{k}"].float() for k in sites},
-        counts={k: arrays[f"counts/{k}"].numpy().astype(np.int64) for k in sites},
-        sites=sites,
-        bin_steps=bin_steps,
-        trace=arrays["trace"].float() if "trace" in arrays else None,
-        trace_counts=arrays["trace_counts"].numpy().astype(np.int64),
-        word_info=words,
-        tokens=tokens,
-        image_size=(height, width),
-        per_head=per_head,
-        per_layer=per_layer,
-        meta=meta,
-    )
-
-
-_SAVED_KEYS = {"format_version", "maps_file", "words", "tokens", "image_size", "per_head", "per_layer", "bin_steps",
-               "sites"}
-
-
-def _read_word(data, reader: _Reader, n_tokens: int) -> Word:
-    if not isinstance(data, dict):
-        raise reader.fail(f"each of 'words' must be an object, got {_short(data)}")
-    text = reader.get(data, "text", str, "a string")
-    positions = reader.ints(reader.get(data, "token_indices", list, "a list of token indices"),
-                            f"{text!r}'s token_indices", 0, n_tokens)
-    occurrence = reader.get(data, "occurrence", int, "an integer")
-    if occurrence < 0:
-        raise reader.fail(f"{text!r}'s occurrence must be 0 or more, got {occurrence}")
-    sources = data.get("sources", {})
-    if not isinstance(sources, dict):
-        raise reader.fail(f"{text!r}'s sources must be an object, got {_short(sources)}")
-    by_source = tuple((k, tuple(reader.ints(v, f"{text!r}'s {k} positions", 0, n_tokens))) for k, v in sources.items())
-    return Word(text, tuple(positions), occurrence, by_source)
-
-
-_KINDS = {"f": "float", "i": "integer", "u": "integer", "b": "boolean", "O": "object"}  # numpy dtype kinds
-# What reading a damaged maps file raises: zipfile, zlib, numpy's .npy reader and safetensors each their own.
-_FILE_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, SafetensorError)
-
-
-def _read_arrays(path: Path, sites: dict[str, Site], n_bins: int, n_tokens: int,
-                 per_head: bool) -> dict[str, torch.Tensor]:
-    """The arrays of a maps file, each checked against what heatmaps.json says before any is read."""
-    reader = _Reader(path)
-    if path.suffix not in (".npz", ".safetensors"):
-        raise reader.fail("the maps file must be .safetensors or .npz")
-    if not path.is_file():
-        raise reader.fail("not found")
-    try:
-        headers = _array_headers(path)
-    except _FILE_ERRORS as e:  # a damaged archive or header: zipfile, numpy and safetensors each raise their own
-        raise reader.fail(f"cannot be read ({type(e).__name__}: {e})") from None
-
-    def expect(name: str, kind: str, shape: tuple[int | None, ...], what: str) -> tuple[int, ...]:
-        if name not in headers:
-            raise reader.fail(f"has no array {name!r}")
-        found, found_kind = headers[name]
-        fits = len(found) == len(shape) and all(want is None or want == got for want, got in zip(shape, found))
-        if not fits or found_kind not in kind:
-            wanted = "(" + ", ".join("any" if d is None else str(d) for d in shape) + ")"
-            raise reader.fail(f"array {name!r} is {_KINDS.get(found_kind, 'other')} {found}, heatmaps.json says "
-                              f"{_KINDS[kind[0]]} {wanted} {what}")
-        return found
-
-    floats, ints = "f", "iu"
-    n_steps = expect("trace_counts", ints, (None,), "(steps)")[0]
-    for k, site in sites.items():
-        heads = expect(f"sums/{k}", floats, (n_bins, None if per_head else 1, *site.resolution, n_tokens),
-                       "(bins, heads, height, width, tokens)")[1]
-        if heads < 1:
-            raise reader.fail(f"array 'sums/{k}' has no heads")
-        expect(f"counts/{k}", ints, (n_bins,), "(bins)")
-    names = ["trace_counts"] + [f"{kind}/{k}" for k in sites for kind in ("sums", "counts")]
-    if "trace" in headers:
-        expect("trace", floats, (n_steps, None, None, n_tokens), "(steps, height, width, tokens)")
-        names.append("trace")
-    try:
-        arrays = _load_arrays(path, names)
-    except _FILE_ERRORS as e:  # data cut short or corrupt behind a sound header
-        raise reader.fail(f"cannot be read ({type(e).__name__}: {e})") from None
-    for name, t in arrays.items():
-        if not torch.isfinite(t.float()).all() or (t < 0).any():
-            raise reader.fail(f"array {name!r} holds negative, NaN or infinite values")
-    return arrays
+def _heads(heads, per_head: bool, site: str, n: int) -> list[int]:
+    """Head indices `filter` keeps at one site, checked."""
+    if not per_head:
+        raise InputError("heads were summed during capture; use crossattn.trace(pipe, per_head=True)")
+    heads = list(heads)
+    if max(heads) >= n or min(heads) < -n:
+        raise InputError(f"site {site} has {n} heads; asked for heads {heads}")
+    return heads

@@ -15,12 +15,12 @@ per-head trace of a large model stays a few MB.
 
     >>> import numpy as np, torch
     >>> from crossattn.capture import Site
-    >>> from crossattn.heatmaps import HeatMaps
+    >>> from crossattn.heatmaps import HeatMaps, MapData
     >>> from crossattn.words import Word
-    >>> maps = HeatMaps(sums={"up": torch.rand(2, 1, 8, 8, 3)}, counts={"up": np.ones(2)},
-    ...                 sites={"up": Site("up", "up", (8, 8))}, bin_steps=[[0], [1]], trace=None,
-    ...                 trace_counts=np.ones(2, np.int64), word_info=[Word("cat", (1,), 0)],
-    ...                 tokens=["<s>", "cat", "</s>"], image_size=(64, 64))
+    >>> data = MapData(sums={"up": torch.rand(2, 1, 8, 8, 3)}, counts={"up": np.ones(2)},
+    ...                sites={"up": Site("up", "up", (8, 8))}, bin_steps=[[0], [1]], step_sums=None,
+    ...                step_counts=np.ones(2, np.int64), words=[Word("cat", (1,), 0)])
+    >>> maps = HeatMaps(data=data, tokens=["<s>", "cat", "</s>"], image_size=(64, 64))
     >>> page = explore(maps).html
     >>> page.startswith("<div") and "cat" in page and "http" not in page
     True
@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import render
-from .words import ref_name, word_ref
+from . import phrases, render
+from .words import ref_name
 
 if TYPE_CHECKING:
     from .heatmaps import HeatMaps
@@ -71,13 +71,13 @@ def explore(maps: HeatMaps, image: Image.Image | np.ndarray | None = None, cmap:
         sets["concepts"] = _pack(maps.concepts, _entries(maps.concepts))
     height, width = maps.image_size
     scale = DISPLAY / max(height, width)
-    config = {"sets": sets, "lut": _b64(lut.tobytes()), "start": _start(maps), "bins": maps.bin_steps,
+    config = {"sets": sets, "lut": _b64(lut.tobytes()), "start": _start(maps), "bins": maps.data.bin_steps,
               "alpha": 0.5 if image is not None else 1.0}
     root = f"crossattn-{uuid.uuid4().hex[:12]}"
     return Explorable(_PAGE.format(
         root=root,
         css=_CSS.replace("#ROOT", f"#{root}"),
-        prompt=html.escape(maps.meta.get("prompt") or " ".join(maps.words)),
+        prompt=html.escape(maps.info.prompt or " ".join(maps.words)),
         width=round(width * scale), height=round(height * scale),
         image=_image_tag(image),
         chips=_chips("words", "", sets["words"]) + (_chips("concepts", "concepts:", sets["concepts"])
@@ -91,20 +91,16 @@ def explore(maps: HeatMaps, image: Image.Image | np.ndarray | None = None, cmap:
 
 def _entries(maps: HeatMaps) -> list[tuple[str, str, tuple[int, ...]]]:
     """(label, name, token positions) of each word: "a", "a#1" for its repeat."""
-    return [(w.text, ref_name(w.text, w.occurrence), w.positions) for w in maps.word_info]
+    return [(w.text, ref_name(w.text, w.occurrence), w.positions) for w in maps.data.words]
 
 
 def _start(maps: HeatMaps) -> int:
     """The word shown first: the head noun of the prompt's first object, else the first word."""
-    objects = maps.objects() if maps.word_info else []
-    if not objects:
-        return 0
-    text, occurrence = word_ref(objects[0])
-    names = [ref_name(w.text.lower(), w.occurrence) for w in maps.word_info]
-    head = text.split()[-1].lower()
-    for wanted in (ref_name(head, occurrence), head):
-        if wanted in names:
-            return names.index(wanted)
+    names = [ref_name(w.text.lower(), w.occurrence) for w in maps.data.words]
+    for phrase in phrases.parse_prompt(maps.info.prompt or " ".join(maps.words)).objects:
+        for wanted in (ref_name(phrase.head, phrase.occurrence), phrase.head):
+            if wanted in names:
+                return names.index(wanted)
     return 0
 
 
@@ -116,12 +112,12 @@ def _pack(maps: HeatMaps, entries: list[tuple[str, str, tuple[int, ...]]]) -> di
         pick[list(positions), k] = 1.0
     for cap in (MAX_GRID, 32, 16, 8):
         grids = {k: _shipped(s.resolution, cap) for k, s in maps.sites.items()}
-        size = len(entries) * sum(t.shape[0] * t.shape[1] * np.prod(grids[k]) for k, t in maps.sums.items())
+        size = len(entries) * sum(t.shape[0] * t.shape[1] * np.prod(grids[k]) for k, t in maps.data.sums.items())
         if size <= BUDGET:
             break
     data, scales, sites = [], [], []
     offset = soffset = 0
-    for name, t in maps.sums.items():
+    for name, t in maps.data.sums.items():
         _, heads, h, w, _ = t.shape
         per_entry = (t.float() @ pick).permute(4, 0, 1, 2, 3)[: len(entries)]  # (entries, bins, heads, h, w)
         gh, gw = grids[name]
@@ -136,7 +132,7 @@ def _pack(maps: HeatMaps, entries: list[tuple[str, str, tuple[int, ...]]]) -> di
         offset += quantized.numel()
         soffset += quantized.shape[0]
     return {"entries": [{"label": label, "name": name} for label, name, _ in entries], "sites": sites,
-            "heads": maps.heads, "bins": len(maps.bin_steps), "data": _b64(b"".join(data)),
+            "heads": maps.data.heads, "bins": len(maps.data.bin_steps), "data": _b64(b"".join(data)),
             "scales": _b64(b"".join(scales))}
 
 
@@ -175,15 +171,15 @@ def _chips(kind: str, title: str, packed: dict) -> str:
 
 
 def _controls(maps: HeatMaps, has_image: bool) -> str:
-    parts = [f'<label>time <input class="ca-time" type="range" min="0" max="{len(maps.bin_steps)}" value="0" '
+    parts = [f'<label>time <input class="ca-time" type="range" min="0" max="{len(maps.data.bin_steps)}" value="0" '
              f'step="1"></label><span class="ca-time-text"></span>']
     if len(maps.sites) > 1:
-        kind = "layer" if maps.per_layer else "site"
+        kind = "layer" if maps.data.per_layer else "site"
         options = "".join(f'<option value="{html.escape(k)}">{html.escape(k)}</option>' for k in maps.sites)
         parts.append(f'<label>{kind} <select class="ca-site"><option value="">all {kind}s</option>{options}'
                      "</select></label>")
-    if maps.per_head and maps.heads > 1:
-        options = "".join(f'<option value="{h}">{h}</option>' for h in range(maps.heads))
+    if maps.data.per_head and maps.data.heads > 1:
+        options = "".join(f'<option value="{h}">{h}</option>' for h in range(maps.data.heads))
         parts.append(f'<label>head <select class="ca-head"><option value="-1">all heads</option>{options}'
                      "</select></label>")
     if has_image:

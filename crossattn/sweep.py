@@ -82,7 +82,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import placement
+from . import diagnosis, pictures, placement
 from .errors import InputError, UnknownWordError, one_line
 from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, check_inputs, check_settings, generate, native_size
 from .models import DEFAULT_MODEL, load_pipeline
@@ -262,13 +262,13 @@ def _saved_maps(maps, diagnosis) -> dict[str, bytes]:
 def pixel_truth(image, maps) -> dict | None:
     """On shapes-world prompts (`parse_caption` reads them): which named objects the image draws, and for a
     drawn two-object relation the verdict of the pixels next to the attention's (`shapes.evaluate.read_pixels`)."""
-    truth = read_pixels(image, maps.meta["prompt"])
+    truth = read_pixels(image, maps.info.prompt)
     if truth is None:
         return None
     out: dict = {"drawn": {f"{c} {s}": (c, s) in truth.blobs for c, s in truth.pairs}, "relation": None}
     if truth.relation:
         try:
-            attention = maps.check(truth.relation, margin=0.0).passed
+            attention = placement.check(maps, truth.relation, margin=0.0).passed
         except UnknownWordError:  # an object past the text encoder's 77 tokens has no map
             return out
         out["relation"] = {"statement": truth.relation, "pixels": bool(truth.relation_holds),
@@ -286,7 +286,7 @@ def _record(item: Item, data: dict, diagnosis, image, maps) -> dict:
     return {"status": "ok", "checks": checks, "objects": objects, "merged": [list(p) for p in diagnosis.merged],
             "failed": diagnosis.failed, "verdicts": diagnosis.verdicts(),
             "settled": {t["word"]: t["decided_at"] for t in data["timelines"]},
-            "pixels": pixel_truth(image, maps), "notes": maps.meta.get("notes", []) + data["notes"]}
+            "pixels": pixel_truth(image, maps), "notes": maps.info.notes + data["notes"]}
 
 
 class Worker:
@@ -331,13 +331,13 @@ class Worker:
         named = [n for st in item.expect for n in placement.statement_words(st)]  # checked before compute
         image, maps = generate(self.pipe, item.prompt, seed=item.seed, steps=s.steps, guidance=s.guidance,
                                size=s.size, words=named, concepts=list(s.concepts) or None)
-        maps.meta["model"] = s.model
+        maps.info.model = s.model
         data = placement.report(maps, list(item.expect), from_prompt=s.expect_from_prompt)
-        diagnosis = maps.diagnose()
-        files = {"image.png": png_bytes(image), **_saved_maps(maps, diagnosis),
+        verdict = diagnosis.diagnose(maps)
+        files = {"image.png": png_bytes(image), **_saved_maps(maps, verdict),
                  "placement.json": json.dumps(data, indent=1).encode(),
-                 "diagnosis.png": png_bytes(diagnosis.picture(image, tile=256))}
-        return files, _record(item, data, diagnosis, image, maps)
+                 "diagnosis.png": png_bytes(pictures.diagnosis_picture(verdict, image, tile=256))}
+        return files, _record(item, data, verdict, image, maps)
 
     def peak_rss_mib(self) -> float:
         """This process's peak resident memory (Linux reports KiB)."""

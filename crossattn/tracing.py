@@ -18,6 +18,8 @@ A new pipeline call inside the same `with` starts a fresh recording (maps of the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -26,7 +28,7 @@ from .capture import AttentionObserver, PlainSDPAProcessor, Recorder, StepState
 from .concepts import resolve_method
 from .errors import InputError
 from .families import family_of
-from .heatmaps import HeatMaps
+from .heatmaps import HeatMaps, MapData, MapInfo
 from .rows import NEGATIVE, PROMPT, RowFinder
 from .words import Word, words_from_segments
 
@@ -426,30 +428,30 @@ class Trace:
         if any(s.truncated for s in segments[:1]):
             notes.insert(0, f"{TRUNCATION_NOTE} {len(segments[0].ids)} token positions of the text encoder and "
                          "may have been cut: maps cover only what the model saw")
-        meta = {
-            "model": getattr(self.pipe, "name_or_path", None) or type(self.pipe).__name__,
-            "pipeline": type(self.pipe).__name__,
-            "family": self.family.name,
-            "resolution_sites": self.family.resolution_sites,
-            "sources": [s.source for s in segments],
-            "mass": rec.mass,
-            "prompt": prompt if prompt is not None else self._typed_prompt(image, n, negative) or
+        info = MapInfo(
+            model=getattr(self.pipe, "name_or_path", None) or type(self.pipe).__name__,
+            pipeline=type(self.pipe).__name__,
+            family=self.family.name,
+            resolution_sites=self.family.resolution_sites,
+            sources=[s.source for s in segments],
+            mass=rec.mass,
+            prompt=prompt if prompt is not None else self._typed_prompt(image, n, negative) or
             segments[0].tokenizer.decode([t for i, t in enumerate(segments[0].ids[: segments[0].end + 1])
                                           if i not in segments[0].skip], skip_special_tokens=True),
-            "image_index": image,
-            "negative": negative,
-            "steps": rec.step.total,
-            "timesteps": list(rec.timesteps),
-            "guidance_scale": _guidance_scale(self.pipe),
-            "coverage": self.coverage(),
-            "notes": notes,
-        }
-        maps = self._maps(rec, row, words_from_segments(segments, column), tokens, meta)
+            image_index=image,
+            negative=negative,
+            steps=rec.step.total,
+            timesteps=list(rec.timesteps),
+            guidance_scale=_guidance_scale(self.pipe),
+            coverage=self.coverage(),
+            notes=notes,
+        )
+        maps = self._maps(rec, row, words_from_segments(segments, column), tokens, info)
         if self.concepts and not negative:
             words = [Word(c, (k,), 0) for k, c in enumerate(self.concepts)]
             maps.concepts = self._maps(self.concept_recorder, row, words, list(self.concepts),
-                                       {**meta, "kind": "concepts", "concepts": list(self.concepts),
-                                        "concept_method": self.concept_method})
+                                       replace(info, kind="concepts", concepts=list(self.concepts),
+                                               concept_method=self.concept_method))
         return maps
 
     def _typed_prompt(self, image: int, n_images: int, negative: bool) -> str | None:
@@ -472,30 +474,29 @@ class Trace:
         return [f"{len(short)} layer(s) ran in fewer steps than the generation's {steps} (a step cache or layer "
                 f"skipping): their maps average only the steps they ran ({listed}{' …' if len(short) > 6 else ''})"]
 
-    def _maps(self, rec: Recorder, row: int, words: list[Word], tokens: list[str], meta: dict) -> HeatMaps:
+    def _maps(self, rec: Recorder, row: int, words: list[Word], tokens: list[str], info: MapInfo) -> HeatMaps:
         """A `HeatMaps` of one images-axis row of a recorder."""
         total = rec.step.total
         bins = next(iter(rec.sums.values())).shape[0]
         members = [[] for _ in range(bins)]
         for s in range(min(total, len(rec.timesteps))):  # the steps that ran (all, unless stopped early)
             members[rec.bin_of(s, total)].append(s)
-        trace = None
+        step_sums = None
         if rec.trace and all(t is not None for t in rec.trace):
-            trace = torch.stack([t[row] for t in rec.trace]).cpu()
-        return HeatMaps(
+            step_sums = torch.stack([t[row] for t in rec.trace]).cpu()
+        data = MapData(
             sums={k: t[:, row].unflatten(2, rec.sites[k].resolution).cpu() for k, t in rec.sums.items()},
             counts={k: np.asarray(c, dtype=np.int64) for k, c in rec.counts.items()},
             sites=dict(rec.sites),
             bin_steps=members,
-            trace=trace,
-            trace_counts=np.asarray(rec.trace_counts, dtype=np.int64),
-            word_info=words,
-            tokens=tokens,
-            image_size=self._image_size(self.family.vae_scale(self.pipe), rec.step.grid),
+            step_sums=step_sums,
+            step_counts=np.asarray(rec.trace_counts, dtype=np.int64),
+            words=words,
             per_head=rec.per_head,
             per_layer=rec.per_layer,
-            meta=meta,
         )
+        return HeatMaps(data=data, tokens=tokens, info=info,
+                        image_size=self._image_size(self.family.vae_scale(self.pipe), rec.step.grid))
 
     def _image_size(self, scale: int, grid: tuple[int, int]) -> tuple[int, int]:
         """The generated image's pixel size: token grid × patch × VAE factor (UNet: latent × VAE factor)."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from crossattn.capture import Site
-from crossattn.heatmaps import HeatMaps
+from crossattn.heatmaps import HeatMaps, MapData, MapInfo
 from crossattn.words import Word
 
 
@@ -30,10 +30,10 @@ def toy_maps(words: list[str], token_maps: list[np.ndarray], steps: int = 4, pro
     for i, m in enumerate(token_maps):
         t[0, 0, :, :, i + 1] = torch.from_numpy(np.asarray(m, np.float32))
     trace = t[0, 0][None].repeat(steps, 1, 1, 1)
-    return HeatMaps(
+    data = MapData(
         sums={"up.16x16": t}, counts={"up.16x16": np.array([1])}, sites={"up.16x16": Site("up.16x16", "up", (h, w))},
-        bin_steps=[list(range(steps))], trace=trace, trace_counts=np.ones(steps, dtype=np.int64),
-        word_info=[Word(x, (i + 1,), words[:i].count(x)) for i, x in enumerate(words)],
-        tokens=["<start>"] + words + ["<end>"], image_size=(4 * h, 4 * w),
-        meta={"prompt": prompt or " ".join(words)},
+        bin_steps=[list(range(steps))], step_sums=trace, step_counts=np.ones(steps, dtype=np.int64),
+        words=[Word(x, (i + 1,), words[:i].count(x)) for i, x in enumerate(words)],
     )
+    return HeatMaps(data=data, tokens=["<start>"] + words + ["<end>"], image_size=(4 * h, 4 * w),
+                    info=MapInfo(prompt=prompt or " ".join(words)))

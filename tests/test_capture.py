@@ -8,7 +8,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
 import crossattn
-from crossattn import capture
+from crossattn.capture import kernels
 from tests.families.pipelines import build_tiny_sd
 from tests.helpers import seeded
 
@@ -194,7 +194,7 @@ def test_img2img_and_inpaint_share_the_unet(tiny_sd):
         traced = img2img(PROMPT, generator=seeded(), **kw).images
     assert (traced - plain).abs().max().item() < 1e-5
     maps = tr.heat_maps()
-    assert maps.meta["steps"] == 4 and maps.steps == [0, 1, 2, 3]  # strength 0.5 of 8 steps
+    assert maps.info.steps == 4 and maps.steps == [0, 1, 2, 3]  # strength 0.5 of 8 steps
     assert maps.word("circle").array.shape == (32, 32)
 
     inpaint = StableDiffusionInpaintPipeline(**tiny_sd.components)
@@ -212,7 +212,7 @@ def test_per_head_and_per_layer_slicing(tiny_sd3level):
     with crossattn.trace(tiny_sd3level) as summed:
         latents(tiny_sd3level)
     detailed, plain = tr.heat_maps(), summed.heat_maps()
-    assert detailed.heads == 2 and plain.heads == 1
+    assert detailed.data.heads == 2 and plain.data.heads == 1
     assert all(".attn2" in name for name in detailed.sites)
     # per-head, per-layer storage reduces to exactly the summed storage
     assert torch.allclose(detailed.token_maps(), plain.token_maps(), atol=1e-6)
@@ -238,8 +238,8 @@ def test_filter_by_resolution_block_and_steps(tiny_sd3level):
     assert set(maps.filter(blocks=["up"], resolutions=["16x16"]).sites) == {"up.16x16"}
     late = maps.filter(steps=slice(6, None))
     assert late.steps == [6, 7] and not torch.allclose(late.token_maps(), maps.token_maps())
-    assert late.timeline("circle")[:6].sum() == 0 and late.timeline("circle")[6:].sum() > 0
-    assert maps.timeline("circle").shape == (8, 4, 4)  # per-step trace at the coarsest resolution
+    assert late.over_steps("circle")[:6].sum() == 0 and late.over_steps("circle")[6:].sum() > 0
+    assert maps.over_steps("circle").shape == (8, 4, 4)  # per-step trace at the coarsest resolution
     with pytest.raises(ValueError, match="unknown blocks"):
         maps.filter(blocks=["middle"])
     with pytest.raises(ValueError, match="out of range"):
@@ -254,7 +254,7 @@ def test_new_call_starts_a_fresh_recording_and_maps_survive_exit():
         latents(pipe, prompt="a blue square")
     assert first.words == ["a", "red", "circle"]
     assert tr.heat_maps().words == ["a", "blue", "square"]
-    assert tr.heat_maps().meta["steps"] == 4
+    assert tr.heat_maps().info.steps == 4
 
 
 def test_explicit_path_when_the_private_flash_op_is_unavailable(tiny_sd, monkeypatch):
@@ -262,8 +262,8 @@ def test_explicit_path_when_the_private_flash_op_is_unavailable(tiny_sd, monkeyp
     plain = latents(tiny_sd, guidance_scale=7.5)
     with crossattn.trace(tiny_sd) as fast:
         assert torch.equal(latents(tiny_sd, guidance_scale=7.5), plain)
-    assert capture._flash_lse_available()  # this torch has the op with the expected signature
-    monkeypatch.setattr(capture, "_FLASH_LSE", False)
+    assert kernels._flash_lse_available()  # this torch has the op with the expected signature
+    monkeypatch.setattr(kernels, "_FLASH_LSE", False)
     with crossattn.trace(tiny_sd) as explicit:
         assert torch.equal(latents(tiny_sd, guidance_scale=7.5), plain)
     assert torch.allclose(fast.heat_maps().token_maps(), explicit.heat_maps().token_maps(), atol=1e-6)

@@ -35,7 +35,7 @@ def test_concepts_never_change_the_image_and_share_each_pixel(build, options, me
     shares = maps.concepts.token_maps()  # per pixel, the concepts' shares
     assert torch.allclose(shares.sum(-1), torch.ones(shares.shape[:2]), atol=1e-5)
     expected = method or ("attention" if build is build_tiny_sd else "outputs")
-    assert maps.concepts.meta["concept_method"] == expected
+    assert maps.concepts.info.concept_method == expected
     sky = maps.concept("sky")
     assert sky.array.shape == maps.word("circle").array.shape and sky.array.max() == pytest.approx(1.0)
     with pytest.raises(crossattn.InputError, match="not a word"):
@@ -71,7 +71,7 @@ def test_attention_concepts_equal_the_plain_attention_renormalised_over_them(bui
         maps, concepts = maps.filter(layers=layers), concepts.filter(layers=layers)
     circle, square = maps.word("circle").positions[0], maps.word("square").positions[0]
     expected, n = 0, 0
-    for sums in maps.sums.values():  # (bins, heads, h, w, tokens), one step: sums are the probabilities
+    for sums in maps.data.sums.values():  # (bins, heads, h, w, tokens), one step: sums are the probabilities
         p = sums[0]
         expected = expected + (p[..., circle] / (p[..., circle] + p[..., square])).sum(0)
         n += p.shape[0]

@@ -109,7 +109,7 @@ def test_sd3_skip_layer_guidance_records_the_conditional_pass_only():
     assert slg.coverage()["recorded_calls"] == {"joint.0": 5, "joint.1": 5}  # one call a step: the CFG pass
     # steps 0 and 1 run on the same latents in both: the skip-layer pass was not mixed into step 1
     for step in (0, 1):
-        a, b = slg.heat_maps().timeline("circle")[step], plain.heat_maps().timeline("circle")[step]
+        a, b = slg.heat_maps().over_steps("circle")[step], plain.heat_maps().over_steps("circle")[step]
         assert torch.allclose(torch.as_tensor(a), torch.as_tensor(b), atol=1e-6)
     assert any("further pass with the prompt's text" in n for n in slg.heat_maps().notes)
 

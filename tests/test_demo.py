@@ -26,7 +26,7 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from crossattn import placement  # noqa: E402
+from crossattn import reports  # noqa: E402
 from crossattn.app import (  # noqa: E402
     EXTRA_MODELS,
     INTERNAL_ERROR,
@@ -157,9 +157,9 @@ def test_generate_then_render_every_view(user):
     rendered = someone.render()
     assert captions(rendered) == ["a", "red", "circle", "left", "of", "a", "blue", "square"]
     assert Path(rendered["Per-word heat maps"][2]["image"]).name == f"{STEM}_map02_circle.png"
-    assert rendered["Placement"]["headers"] == placement.TABLE_HEADERS
+    assert rendered["Placement"]["headers"] == reports.TABLE_HEADERS
     assert [row[0] for row in rendered["Placement"]["data"]] == ["red circle", "blue square"]
-    assert all(len(row) == len(placement.TABLE_HEADERS) for row in rendered["Placement"]["data"])
+    assert all(len(row) == len(reports.TABLE_HEADERS) for row in rendered["Placement"]["data"])
     assert "red circle left_of blue square" in rendered["Layout checks"]
     assert rendered["Selected word"]["value"] == "red circle"  # the first object by default
     assert Path(rendered["Map at this step"]).name == f"{STEM}_red_circle_step3.png"
@@ -618,8 +618,8 @@ def test_browser_placement_table_shows_every_column(page):
     generate_in_page(page)
     table = page.locator("#placement-table")
     headers = table.locator("thead th")
-    expect(headers).to_have_count(len(placement.TABLE_HEADERS))
-    assert [h.strip() for h in headers.all_inner_texts()] == placement.TABLE_HEADERS
+    expect(headers).to_have_count(len(reports.TABLE_HEADERS))
+    assert [h.strip() for h in headers.all_inner_texts()] == reports.TABLE_HEADERS
     right = table.bounding_box()["x"] + table.bounding_box()["width"]
     for header in headers.all():
         header.scroll_into_view_if_needed()

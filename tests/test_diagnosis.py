@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import crossattn
+from crossattn import pictures, reports
 from crossattn.diagnosis import Calibration, StoppedEarly, diagnose, early_stop
 from tests.helpers import blob, toy_maps
 
@@ -74,11 +75,11 @@ def test_end_to_end_on_the_embedded_model(tmp_path):
 
     pipe = crossattn.load_pipeline()
     image, maps = generate(pipe, "a red circle, a green square and a blue triangle", seed=0, steps=6, guidance=2.0)
-    d = maps.diagnose()
+    d = crossattn.diagnose(maps)
     assert [o.name for o in d.objects] == ["red circle", "green square", "blue triangle"]
     assert 0 <= min(o.neglect for o in d.objects) and d.steps == 6
-    assert d.picture(image).size == (384, 384) and d.report().startswith("object")
-    maps.save(tmp_path)
+    assert pictures.diagnosis_picture(d, image).size == (384, 384) and reports.diagnosis_text(d).startswith("object")
+    maps.save(tmp_path, diagnosis=d)
     saved = json.loads((tmp_path / "diagnosis.json").read_text())
     assert saved["objects"][0]["name"] == "red circle" and saved["verdicts"] == d.verdicts()
     with crossattn.trace(pipe) as tr, pytest.raises(StoppedEarly) as stop:  # a predicate that always fires
@@ -90,8 +91,9 @@ def test_end_to_end_on_the_embedded_model(tmp_path):
 
 @pytest.mark.slow
 def test_a_traced_prompt_and_a_generated_one_name_the_same_objects():
-    """`maps.objects()` / `maps.diagnose()` after `crossattn.trace` (the prompt known by its decoded tokens, "… , 4 k")
-    and after `generate` (the prompt as typed, "…, 4k", what the CLI uses) find the same objects: no phantom 'k'."""
+    """`crossattn.objects` / `crossattn.diagnose` after `crossattn.trace` (the prompt known by its decoded tokens,
+    "… , 4 k") and after `generate` (the prompt as typed, "…, 4k", what the CLI uses) find the same objects:
+    no phantom 'k'."""
     import torch
 
     from crossattn.generation import generate
@@ -104,7 +106,7 @@ def test_a_traced_prompt_and_a_generated_one_name_the_same_objects():
     _, generated = generate(pipe, prompt, seed=0, steps=3)
     assert traced.words[-2:] == ["4", "k"]  # CLIP reads "4k" as two words: "k" has a map, but is no object
     for maps in (traced, generated):
-        assert maps.objects() == ["cyan circle", "red square"]
-        d = maps.diagnose()
+        assert crossattn.objects(maps) == ["cyan circle", "red square"]
+        d = crossattn.diagnose(maps)
         assert [o.name for o in d.objects] == ["cyan circle", "red square"] and "'k'" not in " ".join(d.verdicts())
-        assert maps.relations_from_prompt() == ["cyan circle right_of red square"]
+        assert crossattn.relations(maps) == ["cyan circle right_of red square"]

@@ -82,14 +82,14 @@ def test_explain_equals_a_hand_made_traced_denoiser_call(fixture, request):
     maps = crossattn.explain(pipe, picture, CAPTION, noise_levels=[0.2, 0.6], seed=5)
     reference = reference_maps(pipe, picture, [0.6, 0.2], seed=5)
     assert maps.words == reference.words == WORDS
-    assert maps.meta["timesteps"] == reference.meta["timesteps"] == [600.0, 200.0]  # called from high noise to low
-    assert maps.meta["steps"] == 2 and maps.meta["noise_levels"] == [0.6, 0.2]
-    assert sorted(maps.sums) == sorted(reference.sums)
-    for site, sums in reference.sums.items():
-        torch.testing.assert_close(maps.sums[site], sums, rtol=1e-5, atol=1e-7)
+    assert maps.info.timesteps == reference.info.timesteps == [600.0, 200.0]  # called from high noise to low
+    assert maps.info.steps == 2 and maps.info.noise_levels == [0.6, 0.2]
+    assert sorted(maps.data.sums) == sorted(reference.data.sums)
+    for site, sums in reference.data.sums.items():
+        torch.testing.assert_close(maps.data.sums[site], sums, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(maps.word("circle").array, reference.word("circle").array, rtol=1e-4, atol=1e-6)
     other = crossattn.explain(pipe, picture, CAPTION, noise_levels=[0.2, 0.6], seed=6)
-    assert not torch.equal(other.sums[site], maps.sums[site])  # the seed draws the noise
+    assert not torch.equal(other.data.sums[site], maps.data.sums[site])  # the seed draws the noise
 
 
 # ---- a drawn scene with a known answer ----------------------------------------------------------------------
@@ -98,7 +98,7 @@ def test_placement_finds_the_drawn_objects_on_the_embedded_unet():
     maps = crossattn.explain(crossattn.load_pipeline(), picture, CAPTION)
     assert maps.image_size == (96, 128) and maps.word("red circle").array.shape == (96, 128)
     assert any("(128x96) was resized to 80x48" in note for note in maps.notes)  # aspect kept
-    places = maps.placement(["red circle", "blue square"])
+    places = crossattn.placements(maps, ["red circle", "blue square"])
     (cx, cy), (sx, sy) = places["red circle"].centroid, places["blue square"].centroid
     assert cx < 50 < 78 < sx  # the circle is drawn at x 12-52, the square at x 80-112
     assert 30 < cy < 66 and 30 < sy < 66
@@ -106,7 +106,7 @@ def test_placement_finds_the_drawn_objects_on_the_embedded_unet():
     drawn &= np.asarray(picture)[..., 2] < 100
     circle = places["red circle"].mask
     assert (circle & drawn).sum() / (circle | drawn).sum() > 0.5
-    assert maps.check("red circle left_of blue square").passed
+    assert crossattn.check(maps, "red circle left_of blue square").passed
 
 
 # ---- every supported family ---------------------------------------------------------------------------------
@@ -120,8 +120,8 @@ def test_each_supported_family_maps_the_caption_over_the_image(fixture, request)
     for word in ("circle", "blue square"):
         array = maps.word(word).array
         assert array.shape == (36, 40) and array.max() == 1.0 and array.std() > 1e-3  # not constant
-    assert maps.meta["steps"] == 1 and maps.meta["explained"] and maps.meta["guidance_scale"] is None
-    assert all("resized" in n for n in maps.notes) and len(maps.notes) == (maps.meta["model_size"] != [40, 36])
+    assert maps.info.steps == 1 and maps.info.explained and maps.info.guidance_scale is None
+    assert all("resized" in n for n in maps.notes) and len(maps.notes) == (maps.info.model_size != [40, 36])
 
 
 def test_concept_maps_of_a_given_image(tiny_sd):

@@ -33,19 +33,23 @@ def test_save_load_round_trip(tmp_path, tiny_sd3level, fmt):
     with crossattn.trace(tiny_sd3level, per_head=True) as tr:
         tiny_sd3level(PROMPT, num_inference_steps=3, generator=seeded(), output_type="latent")
     maps = tr.heat_maps()
-    maps.meta["seed"] = 0
+    maps.info.seed = 0
     maps.save(tmp_path, fmt=fmt)
     back = crossattn.load_heat_maps(tmp_path)
-    assert back.words == maps.words and back.tokens == maps.tokens and back.bin_steps == maps.bin_steps
-    assert back.sites == maps.sites and back.per_head and back.meta["seed"] == 0
-    for k in maps.sums:
-        assert torch.equal(back.sums[k], maps.sums[k]) and np.array_equal(back.counts[k], maps.counts[k])
+    assert back.words == maps.words and back.tokens == maps.tokens and back.data.bin_steps == maps.data.bin_steps
+    assert back.sites == maps.sites and back.data.per_head and back.info.seed == 0
+    for k in maps.data.sums:
+        assert torch.equal(back.data.sums[k], maps.data.sums[k])
+        assert np.array_equal(back.data.counts[k], maps.data.counts[k])
     assert np.array_equal(back.word("cyan").array, maps.word("cyan").array)
     assert np.array_equal(back.filter(heads=[1], blocks=["up"]).word("circle").raw,
                           maps.filter(heads=[1], blocks=["up"]).word("circle").raw)
     info = json.loads((tmp_path / "heatmaps.json").read_text())
     assert info["words"][6] == {"text": "cyan", "token_indices": [7, 8], "occurrence": 0, "sources": {}}
-    assert info["format_version"] == 2 and (tmp_path / "diagnosis.json").exists()
+    assert info["format_version"] == 2 and back.info == maps.info  # the typed record survives the round trip
+    assert not (tmp_path / "diagnosis.json").exists()  # writing maps runs no analysis; a given diagnosis travels
+    maps.save(tmp_path, fmt=fmt, diagnosis=crossattn.diagnose(maps))
+    assert json.loads((tmp_path / "diagnosis.json").read_text())["verdicts"] == crossattn.diagnose(maps).verdicts()
     assert oct((tmp_path / f"maps.{fmt}").stat().st_mode & 0o777) == oct((tmp_path / "heatmaps.json").stat().st_mode
                                                                           & 0o777)  # one permission for both
     assert info["prompt"] == PROMPT and info["steps"] == 3
@@ -92,7 +96,7 @@ def test_cli_generate_end_to_end(saved_pipeline, tmp_path):
     assert json.loads((out / "diagnosis.json").read_text())["objects"][0]["name"] == "red circle"
     loaded = crossattn.load_heat_maps(out)
     assert loaded.word("circle").array.shape == (32, 32) and loaded.concept("red circle").array.shape == (32, 32)
-    assert loaded.concepts.meta["concept_method"] == "attention"
+    assert loaded.concepts.info.concept_method == "attention"
 
 
 # The README's bad-input table, row by row: (command after the model, the one line it prints after "error: ").

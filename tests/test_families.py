@@ -131,15 +131,15 @@ def bare(piece: str) -> str:
 def test_words_multi_piece_repeated_and_no_template_words(traced):
     maps, family = traced.tracer.heat_maps(), traced.family
     assert maps.words == WORDS  # no instruction, system prompt, register or special token is a word
-    assert maps.meta["prompt"].strip() == PROMPT
-    assert maps.meta["sources"] == list(family.sources)
+    assert maps.info.prompt.strip() == PROMPT
+    assert maps.info.sources == list(family.sources)
     options = dict(height=32, width=32) | family.call
     assert maps.image_size == (options["height"], options["width"])
     for source in family.sources:
         # each word's pieces spell it: none taken from a neighbour, none missing
-        assert ["".join(bare(maps.tokens[c]) for c in w.in_source(source)) for w in maps.word_info] == WORDS
-        assert len(maps.word_info[2].in_source(source)) > 1  # "hexagon": several pieces
-    cyan, again = maps.word_info[1], maps.word_info[6]
+        assert ["".join(bare(maps.tokens[c]) for c in w.in_source(source)) for w in maps.data.words] == WORDS
+        assert len(maps.data.words[2].in_source(source)) > 1  # "hexagon": several pieces
+    cyan, again = maps.data.words[1], maps.data.words[6]
     assert cyan.text == again.text == "cyan" and again.occurrence == 1
     assert set(cyan.positions).isdisjoint(again.positions)  # the repeated word has its own tokens
     assert maps.word("cyan", occurrence=1).raw.sum() > 0

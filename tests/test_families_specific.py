@@ -26,8 +26,8 @@ def traced_run(name: str, pipe=None, **trace_options) -> tuple[object, crossattn
 
 def test_sd3_words_in_both_sources_and_the_source_option(sd3):
     maps = traced_run("sd3", sd3)[1].heat_maps()
-    assert maps.meta["sources"] == ["clip", "t5"]
-    cyan = maps.word_info[1]
+    assert maps.info.sources == ["clip", "t5"]
+    cyan = maps.data.words[1]
     clip, t5 = dict(cyan.sources)["clip"], dict(cyan.sources)["t5"]
     assert len(clip) == 2  # CLIP BPE: "cy" + "an"
     assert maps.tokens[clip[0]] == "cy" and maps.tokens[clip[1]] == "an</w>"
@@ -47,7 +47,7 @@ def test_sd3_without_t5_and_per_layer_sites():
     with crossattn.trace(pipe, per_layer=True, per_head=True) as tr:
         assert torch.equal(run(pipe, FAMILIES["sd3"]), plain)
     maps = tr.heat_maps()
-    assert maps.meta["sources"] == ["clip"] and sorted(maps.sites) == ["joint.0", "joint.1"]
+    assert maps.info.sources == ["clip"] and sorted(maps.sites) == ["joint.0", "joint.1"]
     one = maps.filter(layers=["joint.1"], heads=[0])
     assert list(one.sites) == ["joint.1"] and one.word("hexagon").array.shape == (32, 32)
     with pytest.raises(crossattn.InputError, match="no layer named"):

@@ -64,7 +64,7 @@ def test_pag_maps_are_the_prompts_row(pag, guidance, prompt_row, batch):
     if guidance > 1:
         for got, negative in zip(crossattn_maps(maps), row_maps(tracer, calls, 0), strict=True):
             assert not torch.allclose(got, negative, atol=1e-4)
-    assert any("further pass with the prompt's text" in note for note in maps.meta["notes"])
+    assert any("further pass with the prompt's text" in note for note in maps.info.notes)
 
 
 def test_pag_negative_maps_are_the_negatives_row(pag):

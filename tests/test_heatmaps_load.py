@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import crossattn
-from crossattn.heatmaps import load_heat_maps
+from crossattn.saved import load_heat_maps
 from tests.helpers import blob, toy_maps
 
 WORDS = "a red circle left of a blue square".split()
@@ -23,7 +23,7 @@ def saved(folder: Path, fmt: str = "safetensors") -> Path:
     arrays = [np.zeros((16, 16))] * len(WORDS)
     arrays[2], arrays[7] = blob(16, 16, 4, 8), blob(16, 16, 12, 8)
     maps = toy_maps(WORDS, arrays)
-    maps.meta["notes"] = ["the prompt was cut"]
+    maps.info.notes = ["the prompt was cut"]
     maps.save(folder, fmt=fmt)
     return folder
 
@@ -44,7 +44,7 @@ def test_a_sound_folder_loads_with_its_notes(tmp_path):
     for fmt in ("safetensors", "npz"):
         back = load_heat_maps(saved(tmp_path / fmt, fmt))
         assert back.words == WORDS and back.notes == ["the prompt was cut"] and back.image_size == (64, 64)
-        assert back.word("circle").array.shape == (64, 64) and back.sums["up.16x16"].dtype == torch.float32
+        assert back.word("circle").array.shape == (64, 64) and back.data.sums["up.16x16"].dtype == torch.float32
 
 
 # (what is changed in heatmaps.json, the message's distinctive part)
@@ -188,7 +188,7 @@ def test_fuzzed_folders_load_or_raise_input_error(tmp_path, fmt):
             (folder / name).write_bytes(damaged)
             try:
                 maps = load_heat_maps(folder)
-                [maps.word(w.text, w.occurrence).array for w in maps.word_info]
+                [maps.word(w.text, w.occurrence).array for w in maps.data.words]
                 outcomes["loaded"] += 1
             except crossattn.InputError as e:
                 assert str(folder) in str(e)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import crossattn
-from crossattn import capture
+from crossattn.capture import kernels
 from tests.helpers import seeded
 from tests.reference import expected_token_maps, record_attention
 
@@ -22,7 +22,7 @@ CPU_FLASH = ("cpu", int(torch.nn.attention.SDPBackend.FLASH_ATTENTION.value))
 def fresh_verdicts(monkeypatch) -> dict:
     """An empty verdict cache, so that this test's calls are verified anew (and other tests' verdicts kept)."""
     verdicts: dict = {}
-    monkeypatch.setattr(capture, "_VERDICTS", verdicts)
+    monkeypatch.setattr(kernels, "_VERDICTS", verdicts)
     return verdicts
 
 
@@ -45,14 +45,14 @@ def assert_maps_match_the_reference(tr, calls) -> None:
 
 def test_cpu_flash_is_verified_once_per_signature_and_then_trusted(tiny_sd, fresh_verdicts, monkeypatch):
     plain = tiny_sd(PROMPT, num_inference_steps=3, generator=seeded(), output_type="latent").images
-    kernel = capture.KERNELS[CPU_FLASH]
+    kernel = kernels.KERNELS[CPU_FLASH]
     used = []
 
     def counted(*args):
         used.append(args[0].shape)
         return kernel.call(*args)
 
-    monkeypatch.setitem(capture.KERNELS, CPU_FLASH, dataclasses.replace(kernel, call=counted))
+    monkeypatch.setitem(kernels.KERNELS, CPU_FLASH, dataclasses.replace(kernel, call=counted))
     tr, calls, out = generate(tiny_sd)
     assert torch.equal(out, plain)  # the kernel's output is SDPA's, bit for bit
     recorded = sum(c["recorded"] for c in tr.recorder.coverage.values())
@@ -83,8 +83,8 @@ def _failing(out, lse):
                                                (_failing, "failed (RuntimeError)")], ids=["output", "lse", "exception"])
 def test_a_kernel_that_does_not_reproduce_sdpa_is_rejected(tiny_sd, fresh_verdicts, monkeypatch, fault, reason):
     plain = tiny_sd(PROMPT, num_inference_steps=3, generator=seeded(), output_type="latent").images
-    kernel = capture.KERNELS[CPU_FLASH]
-    monkeypatch.setitem(capture.KERNELS, CPU_FLASH,
+    kernel = kernels.KERNELS[CPU_FLASH]
+    monkeypatch.setitem(kernels.KERNELS, CPU_FLASH,
                         dataclasses.replace(kernel, call=lambda *args: fault(*kernel.call(*args))))
     tr, calls, out = generate(tiny_sd)
     assert torch.equal(out, plain)  # SDPA itself gave every output
@@ -113,7 +113,7 @@ def _reference(q, k, mask, causal, scale, rows, images, keys):
 def test_masks_and_causality_on_both_paths(fresh_verdicts, monkeypatch, fused, masking):
     """SDPA's bool masks become additive ones before the kernel (as SDPA converts them); each path gives SDPA's
     output and the probabilities of a float64 softmax, on a joint sequence whose image queries come last."""
-    monkeypatch.setattr(capture, "_FLASH_LSE", fused)
+    monkeypatch.setattr(kernels, "_FLASH_LSE", fused)
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 3, 12, 8, generator=g) for _ in range(3))
     mask = None
@@ -125,7 +125,7 @@ def test_masks_and_causality_on_both_paths(fresh_verdicts, monkeypatch, fused, m
     call = dict(attn_mask=mask, dropout_p=0.0, is_causal=masking == "causal", scale=None)
     rows, images = slice(1, 2), slice(5, 12)  # text positions 0-4, image 5-11
     for wanted in (slice(1, 4), torch.tensor([0, 2, 3])):
-        out, probs, source = capture._attention_and_probabilities(q, k, v, call, rows, images, wanted, None)
+        out, probs, source = kernels.attention_and_probabilities(q, k, v, call, rows, images, wanted, None)
         assert torch.equal(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                                                  is_causal=masking == "causal"))
         expected = _reference(q, k, mask, masking == "causal", 8**-0.5, rows, images, wanted)

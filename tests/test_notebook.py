@@ -17,7 +17,7 @@ import torch
 
 from crossattn import notebook, render
 from crossattn.capture import Site
-from crossattn.heatmaps import HeatMaps
+from crossattn.heatmaps import HeatMaps, MapData
 from crossattn.words import Word
 from tests.helpers import blob, toy_maps
 
@@ -29,7 +29,7 @@ PROMPT = "a red circle left of a blue square"
 def test_the_view_is_self_contained_and_escapes_the_prompt():
     hostile = ["a", "<img src=x onerror=alert(1)>", "</script><script>alert(2)</script>"]
     maps = toy_maps(hostile, [np.zeros((16, 16)), blob(16, 16, 4, 4), blob(16, 16, 12, 12)])
-    maps.meta["notes"] = ["<b>cut</b>"]
+    maps.info.notes = ["<b>cut</b>"]
     page = maps._repr_html_()
     assert page.startswith('<div id="crossattn-') and page.count("<script") == 2  # the data and the code, no more
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page and "&lt;b&gt;cut" in page
@@ -45,11 +45,11 @@ def test_a_large_per_layer_per_head_trace_stays_a_few_megabytes():
     grids = [64, 64, 32, 32, 16, 16, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64]
     sites = {f"layer.{k}": Site(f"layer.{k}", "up", (g, g)) for k, g in enumerate(grids)}
     words = [Word(f"w{k}", (k + 1,), 0) for k in range(8)]
-    maps = HeatMaps(sums={k: torch.rand(4, 8, g, g, 10) for k, g in zip(sites, grids)},
-                    counts={k: np.ones(4, np.int64) for k in sites}, sites=sites,
-                    bin_steps=[list(range(k, k + 5)) for k in range(0, 20, 5)], trace=None,
-                    trace_counts=np.ones(20, np.int64), word_info=words, tokens=["t"] * 10, image_size=(512, 512),
-                    per_head=True, per_layer=True)
+    data = MapData(sums={k: torch.rand(4, 8, g, g, 10) for k, g in zip(sites, grids)},
+                   counts={k: np.ones(4, np.int64) for k in sites}, sites=sites,
+                   bin_steps=[list(range(k, k + 5)) for k in range(0, 20, 5)], step_sums=None,
+                   step_counts=np.ones(20, np.int64), words=words, per_head=True, per_layer=True)
+    maps = HeatMaps(data=data, tokens=["t"] * 10, image_size=(512, 512))
     start = time.monotonic()
     page = notebook.explore(maps, np.zeros((512, 512, 3), np.uint8)).html
     assert len(page) < 5_000_000 and time.monotonic() - start < 10
@@ -94,7 +94,8 @@ def page(executed, tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api")
     pages, _ = executed
     file = tmp_path_factory.mktemp("page") / "notebook-output.html"
-    no_words = replace(toy_maps(["cat"], [blob(16, 16, 8, 8)]), word_info=[])  # an emoji-only prompt's maps
+    toy = toy_maps(["cat"], [blob(16, 16, 8, 8)])
+    no_words = replace(toy, data=replace(toy.data, words=[]))  # an emoji-only prompt's maps
     file.write_text("<!doctype html><meta charset=utf-8><body>" + "<hr>".join(pages + [no_words._repr_html_()])
                     + "</body>")
     with sync_api.sync_playwright() as p:
@@ -153,16 +154,17 @@ def test_the_notebook_view_explores_in_a_browser(page, executed):
 
     time_slider = first.locator(".ca-time")
     time_slider.evaluate("s => { s.value = 1; s.dispatchEvent(new Event('input')); }")
-    assert_close(drawn(first), expected(maps.filter(steps=maps.bin_steps[0]).word("square")))
-    assert first.locator(".ca-time-text").inner_text() == f"bin 1 of 4: steps 0-{maps.bin_steps[0][-1]}"
+    first_bin = maps.data.bin_steps[0]
+    assert_close(drawn(first), expected(maps.filter(steps=first_bin).word("square")))
+    assert first.locator(".ca-time-text").inner_text() == f"bin 1 of 4: steps 0-{maps.data.bin_steps[0][-1]}"
     layer = list(maps.sites)[-1]
     first.locator(".ca-site").select_option(layer)
-    assert_close(drawn(first), expected(maps.filter(steps=maps.bin_steps[0], layers=[layer]).word("square")))
+    assert_close(drawn(first), expected(maps.filter(steps=first_bin, layers=[layer]).word("square")))
     first.locator(".ca-head").select_option("1")
-    assert_close(drawn(first), expected(maps.filter(steps=maps.bin_steps[0], layers=[layer], heads=[1]).word("square")))
+    assert_close(drawn(first), expected(maps.filter(steps=first_bin, layers=[layer], heads=[1]).word("square")))
 
     first.locator(".ca-concepts .ca-chip").nth(0).click()
-    assert_close(drawn(first), expected(maps.filter(steps=maps.bin_steps[0], layers=[layer]).concept("background")))
+    assert_close(drawn(first), expected(maps.filter(steps=first_bin, layers=[layer]).concept("background")))
     assert "concept background" in first.locator(".ca-info").inner_text()
 
     assert second.locator("img.ca-image").get_attribute("src").startswith("data:image/png;base64,")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crossattn import render
+from crossattn import geometry, pictures, render
 
 
 def test_overlay_alpha_extremes():
@@ -53,14 +53,13 @@ def test_grid_and_colorbar_sizes():
 
 def test_no_label_is_clipped():
     """The colour bar's "0.0" and a long centroid-paths legend line stay inside their pictures."""
-    from crossattn import placement
 
     fig = np.asarray(render.with_colorbar(Image.new("RGB", (64, 64), "gray"), "circle", tile=128))
     assert (fig[-1] == 255).all() and (fig[:, -1] == 255).all()  # a white margin all round: nothing cut at the edge
     below_bar = fig[-12:, 128 + 8 + 12 :]  # rows under the bar's bottom, right of the bar: the lower half of "0.0"
     assert (below_bar < 128).any()
-    line = placement.Timeline("a very long object phrase with many words", np.full((3, 2), 20.0), 0, 3, 6.4)
-    picture = np.asarray(placement.timeline_picture(Image.new("RGB", (64, 64), "gray"), [line], tile=128))
+    line = geometry.Track("a very long object phrase with many words", np.full((3, 2), 20.0), 0, 3, 6.4)
+    picture = np.asarray(pictures.track_picture(Image.new("RGB", (64, 64), "gray"), [line], tile=128))
     assert picture.shape[1] > 128 and (picture[:, -1] == 255).all()  # widened for the legend, which ends inside
 
 
@@ -82,16 +81,17 @@ def test_a_filtered_repr_agrees_with_its_fields():
 
     maps = toy_maps(["a", "circle"], [np.zeros((8, 8)), blob(8, 8, 2, 2)], steps=20)
     site = maps.sites["up.16x16"]
-    maps.sums = {"up.16x16": maps.sums["up.16x16"].repeat(4, 1, 1, 1, 1)}
-    maps.counts, maps.sites = {"up.16x16": np.ones(4, np.int64)}, {"up.16x16": Site(site.name, site.block, (8, 8))}
-    maps.bin_steps = [list(range(k, k + 5)) for k in range(0, 20, 5)]
+    maps.data.sums = {"up.16x16": maps.data.sums["up.16x16"].repeat(4, 1, 1, 1, 1)}
+    maps.data.counts = {"up.16x16": np.ones(4, np.int64)}
+    maps.data.sites = {"up.16x16": Site(site.name, site.block, (8, 8))}
+    maps.data.bin_steps = [list(range(k, k + 5)) for k in range(0, 20, 5)]
     assert "20 steps in 4 bins" in repr(maps) and "notes" not in repr(maps)
     early = maps.filter(steps=slice(0, 3))
-    assert early.steps == [0, 1, 2, 3, 4] and len(early.bin_steps) == 1
+    assert early.steps == [0, 1, 2, 3, 4] and len(early.data.bin_steps) == 1
     assert "steps 0-4 (5 of 20) in 1 bin," in repr(early)
     apart = maps.filter(steps=[0, 19])
     assert apart.steps == [0, 1, 2, 3, 4, 15, 16, 17, 18, 19] and "steps 0-4, 15-19 (10 of 20) in 2 bins" in repr(apart)
-    maps.meta["notes"] = ["the prompt was cut: “…”"]
+    maps.info.notes = ["the prompt was cut: “…”"]
     assert maps.notes == ["the prompt was cut: “…”"] and repr(maps).endswith("notes ['the prompt was cut: “…”'])")
     maps.notes.append("changed")  # a copy: the maps' notes change only through meta
     assert maps.notes == ["the prompt was cut: “…”"]
@@ -131,12 +131,11 @@ def assert_legible(picture: Image.Image, found: list, texts: list[str]) -> None:
 
 @pytest.mark.parametrize("tile", [256, 384, 1400])
 def test_segmentation_labels_never_overlap_or_leave_the_picture(tile):
-    from crossattn import placement
 
     labels = np.zeros((64, 64), np.int64)
     for k, m in enumerate(crowded_masks(), start=1):
         labels[m] = k
-    picture = placement.segmentation_picture(Image.new("RGB", (64, 64), "gray"), labels, CROWD, tile=tile)
+    picture = pictures.segmentation_picture(Image.new("RGB", (64, 64), "gray"), labels, CROWD, tile=tile)
     found = render.labels(picture)
     shares = [f"{n}  {float((labels == k).mean()):.0%}" for k, n in enumerate(["background"] + CROWD)]
     assert_legible(picture, found, CROWD + shares)
@@ -153,14 +152,13 @@ def test_diagnosis_labels_never_overlap_or_leave_the_picture(tile):
     objects = [ObjectDiagnosis(name, name.split()[-1], [], 0.0, k == 1, {}, False, mask=m)
                for k, (name, m) in enumerate(zip(CROWD, crowded_masks()))]
     d = Diagnosis(objects, [], {}, {}, [], [], 4, [0, 1, 2, 3], "test", {"neglect": 0.5, "leakage": 0.3})
-    picture = d.picture(Image.new("RGB", (64, 64), "gray"), tile=tile)
+    picture = pictures.diagnosis_picture(d, Image.new("RGB", (64, 64), "gray"), tile=tile)
     texts = [f"{o.name}: {'missing?' if o.missing else 'ok'}" for o in objects]
     assert_legible(picture, render.labels(picture), texts)
     assert "blue triangle: missing?" in [label.text for label in render.labels(picture)]
 
 
 def test_long_titles_and_legends_are_fitted_not_cut():
-    from crossattn import placement
 
     long = "a wonderfully long object phrase that no tile is wide enough for " * 2
     tile = render.labelled(Image.new("RGB", (64, 64), "gray"), long, 128)
@@ -170,8 +168,8 @@ def test_long_titles_and_legends_are_fitted_not_cut():
     assert render.labels(short)[0].text == "blue triangle: step 12 of 20"
     figure = render.with_colorbar(Image.new("RGB", (64, 64), "gray"), long, tile=1400)
     assert_legible(figure, render.labels(figure), [long, "1.0", "0.5", "0.0"])  # the title widens the figure
-    lines = [placement.Timeline(n, np.full((3, 2), 20.0), 0, 3, 6.4) for n in CROWD]
-    paths = placement.timeline_picture(Image.new("RGB", (64, 64), "gray"), lines, tile=128)
+    lines = [geometry.Track(n, np.full((3, 2), 20.0), 0, 3, 6.4) for n in CROWD]
+    paths = pictures.track_picture(Image.new("RGB", (64, 64), "gray"), lines, tile=128)
     assert_legible(paths, render.labels(paths), [f"{n}: position decided at step 1 of 3" for n in CROWD])
     grid = render.grid([short, tile], cols=2, pad=4)  # a grid keeps its tiles' labels, moved with them
     assert [label.box[0] for label in render.labels(grid)] == [render.labels(short)[0].box[0] + 4,

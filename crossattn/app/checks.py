@@ -136,7 +136,7 @@ def check_view(result: Result | None, view: View, used: str) -> Checks:
         return checks
     for box, names in named_words(checks, view.words, view.expect).items():
         for name in names:
-            checks(box, find_word, result.maps.word_info, *word_ref(name))
+            checks(box, find_word, result.maps.data.words, *word_ref(name))
     return checks
 
 

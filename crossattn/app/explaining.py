@@ -111,7 +111,7 @@ class ExplainTab:
         with loaded.lock:
             maps = explain(loaded.pipe, image, as_text(caption), concepts=split_list(as_text(concepts)) or None)
         # explain reads the RGB copy made here: what reading the upload converted is noted here
-        maps.meta["notes"] = list(dict.fromkeys(notes + maps.meta.get("notes", [])))
+        maps.info.notes = list(dict.fromkeys(notes + maps.info.notes))
         result, view = Result.new(image, maps), View()
         segmentation = result.save(segmentation_of(image, maps, TILE), "segmentation")
         concepts_shown = concept_items(result, maps, view)

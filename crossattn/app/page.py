@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import gradio as gr
 
-from .. import placement, render
+from .. import placement, render, reports
 from ..errors import InputError
 from ..generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
 from ..heatmaps import HeatMaps
@@ -172,7 +172,7 @@ class DemoApp:
         self.segmentation, self.checks = picture_and_text(
             "## Who owns each pixel, and where did each object land?",
             ("Segmentation (one region per object phrase)", "segmentation"), ("Layout checks", "checks"))
-        self.table = gr.Dataframe(headers=placement.TABLE_HEADERS, label="Placement", interactive=False, wrap=True,
+        self.table = gr.Dataframe(headers=reports.TABLE_HEADERS, label="Placement", interactive=False, wrap=True,
                                   elem_id="placement-table")
 
     def diagnosis_section(self) -> None:
@@ -305,7 +305,7 @@ class DemoApp:
                                    negative_prompt=as_text(negative) or None, on_step=on_step,
                                    per_layer=keep_heads is True, per_head=keep_heads is True,
                                    concepts=split_list(as_text(concepts)) or None, concept_method=request.method)
-        maps.meta["model"] = as_text(other_model) or as_text(model)
+        maps.info.model = as_text(other_model) or as_text(model)
         result = Result.new(image, maps)
         resolutions = [f"{h}x{w}" for h, w in maps.resolutions]
         steps = request.steps
@@ -314,15 +314,15 @@ class DemoApp:
             self.image: result.save(image, "image"),
             self.notes: notes_text(maps),
             self.status: f"Showing {brief(prompt)} (seed {request.seed}, {steps} step{'s' * (steps != 1)}, "
-                          f"{maps.meta['model']}).",
+                          f"{maps.info.model}).",
             self.resolutions: gr.update(choices=resolutions, value=resolutions,
-                                        visible=maps.meta.get("resolution_sites", True)),
+                                        visible=maps.info.resolution_sites),
             self.blocks: gr.update(choices=maps.blocks, value=maps.blocks),
             self.first_step: step_slider(steps, 1),
             self.last_step: step_slider(steps, steps),
             self.step: step_slider(steps, steps),
-            self.model_view: gr.update(visible=maps.per_head),
-            self.grid: gr.update(columns=maps.heads),
+            self.model_view: gr.update(visible=maps.data.per_head),
+            self.grid: gr.update(columns=maps.data.heads),
             self.concept_gallery: gr.update(visible=maps.concepts is not None),
         } | self.causal.updates(result)
 
@@ -330,7 +330,7 @@ class DemoApp:
         """The generated image and its prompt to the Explain tab, which is then shown."""
         if result is None:
             raise InputError(NO_RESULT)
-        return result.save(result.image, "image"), result.maps.meta.get("prompt", ""), gr.Tabs(selected="explain")
+        return result.save(result.image, "image"), (result.maps.info.prompt or ""), gr.Tabs(selected="explain")
 
     def on_model(self, model: str) -> dict:
         """Another model picked: the size hint names the sizes that one can make."""
@@ -340,7 +340,7 @@ class DemoApp:
         """Stop pressed: say that nothing new was made and which prompt the views still show."""
         if result is None:
             return "Stopped: no image was made."
-        shown = result.maps.meta.get("prompt", "")
+        shown = (result.maps.info.prompt or "")
         if shown.strip() == (prompt or "").strip():
             return f"Stopped: no new image was made; the views still show {brief(shown)} as before."
         return (f"Stopped: {brief(prompt)} was not generated; the views below still show the previous prompt, "
@@ -369,7 +369,7 @@ class DemoApp:
 
     def selection(self, result: Result, maps: HeatMaps, view: View) -> dict:
         """The views of the selected word: enlarged map, time, model view (the first object by default)."""
-        objects = maps.objects()
+        objects = placement.objects(maps)
         choices = list(dict.fromkeys(result.shown + objects))
         name = view.selected if view.selected in choices else (objects or choices)[0]
         frame, animation = time_views(result, maps, name, view)
@@ -377,7 +377,7 @@ class DemoApp:
                self.big: gr.update(value=selected_figure(result, maps, name, view), label=BIG_LABEL),
                self.cell: None}
         cells = []
-        if maps.per_head:
+        if maps.data.per_head:
             items, cells, legend = layer_head_cells(result, maps, name, view)
             out |= {self.grid: items, self.legend: legend}
         return out | {self.state: replace(result, cells=cells)}
@@ -424,10 +424,10 @@ class DemoApp:
         layer, head = result.cells[evt.index]
         view = View(**view)
         maps = view.filtered(result.maps)
-        if layer not in maps.sites or head >= maps.sums[layer].shape[1]:
+        if layer not in maps.sites or head >= maps.data.sums[layer].shape[1]:
             raise InputError("that tile shows no map: its layer has fewer heads or is filtered out")
         row = list(maps.sites).index(layer)
-        m = placement.word_map(maps.filter(layers=[layer], heads=[head]), view.selected)
+        m = maps.filter(layers=[layer], heads=[head]).word(view.selected)
         figure = replace(m, word=f"{view.selected}: L{row} head {head}").figure(result.image, view.alpha, view.cmap,
                                                                                  BIG)
         return {self.cell: gr.update(value=result.save(figure, f"{slug(view.selected)}_L{row}_h{head}_large"),

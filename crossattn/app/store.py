@@ -37,9 +37,9 @@ class Result:
 
     @classmethod
     def new(cls, image: Image.Image, maps: HeatMaps) -> Result:
-        prompt = maps.meta.get("prompt", "")
+        prompt = (maps.info.prompt or "")
         words = slug(prompt[:48]) if any(ch.isalnum() for ch in prompt) else "prompt"
-        stem = f"{words}_seed{maps.meta.get('seed', 0)}"
+        stem = f"{words}_seed{maps.info.seed or 0}"
         return cls(image, maps, Path(tempfile.mkdtemp(prefix=stem[:20] + "-", dir=_files_root())), stem)
 
     def path(self, suffix: str) -> Path:

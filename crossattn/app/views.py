@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 from PIL import Image
 
-from .. import placement, render
+from .. import diagnosis, geometry, pictures, placement, render, reports
 from ..heatmaps import HeatMaps, WordHeatMap
 from ..words import slug, split_list, word_ref
 from .store import Result
@@ -38,7 +38,7 @@ class View:
     def filtered(self, maps: HeatMaps) -> HeatMaps:
         """The maps restricted to the ticked resolutions and blocks (none ticked: all) and the step range."""
         first, last = sorted((int(self.first_step), int(self.last_step)))
-        resolutions = self.resolutions if maps.meta.get("resolution_sites", True) else None
+        resolutions = self.resolutions if maps.info.resolution_sites else None
         return maps.filter(steps=slice(max(first, 1) - 1, last), resolutions=resolutions or None,
                            blocks=self.blocks or None)
 
@@ -54,7 +54,7 @@ class View:
 def gallery_items(result: Result, maps: HeatMaps, names: list[str], view: View) -> list[tuple[str, str]]:
     items = []
     for k, name in enumerate(names):
-        m = placement.word_map(maps, name)
+        m = maps.word(name)
         items.append((result.save(m.overlay(result.image, view.alpha, view.cmap, size=TILE),
                                   f"map{k:02d}_{slug(name)}"), m.word))
     return items
@@ -62,7 +62,7 @@ def gallery_items(result: Result, maps: HeatMaps, names: list[str], view: View) 
 
 def titled_map(maps: HeatMaps, name: str) -> WordHeatMap:
     """The map of a word or phrase, titled by the name it is picked by ("a#1": the map says which "a")."""
-    return replace(placement.word_map(maps, name), word=name)
+    return replace(maps.word(name), word=name)
 
 
 def selected_figure(result: Result, maps: HeatMaps, name: str, view: View) -> str:
@@ -74,13 +74,13 @@ def step_frames(result: Result, maps: HeatMaps, name: str, view: View,
                 steps: list[int] | None = None) -> list[Image.Image]:
     """The word's coarse map at each step (or at `steps`, 1-based) over the image, labelled "step k of N"."""
     text, occurrence = word_ref(name)
-    frames = maps.timeline(text, occurrence)
+    frames = maps.over_steps(text, occurrence)
     base = render.scale_to(result.image, TILE)
     pictures = []
     for k in steps or range(1, len(frames) + 1):
         frame = frames[k - 1]
         peak = frame.max()
-        label = f"{name}: step {k} of {len(frames)}" if maps.trace_counts[k - 1] else f"step {k}: filtered out"
+        label = f"{name}: step {k} of {len(frames)}" if maps.data.step_counts[k - 1] else f"step {k}: filtered out"
         picture = render.overlay(base, frame / peak if peak > 0 else frame, view.alpha, view.cmap)
         pictures.append(render.labelled(picture, label, TILE))
     return pictures
@@ -89,7 +89,7 @@ def step_frames(result: Result, maps: HeatMaps, name: str, view: View,
 def step_view(result: Result, maps: HeatMaps, name: str, view: View, frames: list | None = None) -> str:
     """The selected word's frame at the chosen step, saved; drawn alone unless all `frames` are at hand (the
     slider moves often: one frame, not all of them)."""
-    k = min(max(int(view.step), 1), len(maps.trace_counts))
+    k = min(max(int(view.step), 1), len(maps.data.step_counts))
     picture = frames[k - 1] if frames else step_frames(result, maps, name, view, [k])[0]
     return result.save(picture, f"{slug(name)}_step{k}")
 
@@ -108,9 +108,9 @@ def layer_head_cells(result: Result, maps: HeatMaps, name: str, view: View) -> t
     blank = Image.new("RGB", (CELL, CELL), "white")  # pads rows of layers with fewer heads: columns stay heads
     for row, (layer, site) in enumerate(maps.sites.items()):
         legend.append(f"L{row}: `{layer}` ({site.block}, {site.resolution[0]}x{site.resolution[1]})")
-        for head in range(maps.heads):
-            if head < maps.sums[layer].shape[1]:
-                cell = placement.word_map(maps.filter(layers=[layer], heads=[head]), name)
+        for head in range(maps.data.heads):
+            if head < maps.data.sums[layer].shape[1]:
+                cell = maps.filter(layers=[layer], heads=[head]).word(name)
                 picture = cell.overlay(result.image, view.alpha, view.cmap, size=CELL)
             else:
                 picture = blank
@@ -121,8 +121,8 @@ def layer_head_cells(result: Result, maps: HeatMaps, name: str, view: View) -> t
 
 def segmentation_of(image: Image.Image, maps: HeatMaps, tile: int) -> Image.Image:
     """Who owns each pixel: one region per object phrase, named in place."""
-    labels, names = maps.segmentation()
-    return placement.segmentation_picture(image, labels, names, tile=tile)
+    labels, names = placement.segmentation(maps)
+    return pictures.segmentation_picture(image, labels, names, tile=tile)
 
 
 def placement_of_objects(image: Image.Image, maps: HeatMaps, view: View,
@@ -130,14 +130,14 @@ def placement_of_objects(image: Image.Image, maps: HeatMaps, view: View,
     """(segmentation picture, placement report, centroid-path picture) of the prompt's objects."""
     segmentation = segmentation_of(image, maps, tile)
     data = placement.report(maps, view.statements, from_prompt=not view.statements)
-    paths = placement.timeline_picture(image, [placement.Timeline.from_dict(t) for t in data["timelines"]], tile=tile)
+    paths = pictures.track_picture(image, [geometry.Track.from_dict(t) for t in data["timelines"]], tile=tile)
     return segmentation, data, paths
 
 
 def placement_views(result: Result, maps: HeatMaps, view: View) -> tuple[str, pd.DataFrame, str, str]:
     """(segmentation, placement table, layout checks, centroid paths) as the page shows them."""
     segmentation, data, paths = placement_of_objects(result.image, maps, view, TILE)
-    table = pd.DataFrame(placement.table_rows(data), columns=placement.TABLE_HEADERS)
+    table = pd.DataFrame(reports.table_rows(data), columns=reports.TABLE_HEADERS)
     checks = [f"- **{'PASS' if c['passed'] else 'FAIL'}** {c['statement']}: {c['reason']}" for c in data["checks"]]
     checks = checks or ["_No relation stated; add one under “Intended layout”._"]
     checks += [f"- note: {n}" for n in data["notes"]]
@@ -154,12 +154,13 @@ def concept_items(result: Result, maps: HeatMaps, view: View) -> list[tuple[str,
 
 def diagnosis_views(result: Result, maps: HeatMaps) -> tuple[str | None, str, list[str]]:
     """(the outlined picture, the verdict lines, the objects found neglected) of the maps' diagnosis."""
-    d = maps.diagnose()
+    d = diagnosis.diagnose(maps)
     if not d.objects:
         return None, "_No object phrase could be read from the prompt to diagnose._", []
     lines = [f"- {line}" for line in d.verdicts()] + [f"- note: {n}" for n in d.notes]
     neglected = [o.name for o in d.objects if o.missing]
-    return result.save(d.picture(result.image, tile=TILE), "diagnosis"), "\n".join(lines), neglected
+    picture = pictures.diagnosis_picture(d, result.image, tile=TILE)
+    return result.save(picture, "diagnosis"), "\n".join(lines), neglected
 
 
 def brief(text: str, words: int = NOTE_WORDS) -> str:
@@ -170,7 +171,7 @@ def brief(text: str, words: int = NOTE_WORDS) -> str:
 
 def notes_text(maps: HeatMaps) -> str:
     """The generation's notes, one line each: a quoted passage (what a long prompt loses) is shown `brief`."""
-    notes = [re.sub(r"“([^”]*)”", lambda quoted: brief(quoted.group(1)), note) for note in maps.meta.get("notes", [])]
+    notes = [re.sub(r"“([^”]*)”", lambda quoted: brief(quoted.group(1)), note) for note in maps.info.notes]
     return "\n".join(f"- {n}" for n in notes)
 
 
@@ -180,7 +181,7 @@ def write_zip(result: Result, view: View) -> str:
     maps = view.filtered(result.maps)
     stem, folder = result.stem, result.folder / "zip"
     shutil.rmtree(folder, ignore_errors=True)
-    result.maps.save(folder / f"{stem}_maps")
+    result.maps.save(folder / f"{stem}_maps", diagnosis=diagnosis.diagnose(result.maps))
     files = {f"{stem}_image.png": result.image}
     for k, name in enumerate(view.shown(result)):
         files[f"{stem}_overlay_{k:02d}_{slug(name)}.png"] = titled_map(maps, name).figure(
@@ -188,7 +189,7 @@ def write_zip(result: Result, view: View) -> str:
     if maps.words:
         segmentation, data, paths = placement_of_objects(result.image, maps, view, BIG)
         files |= {f"{stem}_segmentation.png": segmentation, f"{stem}_timeline.png": paths}
-        data |= {"seed": maps.meta.get("seed"), "steps": len(maps.trace_counts)}
+        data |= {"seed": maps.info.seed, "steps": len(maps.data.step_counts)}
         (folder / f"{stem}_placement.json").write_text(json.dumps(data, indent=1))
     for name, picture in files.items():
         picture.save(folder / name)

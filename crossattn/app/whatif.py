@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from .. import placement
 from ..causal import HOWS, delete_word, effects, repair
 from ..errors import InputError
 from ..pictures import effect_picture, repair_picture
@@ -35,13 +36,13 @@ class Settings:
 
     @classmethod
     def of(cls, result: Result) -> Settings:
-        meta = result.maps.meta
-        width, height = meta["size"]
-        options = {"num_inference_steps": len(result.maps.trace_counts), "guidance_scale": meta["guidance_scale"],
+        info = result.maps.info
+        width, height = info.size
+        options = {"num_inference_steps": len(result.maps.data.step_counts), "guidance_scale": info.guidance_scale,
                    "width": width, "height": height}
-        if meta.get("negative_prompt"):
-            options["negative_prompt"] = meta["negative_prompt"]
-        return cls(meta["prompt"], meta["seed"], options["num_inference_steps"], options)
+        if info.negative_prompt:
+            options["negative_prompt"] = info.negative_prompt
+        return cls(info.prompt, info.seed, options["num_inference_steps"], options)
 
 
 def step_range(text: str, steps: int) -> tuple[int, int | None]:
@@ -62,9 +63,9 @@ def check_word(result: Result, word: str, how: str) -> str:
     """The word or phrase if the generation's maps have it (and, to delete it, if the prompt keeps a rest)."""
     if not (word or "").strip():
         raise InputError("pick a word or object of the prompt")
-    find_word(result.maps.word_info, *word_ref(word))
+    find_word(result.maps.data.words, *word_ref(word))
     if how == "prompt":
-        delete_word(result.maps.meta["prompt"], word)
+        delete_word(result.maps.info.prompt, word)
     return word
 
 
@@ -147,7 +148,7 @@ class CausalPanels:
     def updates(self, result: Result) -> dict:
         """After a generation: its words to pick from (objects first) and no answers of the previous one."""
         maps = result.maps
-        choices = list(dict.fromkeys(maps.objects() + maps.names))
+        choices = list(dict.fromkeys(placement.objects(maps) + maps.names))
         return {self.word: gr.update(choices=choices, value=choices[0] if choices else None), self.picture: None,
                 self.answer: "", self.repair_row: gr.update(visible=False), self.repaired: None, self.repair_text: ""}
 
@@ -165,7 +166,7 @@ class CausalPanels:
         return check_question(result, word, how, scale, window)[1].verdicts(FIELDS)
 
     def loaded(self, result: Result) -> Loaded:
-        return self.models.get(result.maps.meta.get("model"))
+        return self.models.get(result.maps.info.model)
 
     def on_ask(self, result: Result | None, word: str, how: str, scale: object, window: str) -> tuple:
         question, checks = check_question(result, word, how, scale, window)

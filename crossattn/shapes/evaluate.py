@@ -26,8 +26,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .. import placement
 from ..generation import generate
-from ..placement import DEFAULT_TAU, relation_gap
+from ..geometry import DEFAULT_TAU, relation_gap
 from .world import BACKGROUND, COLOURS, HELD_OUT_SEED, SHAPES, parse_caption, sample_scene
 
 FILL_PROTOTYPES = {"triangle": 0.5, "circle": np.pi / 4, "square": 1.0}
@@ -188,7 +189,7 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
             for absent in set(SHAPES) - {shape for _, shape in truth.pairs}:
                 shares["absent shape on the objects"].append(float(maps.concept(absent).raw[truth.on_objects].mean()))
         if truth.relation:
-            attention = maps.check(truth.relation, tau=tau, margin=0.0).passed
+            attention = placement.check(maps, truth.relation, tau=tau, margin=0.0).passed
             relation_ok.add(truth.relation_holds)
             attention_relation_ok.add(attention)
             agree.add(truth.relation_holds == attention)
@@ -204,7 +205,7 @@ def evaluate(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, tau: fl
         "objects_scored": len(ious["shape word"]),
     }
     if concepts:
-        result["concept_method"] = maps.concepts.meta["concept_method"]
+        result["concept_method"] = maps.concepts.info.concept_method
         result["concept_miou"] = {k: float(np.mean(v)) if v else None for k, v in concept_ious.items()}
         result["concept_share"] = {k: float(np.mean(v)) if v else None for k, v in shares.items()}
     return result, examples
