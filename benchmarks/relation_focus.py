@@ -14,7 +14,11 @@ Only the noisiest steps are trained, so the lower-noise steps drift: this measur
 not make a model to ship. About 1.7 s a step on this project's 2-core CPU.
 
     .venv/bin/python benchmarks/relation_focus.py --steps 1200 --check-every 300 \\
-        [--init-from assets/shapes-model] [--export DIR] [--json FILE]
+        [--init-from PIPELINE] [--export DIR] [--json FILE]
+
+PIPELINE (default: the shipped shapes-unet) is an embedded model's name or a pipeline folder, such as a
+training stage's export (``runs/base-export``; no run folder is in the repository: docs/shapes.md gives the
+commands that make them).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ def relation_scenes(start_seed: int, n: int) -> tuple[list[Scene], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--init-from", default=str(MODEL_DIR), help="pipeline folder to start from")
+    parser.add_argument("--init-from", default=str(MODEL_DIR), help="pipeline folder or embedded model to "
+                        "start from (default: the shipped shapes-unet)")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--check-every", type=int, default=300)
     parser.add_argument("--batch", type=int, default=16)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import fields, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +13,8 @@ import torch
 
 import crossattn
 from crossattn.shapes import evaluate as ev
-from crossattn.shapes.model import MODEL_DIR
+from crossattn.shapes.model import ARCHITECTURES, MODEL_DIR
+from crossattn.shapes.recipe import ARCH_NAMES, add_recipe_arguments, recipe_from_args
 from crossattn.shapes.train import Recipe, Trainer, scene_batch
 from crossattn.shapes.world import BACKGROUND, COLOURS, SIZES, parse_caption, resample_layout, sample_scene
 
@@ -118,15 +122,52 @@ def test_iou_on_hand_made_masks():
 
 
 def test_learning_rate_warms_up_holds_and_cools_down_to_zero():
-    r = Recipe(unet_steps=1000, lr=1e-3, warmup=100, cooldown=400)
-    lrs = [r.denoiser_lr(step) for step in range(r.unet_steps)]
+    r = Recipe(denoiser_steps=1000, lr=1e-3, warmup=100, cooldown=400)
+    lrs = [r.denoiser_lr(step) for step in range(r.denoiser_steps)]
     assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-3)
     assert lrs[100:601] == [pytest.approx(1e-3)] * 501  # flat until the cooldown's first step
     assert lrs[800] == pytest.approx(0.5e-3) and lrs[-1] == pytest.approx(1e-3 / 400)
     assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
-    assert Recipe(unet_steps=1000, lr=1e-3, warmup=100).denoiser_lr(999) == pytest.approx(1e-3)  # no cooldown
+    assert Recipe(denoiser_steps=1000, lr=1e-3, warmup=100).denoiser_lr(999) == pytest.approx(1e-3)  # no cooldown
     with pytest.raises(ValueError, match="cooldown must be in"):
-        Recipe(unet_steps=100, cooldown=101)
+        Recipe(denoiser_steps=100, cooldown=101)
+
+
+def recipe_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser)
+    return parser
+
+
+def test_every_recipe_field_has_a_flag_and_flags_left_out_keep_the_recipe():
+    parser = recipe_parser()
+    flags = {a.dest: a.option_strings for a in parser._actions}
+    assert all(f.metadata["help"] and f"--{f.name.replace('_', '-')}" in flags[f.name] for f in fields(Recipe))
+    assert flags["denoiser_steps"] == ["--denoiser-steps", "--unet-steps"]  # the old flag still works
+    assert ARCH_NAMES == tuple(ARCHITECTURES)  # the recipe names the architectures without importing them
+    assert recipe_from_args(parser.parse_args([])) == Recipe()
+    recipe = recipe_from_args(parser.parse_args(["--cooldown", "5", "--lr", "0.001"]))
+    assert recipe == replace(Recipe(), cooldown=5, lr=0.001) and isinstance(recipe.cooldown, int)
+    base = Recipe.from_file(Path(__file__).parents[1] / "recipes" / "mmdit-base.json")
+    tuned = recipe_from_args(parser.parse_args(["--unet-steps", "8000", "--init-from", "elsewhere"]), base)
+    assert tuned == replace(base, denoiser_steps=8000, init_from="elsewhere")
+    with pytest.raises(ValueError, match=r"cooldown must be in \[0, denoiser_steps=4\], not 5"):
+        recipe_from_args(parser.parse_args(["--cooldown", "5", "--denoiser-steps", "4"]))
+    with pytest.raises(ValueError, match="placing_share must be in"):
+        recipe_from_args(parser.parse_args(["--placing-share", "2"]))
+
+
+def test_recipe_files_load_with_old_field_names_and_notes(tmp_path):
+    for path in (Path(__file__).parents[1] / "recipes").glob("*.json"):
+        Recipe.from_file(path)  # every shipped recipe is valid as it stands
+    (tmp_path / "old.json").write_text(json.dumps({"unet_steps": 10, "_comment": "a note", "lr": 0.1}))
+    assert Recipe.from_file(tmp_path / "old.json", lr=0.2) == Recipe(denoiser_steps=10, lr=0.2)
+    (tmp_path / "both.json").write_text(json.dumps({"unet_steps": 10, "denoiser_steps": 10}))
+    with pytest.raises(ValueError, match="both 'unet_steps' and its new name"):
+        Recipe.from_file(tmp_path / "both.json")
+    (tmp_path / "typo.json").write_text(json.dumps({"denoiser_step": 10}))
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        Recipe.from_file(tmp_path / "typo.json")
 
 
 def test_a_few_training_steps_reduce_the_loss(tmp_path):
@@ -199,14 +240,14 @@ def test_heat_maps_find_the_objects_actually_drawn(shipped):
     on_object, ious, objects, agree, pairs = 0, [], 0, 0, 0
     for maps, named, drawn in drawn_scenes(shipped, 12):
         for (colour, shape), blob in drawn.items():
-            place = maps.placement([f"{colour} {shape}"])[f"{colour} {shape}"]
+            place = crossattn.placements(maps, [f"{colour} {shape}"])[f"{colour} {shape}"]
             objects += 1
             on_object += near(place.centroid, blob)
             ious.append(ev.iou(place.mask, blob))
         if len(drawn) == 2:
             (ca, sa), (cb, sb) = named
             pixels_say = ev.centroid(drawn[named[0]])[0] < ev.centroid(drawn[named[1]])[0]
-            attention_says = maps.check(f"{ca} {sa} left_of {cb} {sb}", margin=0.0).passed
+            attention_says = crossattn.check(maps, f"{ca} {sa} left_of {cb} {sb}", margin=0.0).passed
             pairs += 1
             agree += pixels_say == attention_says
     assert objects >= 12 and on_object / objects >= 0.8
@@ -218,9 +259,9 @@ def test_training_resumes_and_exports_a_loadable_pipeline(tmp_path):
     from crossattn.shapes.train import train
 
     tiny = dict(vae_steps=2, vae_batch=2, batch=2, save_every=1, sample_every=10_000)
-    train(tmp_path / "run", Recipe(unet_steps=2, **tiny))
+    train(tmp_path / "run", Recipe(denoiser_steps=2, **tiny))
     first = (tmp_path / "run" / "unet" / "ema_unet.safetensors").read_bytes()
-    trainer = train(tmp_path / "run", Recipe(unet_steps=3, **tiny))  # resumes at step 2, runs step 3 only
+    trainer = train(tmp_path / "run", Recipe(denoiser_steps=3, **tiny))  # resumes at step 2, runs step 3 only
     log = (tmp_path / "run" / "log.txt").read_text()
     assert log.count("vae scaling factor") == 1  # the VAE phase was not redone
     assert '"step": 3' in (tmp_path / "run" / "unet" / "state.json").read_text()
@@ -253,7 +294,7 @@ def test_grounding_loss_on_hand_made_attention():
 def test_fine_tuning_starts_from_the_shipped_weights(tmp_path):
     from crossattn.shapes.train import train
 
-    recipe = Recipe(init_from=str(MODEL_DIR), unet_steps=1, batch=2, lr=1e-6, save_every=1, sample_every=10_000,
+    recipe = Recipe(init_from=str(MODEL_DIR), denoiser_steps=1, batch=2, lr=1e-6, save_every=1, sample_every=10_000,
                     weighting="clamped", grounding_start=0, coverage_start=0)
     trainer = train(tmp_path / "run", recipe)
     assert not (tmp_path / "run" / "vae").exists()  # the VAE phase is skipped
@@ -272,7 +313,7 @@ def test_fine_tuning_starts_from_the_shipped_weights(tmp_path):
     with pytest.raises(ValueError, match="was started with init_from="):
         Trainer(tmp_path / "run", Recipe())  # resuming a fine-tune without its starting point
     with pytest.raises(FileNotFoundError, match="expected a diffusers pipeline folder"):
-        train(tmp_path / "bad", Recipe(init_from=str(tmp_path / "nowhere"), unet_steps=1, batch=2))
+        train(tmp_path / "bad", Recipe(init_from=str(tmp_path / "nowhere"), denoiser_steps=1, batch=2))
     stages = (tmp_path / "run" / "stages.jsonl").read_text().splitlines()
     assert len(stages) == 1 and '"weighting": "clamped"' in stages[0]  # every invocation's options, kept
 
@@ -328,8 +369,8 @@ def test_mmdit_flow_target_and_a_resumable_run(tmp_path):
     assert torch.allclose(target, noise - latents, atol=1e-3)
     tiny = dict(arch="mmdit", init_from="shapes-unet", batch=2, save_every=1, sample_every=10_000, grounding_start=1,
                 grounding_batch=1, high_noise_share=0.5, reference_layouts=1)
-    train(tmp_path / "run", Recipe(unet_steps=1, **tiny))
-    trainer = train(tmp_path / "run", Recipe(unet_steps=2, **tiny))  # resumes at step 1, runs step 2 (grounded)
+    train(tmp_path / "run", Recipe(denoiser_steps=1, **tiny))
+    trainer = train(tmp_path / "run", Recipe(denoiser_steps=2, **tiny))  # resumes at step 1, runs step 2 (grounded)
     assert json.loads((tmp_path / "run" / "unet" / "state.json").read_text())["step"] == 2
     pipe = crossattn.load_pipeline(trainer.export(tmp_path / "export"), device="cpu")
     assert type(pipe).__name__ == "StableDiffusion3Pipeline" and pipe.text_encoder_3 is None
@@ -362,5 +403,5 @@ def test_shipped_mmdit_is_small_traces_exactly_and_finds_the_objects():
     for maps, _, drawn in drawn_scenes(pipe, 6, steps=10):
         for (colour, shape), blob in drawn.items():
             objects += 1
-            on_object += near(maps.placement([f"{colour} {shape}"])[f"{colour} {shape}"].centroid, blob)
+            on_object += near(crossattn.placements(maps, [f"{colour} {shape}"])[f"{colour} {shape}"].centroid, blob)
     assert objects >= 6 and on_object / objects >= 0.7

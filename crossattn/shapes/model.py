@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import (
     AutoencoderKL,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
@@ -33,7 +34,6 @@ from ..models import asset_path
 
 TOKENIZER_DIR = asset_path("clip-tokenizer")
 MODEL_DIR = asset_path("shapes-unet")
-MMDIT_DIR = asset_path("shapes-mmdit")
 LATENT_SIZE = 16
 PREDICTION_TYPE = "v_prediction"
 BETA_SCHEDULE = "squaredcos_cap_v2"
@@ -138,11 +138,13 @@ def assemble_mmdit_pipeline(vae: AutoencoderKL, transformer: SD3Transformer2DMod
 
 @dataclass(frozen=True)
 class Architecture:
-    """What the trainer needs to know about one architecture: its parts and how they make a pipeline."""
+    """What the trainer needs to know about one architecture: its parts, how they make a pipeline, and how its
+    denoiser is trained (v-prediction on a DDPM schedule, or flow matching), so that the trainer need not ask
+    which architecture it trains."""
 
     name: str
     denoiser: str  # the pipeline attribute of the trained denoiser: "unet" or "transformer"
-    text_encoders: tuple[str, ...]  # pipeline attributes of the trained text encoders
+    flow_matching: bool  # SD3's flow matching (x_t = (1 − σ)·x0 + σ·ε, target ε − x0) rather than SD's v-prediction
 
     def build(self) -> dict[str, torch.nn.Module]:
         if self.name == "unet":
@@ -155,10 +157,80 @@ class Architecture:
             return assemble_pipeline(vae, parts["unet"], parts["text_encoder"])
         return assemble_mmdit_pipeline(vae, parts["transformer"], parts["text_encoder"], parts["text_encoder_2"])
 
+    @property
+    def training_sink_logit(self) -> float | None:
+        """The logit offset of the one zero row the MMDiT trains on in place of T5's 256 (`sink_logit`); None
+        for the UNet. Where it is set the training attention processors are needed even without grounding."""
+        return sink_logit() if self.flow_matching else None
+
+    def encode_captions(self, pipe: StableDiffusionPipeline | StableDiffusion3Pipeline, captions: list[str],
+                        device: torch.device) -> dict[str, torch.Tensor]:
+        """The denoiser's text inputs from `pipe` (built around the live modules), computed exactly as the
+        pipeline computes them, with gradients."""
+        if not self.flow_matching:
+            ids = pipe.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
+                                 return_tensors="pt").input_ids.to(device)
+            return {"encoder_hidden_states": pipe.text_encoder(ids)[0]}
+        # One zero row where the pipeline puts 256 (T5's place): the training processors weigh it 256 times.
+        context, _, pooled, _ = pipe.encode_prompt(captions, None, None, device=device,
+                                                   do_classifier_free_guidance=False, max_sequence_length=1)
+        return {"encoder_hidden_states": context, "pooled_projections": pooled}
+
+    def sample_timesteps(self, n: int, gen: torch.Generator, device: torch.device, top: int, high_from: int,
+                         high_share: float) -> torch.Tensor:
+        """n training timesteps in [0, top): uniform integers for v-prediction, logit-normal floats for flow
+        matching (as SD3), except a `high_share` drawn uniformly from [high_from, top)."""
+        if self.flow_matching:
+            t = torch.sigmoid(torch.randn(n, generator=gen, device=device)) * top
+            high = high_from + torch.rand(n, generator=gen, device=device) * (top - high_from)
+        else:
+            t = torch.randint(0, top, (n,), generator=gen, device=device)
+            if high_share == 0:  # draw nothing more, so the default recipe's random stream is unchanged
+                return t
+            high = torch.randint(high_from, top, (n,), generator=gen, device=device)
+        pick = torch.rand(n, generator=gen, device=device) < high_share
+        return torch.where(pick, high, t)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                  sched: DDPMScheduler) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy latents, training target) at timesteps t; `sched` is the v-prediction schedule (flow matching
+        takes only its number of timesteps: σ = t / that)."""
+        if self.flow_matching:
+            sigma = (t / sched.config.num_train_timesteps).view(-1, 1, 1, 1)
+            return (1 - sigma) * latents + sigma * noise, noise - latents
+        return sched.add_noise(latents, noise, t), sched.get_velocity(latents, noise, t)
+
+    def loss_weight(self, t: torch.Tensor, snr: torch.Tensor, weighting: str, gamma: float) -> torch.Tensor:
+        """Per-item weight of the squared error (see `Recipe.weighting`); `snr` is indexed by timestep. The flow
+        loss is unweighted, as SD3's."""
+        if self.flow_matching:
+            return torch.ones_like(t, dtype=torch.float32)
+        snr = snr[t]
+        if weighting == "clamped":
+            return (snr + 1).clamp(max=gamma) / (snr + 1)
+        return snr.clamp(max=gamma) / (snr + 1)  # "min-snr": min-SNR-γ for v-prediction
+
+    def noising(self, t: torch.Tensor, sched: DDPMScheduler) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, variance) of z_t given z0, z_t ~ N(scale · z0, variance · I), shaped (n, 1, 1, 1, 1)."""
+        if self.flow_matching:  # z_t ~ N((1 − σ) z0, σ² I)
+            scale = 1 - t.float().view(-1, 1, 1, 1, 1) / sched.config.num_train_timesteps
+            return scale, (1 - scale) ** 2
+        a = sched.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1, 1)  # z_t ~ N(√ᾱ z0, (1 − ᾱ) I)
+        return a.sqrt(), 1 - a
+
+    def target_from_clean(self, noisy: torch.Tensor, clean: torch.Tensor, scale: torch.Tensor,
+                          var: torch.Tensor) -> torch.Tensor:
+        """The training target given the noisy latent and a clean one (or its posterior mean); `scale` and
+        `var` from `noising`."""
+        if self.flow_matching:
+            return (noisy - clean) / (1 - scale[:, 0])  # ε − z0 = (z_t − z0) / σ
+        a = var[:, 0].neg().add(1)
+        return (a.sqrt() * noisy - clean) / (1 - a).sqrt()  # v = (√ᾱ z_t − z0) / √(1 − ᾱ)
+
 
 ARCHITECTURES = {
-    "unet": Architecture("unet", "unet", ("text_encoder",)),
-    "mmdit": Architecture("mmdit", "transformer", ("text_encoder", "text_encoder_2")),
+    "unet": Architecture("unet", "unet", flow_matching=False),
+    "mmdit": Architecture("mmdit", "transformer", flow_matching=True),
 }
 
 

@@ -16,8 +16,9 @@ new MMDiT, the UNet model's folder, which lends its VAE and its trained text enc
 
 Checkpoints are safetensors + JSON in the run folder, written every `save_every` steps; a run that is
 stopped resumes where its last checkpoint left off. Every invocation appends its options to
-``stages.jsonl``. `export` writes a standard diffusers folder. The README lists the recipes that made the
-shipped models (``recipes/*.json``, given with ``--recipe``).
+``stages.jsonl``. `export` writes a standard diffusers folder. The options are a `recipe.Recipe`;
+docs/shapes.md lists the recipes that made the shipped models (``recipes/*.json``, given with ``--recipe``).
+Architecture differences (noising, targets, loss weights, text inputs) live in `model.Architecture`.
 
     crossattn train-shapes --run runs/base --recipe recipes/unet-base.json      # resumable; poll log.txt
     crossattn train-shapes --run runs/base --export runs/base-export
@@ -31,7 +32,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ from tqdm import tqdm
 
 from ..models import EMBEDDED, asset_path
 from . import grounding
-from .model import ARCHITECTURES, BETA_SCHEDULE, PREDICTION_TYPE, TOKENIZER_DIR, build_vae, load_tokenizer, sink_logit
+from .model import ARCHITECTURES, BETA_SCHEDULE, PREDICTION_TYPE, TOKENIZER_DIR, build_vae, load_tokenizer
+from .recipe import Recipe
 from .world import (
     HELD_OUT_SEED,
     PLACING_SEED,
@@ -67,80 +69,6 @@ SAMPLE_PROMPTS = [
     "a red square, a yellow circle and a blue triangle",
     "a blue triangle at the top",
 ]
-
-
-@dataclass
-class Recipe:
-    arch: str = "unet"  # "unet" or "mmdit" (see model.ARCHITECTURES)
-    seed: int = 0
-    vae_steps: int = 2000
-    vae_batch: int = 16
-    vae_lr: float = 1e-3
-    kl_weight: float = 1e-6
-    unet_steps: int = 12000  # steps of the denoiser phase (UNet or MMDiT)
-    batch: int = 32
-    lr: float = 5e-4
-    warmup: int = 300
-    cooldown: int = 0  # last steps, over which the rate falls linearly to 0: what made the MMDiT's shapes sharp
-    weight_decay: float = 0.01
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1
-    min_snr_gamma: float = 5.0
-    # UNet only. "min-snr": min(snr, γ)/(snr+1), min-SNR weighting of the v loss; its weight on the noisiest
-    # steps, where the layout is chosen, is ≈ snr ≈ 0. "clamped": min(snr+1, γ)/(snr+1), the plain v loss on
-    # noisy steps and min-SNR's cap on clean ones. (The MMDiT's flow loss is unweighted, as SD3's.)
-    weighting: str = "min-snr"
-    init_from: str | None = None  # a diffusers folder whose parts the run starts from (see module doc)
-    grounding_weight: float = 0.05  # weight of the grounding loss (see grounding.py); 0 turns it off
-    grounding_start: int = 3750  # step from which it applies (the base run added it at this step)
-    grounding_batch: int = 0  # items of each batch the grounding term is computed on (0: all)
-    coverage_start: int = 7000  # step from which the grounding term also asks for coverage (see grounding.py)
-    # Where the layout is chosen. Sampling starts from pure noise, where the best prediction is the caption's
-    # *mean* image; the UNet base model instead drew a sharp object wherever the noise suggested, the same for
-    # "left" and "right" (benchmarks/position_probe.py), because min-SNR gave those steps weight ~0 and one
-    # training image per caption is a very noisy estimate of that mean. So a share of each batch gets
-    # timesteps from [high_noise_from, 999] (flow matching: σ = t / 1000), and with reference_layouts = K > 0
-    # every such item's target uses K other layouts of its caption (world.resample_layout): the posterior mean
-    # of the clean latent given the noisy one, estimated by self-normalised importance weights over the K + 1
-    # layouts (the "stable target field" of Xu et al. 2023, here per caption). At high noise that is the
-    # caption's mean image; as the noise falls the weights collapse onto the true layout.
-    high_noise_share: float = 0.0
-    high_noise_from: int = 700
-    reference_layouts: int = 0
-    # Share of each batch drawn from scenes whose caption places its objects (a relation or a position phrase),
-    # instead of any scene: only those teach where things go, and only ~60 % of scenes have one.
-    placing_share: float = 0.0
-    save_every: int = 250
-    sample_every: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, not {self.arch!r}")
-        if self.weighting not in ("min-snr", "clamped"):
-            raise ValueError(f"weighting must be 'min-snr' or 'clamped', not {self.weighting!r}")
-        if not 0 <= self.high_noise_share <= 1 or not 0 <= self.placing_share <= 1:
-            raise ValueError(f"high_noise_share and placing_share must be in [0, 1], not {self.high_noise_share} "
-                             f"and {self.placing_share}")
-        if not 0 <= self.cooldown <= self.unet_steps:
-            raise ValueError(f"cooldown must be in [0, unet_steps={self.unet_steps}], not {self.cooldown}")
-        if not 0 <= self.high_noise_from < 1000:
-            raise ValueError(f"high_noise_from must be a timestep in [0, 999], not {self.high_noise_from}")
-
-    def denoiser_lr(self, step: int) -> float:
-        """The learning rate of denoiser step `step` (0-based): linear warmup, constant, linear cooldown to 0."""
-        lr = self.lr * min(1.0, (step + 1) / self.warmup)
-        if self.cooldown:
-            lr *= min(1.0, (self.unet_steps - step) / self.cooldown)
-        return lr
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> Recipe:
-        """A recipe from a JSON file (``recipes/*.json``), with some fields overridden."""
-        data = json.loads(Path(path).read_text())
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown recipe fields {sorted(unknown)}")
-        return cls(**(data | overrides))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -224,8 +152,8 @@ class Trainer:
         self.run.mkdir(parents=True, exist_ok=True)
         saved = self.run / "recipe.json"  # the run's first options: what it is (architecture, starting point)
         first = json.loads(saved.read_text()) if saved.exists() else asdict(recipe)
-        for key in ("init_from", "arch"):
-            if first.get(key, "unet" if key == "arch" else None) != getattr(recipe, key):
+        for key, before_saved in (("init_from", None), ("arch", "unet")):  # runs saved before `arch` were UNets
+            if first.get(key, before_saved) != getattr(recipe, key):
                 raise ValueError(f"{self.run} was started with {key}={first.get(key)!r}; resume or export it with "
                                  f"the same (got {getattr(recipe, key)!r})")
         if not saved.exists():
@@ -336,22 +264,20 @@ class Trainer:
                 self._load_initial_weights(name, module)
 
     def train_denoiser(self) -> None:
-        r, ckpt = self.recipe, self.run / "unet"
+        r, ckpt = self.recipe, self.run / "unet"  # "unet" for the MMDiT too: existing runs resume from it
         self.load_starting_weights()  # before the EMA copies, so they start from the initial weights too
         params = [p for m in self.parts.values() for p in m.parameters()]
         opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
         self.ema = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.parts.items()}
         modules = self._checkpoint_modules()
         step = _load(ckpt, modules, opt)["step"] if (ckpt / "state.json").exists() else 0
-        # after the EMA copies: they keep the plain processors for sampling
-        rows = r.grounding_batch or None
-        if self.recipe.arch == "mmdit":
-            self.store = grounding.install(self.denoiser, sink_logit(), rows)
-        elif r.grounding_weight > 0:
-            self.store = grounding.install(self.denoiser, rows=rows)
+        # After the EMA copies: they keep the plain processors for sampling. The MMDiT always needs the training
+        # processors (they weigh its one zero row as T5's 256); the UNet only for the grounding term.
+        if self.arch.training_sink_logit is not None or r.grounding_weight > 0:
+            self.store = grounding.install(self.denoiser, self.arch.training_sink_logit, r.grounding_batch or None)
         for m in self.parts.values():
             m.train()
-        bar = tqdm(range(step, r.unet_steps), initial=step, total=r.unet_steps, desc=self.arch.denoiser,
+        bar = tqdm(range(step, r.denoiser_steps), initial=step, total=r.denoiser_steps, desc=self.arch.denoiser,
                    mininterval=10)
         for step in bar:
             gen = torch.Generator(self.device).manual_seed(r.seed * 1_000_003 + step)
@@ -376,7 +302,7 @@ class Trainer:
             if (step + 1) % 50 == 0:
                 extra = f" grounding {ground.item():.4f}" if masks is not None else ""
                 self.log(f"{self.arch.denoiser} step {step + 1} loss {loss.item():.5f} lr {lr:.2e}{extra}")
-            if (step + 1) % r.save_every == 0 or step + 1 == r.unet_steps:
+            if (step + 1) % r.save_every == 0 or step + 1 == r.denoiser_steps:
                 _save(ckpt, modules, opt, {"step": step + 1})
             if (step + 1) % r.sample_every == 0:
                 self.sample_grid(self.run / "samples" / f"step_{step + 1:06d}.png")
@@ -384,28 +310,13 @@ class Trainer:
     def sample_timesteps(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """n training timesteps in [0, 999] (float for flow matching): uniform for the UNet, logit-normal
         for flow matching, except a `high_noise_share` drawn from [high_noise_from, 999]."""
-        r, top = self.recipe, self.noise_sched.config.num_train_timesteps
-        if r.arch == "mmdit":
-            t = torch.sigmoid(torch.randn(n, generator=gen, device=self.device)) * top
-            high = r.high_noise_from + torch.rand(n, generator=gen, device=self.device) * (top - r.high_noise_from)
-        else:
-            t = torch.randint(0, top, (n,), generator=gen, device=self.device)
-            if r.high_noise_share == 0:  # draw nothing more, so the default recipe's random stream is unchanged
-                return t
-            high = torch.randint(r.high_noise_from, top, (n,), generator=gen, device=self.device)
-        pick = torch.rand(n, generator=gen, device=self.device) < r.high_noise_share
-        return torch.where(pick, high, t)
+        r = self.recipe
+        return self.arch.sample_timesteps(n, gen, self.device, self.noise_sched.config.num_train_timesteps,
+                                          r.high_noise_from, r.high_noise_share)
 
     def encode_captions(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """The denoiser's text inputs, computed exactly as the pipeline computes them (with gradients)."""
-        if self.recipe.arch == "unet":
-            ids = self.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
-                                 return_tensors="pt").input_ids.to(self.device)
-            return {"encoder_hidden_states": self.parts["text_encoder"](ids)[0]}
-        # One zero row where the pipeline puts 256 (T5's place): the training processors weigh it 256 times.
-        context, _, pooled, _ = self.live.encode_prompt(captions, None, None, device=self.device,
-                                                        do_classifier_free_guidance=False, max_sequence_length=1)
-        return {"encoder_hidden_states": context, "pooled_projections": pooled}
+        return self.arch.encode_captions(self.live, captions, self.device)
 
     def denoiser_loss(self, x: torch.Tensor, captions: list[str], gen: torch.Generator,
                       masks: torch.Tensor | None = None,
@@ -417,13 +328,7 @@ class Trainer:
         latents = self.encode(x, gen)
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
         t = self.sample_timesteps(len(captions), gen)
-        if r.arch == "mmdit":
-            sigma = (t / self.noise_sched.config.num_train_timesteps).view(-1, 1, 1, 1)
-            noisy = (1 - sigma) * latents + sigma * noise
-            target = noise - latents
-        else:
-            noisy = self.noise_sched.add_noise(latents, noise, t)
-            target = self.noise_sched.get_velocity(latents, noise, t)
+        noisy, target = self.arch.add_noise(latents, noise, t, self.noise_sched)
         rows = (t >= r.high_noise_from).nonzero().flatten().tolist() if r.reference_layouts > 0 else []
         if scenes is not None and rows:  # only noisy items: at lower noise the weights pick the true layout anyway
             references = reference_batch([scenes[i] for i in rows], [captions[i] for i in rows],
@@ -432,14 +337,7 @@ class Trainer:
         self.store.probs.clear()
         self.store.active = masks is not None
         pred = self.denoiser(noisy, timestep=t, **self.encode_captions(captions)).sample
-        if r.arch == "mmdit":
-            weight = torch.ones_like(t, dtype=torch.float32)
-        elif r.weighting == "clamped":
-            snr = self.snr[t]
-            weight = (snr + 1).clamp(max=r.min_snr_gamma) / (snr + 1)
-        else:  # "min-snr": min-SNR-γ for v-prediction
-            snr = self.snr[t]
-            weight = snr.clamp(max=r.min_snr_gamma) / (snr + 1)
+        weight = self.arch.loss_weight(t, self.snr, r.weighting, r.min_snr_gamma)
         loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         ground = torch.zeros(())
         if masks is not None:
@@ -460,20 +358,11 @@ class Trainer:
         H, W) images of K other layouts of each caption, plus the true one."""
         refs = self.encode(references.flatten(0, 1), gen).unflatten(0, references.shape[:2])
         z0 = torch.cat([latents[:, None], refs], dim=1)  # (n, K + 1, C, h, w)
-        zt = noisy[:, None]
-        if self.recipe.arch == "mmdit":  # z_t ~ N((1 − σ) z0, σ² I)
-            scale = 1 - t.float().view(-1, 1, 1, 1, 1) / self.noise_sched.config.num_train_timesteps
-            var = (1 - scale) ** 2
-        else:  # z_t ~ N(√ᾱ z0, (1 − ᾱ) I)
-            a = self.noise_sched.alphas_cumprod.to(self.device)[t].view(-1, 1, 1, 1, 1)
-            scale, var = a.sqrt(), 1 - a
+        scale, var = self.arch.noising(t, self.noise_sched)  # z_t ~ N(scale · z0, var · I)
         # each layout's weight is the likelihood of the noisy latent under it
-        log_w = -((zt - scale * z0) ** 2).flatten(2).sum(-1) / (2 * var.flatten(1))
+        log_w = -((noisy[:, None] - scale * z0) ** 2).flatten(2).sum(-1) / (2 * var.flatten(1))
         mean = (log_w.softmax(1)[..., None, None, None] * z0).sum(1)
-        if self.recipe.arch == "mmdit":
-            return (noisy - mean) / (1 - scale[:, 0])  # E[ε − z0 | z_t] = (z_t − E[z0]) / σ
-        a = var[:, 0].neg().add(1)
-        return (a.sqrt() * noisy - mean) / (1 - a).sqrt()  # v = (√ᾱ z_t − z0) / √(1 − ᾱ)
+        return self.arch.target_from_clean(noisy, mean, scale, var)  # the target is linear in z0: E[target | z_t]
 
     def _checkpoint_modules(self) -> dict[str, torch.nn.Module]:
         return dict(self.parts) | {f"ema_{n}": m for n, m in self.ema.items()}
