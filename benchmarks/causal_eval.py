@@ -371,7 +371,7 @@ def tables(results: list[dict]) -> str:
         for share in LAYOUT_K:
             out.append(f"| first {share} % only | {pct(lay[f'first {share} %'])} |")
             out.append(f"| after the first {share} % | {pct(lay[f'after {share} %'])} |")
-        out.append(f"\nmedian `placement_timeline(shape).decided_at`: step {fmt(lay['decided_at_median'], 1)} "
+        out.append(f"\nmedian `crossattn.track(maps, shape).decided_at`: step {fmt(lay['decided_at_median'], 1)} "
                    f"(0-based) of {r['steps']}")
         rep = r["repair"]
         some = next(iter(rep.values()), None)

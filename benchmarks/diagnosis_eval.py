@@ -15,8 +15,10 @@ pair's mask IoU against merged; the attention verdict against broken relations. 
 *training* seeds (the lowest at which the verdict is right more often than not; none if there is none, and that
 verdict is never issued) and written, with a calibration table (share of real failures per score range), to
 ``crossattn/assets/diagnosis.json``; the figures are then measured on *held-out* seeds, for the full run and
-for the early verdict from the first 25 % and 50 % of the steps. Every generation's
-truth and scores go to the JSON; ``--rescore JSON`` scores them again without generating.
+for the early verdict from the first 25 % and 50 % of the steps. ``--json FILE`` writes the summary (tables,
+AUCs by model and setting, thresholds, calibration, the command) to FILE and every generation's truth and
+scores beside it, gzipped (``diagnosis_eval.json`` → ``diagnosis_eval_items.json.gz``); ``--rescore FILE``
+scores those again without generating.
 
     .venv/bin/python benchmarks/diagnosis_eval.py --model shapes-unet --model BASE_MODEL_FOLDER --n 1500 \
         --json benchmarks/results/diagnosis_eval.json --write-calibration
@@ -25,7 +27,9 @@ truth and scores go to the JSON; ``--rescore JSON`` scores them again without ge
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -102,8 +106,8 @@ def collect(pipes: list, captions: list[str], label: str) -> list[dict]:
             relation = crossattn.relations(maps)
             attention_says_broken = None
             if relation:
-                attention_says_broken = not (maps if span is None else maps.filter(steps=span)).check(
-                    relation[0]).passed
+                window_maps = maps if span is None else maps.filter(steps=span)
+                attention_says_broken = not crossattn.check(window_maps, relation[0]).passed
             row[window] = {
                 "neglect": {o.name: o.neglect for o in d.objects},
                 "leakage": {o.name: o.leakage.get(o.name.split()[0], 0.0) for o in d.objects},  # the colour word's
@@ -173,6 +177,32 @@ def calibration_bins(scores: np.ndarray, truths: np.ndarray, threshold: float | 
     return out
 
 
+def items_path(summary: Path) -> Path:
+    """Where the per-generation rows of a summary file go: beside it, ``NAME_items.json.gz``."""
+    return summary.with_name(f"{summary.stem}_items.json.gz")
+
+
+def write_result(summary_file: Path, summary: dict, items: dict) -> None:
+    """The summary as small indented JSON; every generation's truth and scores gzipped beside it (byte-stable:
+    no time or name in the gzip header)."""
+    summary_file.parent.mkdir(parents=True, exist_ok=True)
+    rows = items_path(summary_file)
+    summary = {**summary, "rescore": f".venv/bin/python benchmarks/diagnosis_eval.py --rescore {summary_file}",
+               "items": rows.name}
+    summary_file.write_text(json.dumps(summary, indent=1) + "\n")
+    with rows.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", filename="", mtime=0) as out:
+        out.write(json.dumps(items, separators=(",", ":")).encode())
+
+
+def read_result(summary_file: Path) -> tuple[dict, dict]:
+    """(summary, {"held_out": rows, "training": rows}) of a run; also reads the single-file JSON of older runs."""
+    summary = json.loads(summary_file.read_text())
+    if "held_out" in summary:  # before the split: one compact file held everything
+        return summary, summary
+    with gzip.open(summary_file.parent / summary.get("items", items_path(summary_file).name), "rt") as f:
+        return summary, json.load(f)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", default=None,
@@ -184,9 +214,11 @@ def main() -> None:
     parser.add_argument("--rescore", default=None, metavar="JSON",
                         help="score the generations saved in a previous run's JSON instead of generating")
     args = parser.parse_args()
+    command = shlex.join([".venv/bin/python", "benchmarks/diagnosis_eval.py", *sys.argv[1:]])
     if args.rescore:
-        saved = json.loads(Path(args.rescore).read_text())
-        args.model, args.n, train, held = saved["model"], saved["n"], saved["training"], saved["held_out"]
+        saved, items = read_result(Path(args.rescore))
+        args.model, args.n, train, held = saved["model"], saved["n"], items["training"], items["held_out"]
+        command = saved.get("command", command)  # the run that generated the items
     else:
         args.model = args.model or ["shapes-unet"]
         pipes = [crossattn.load_pipeline(m) for m in args.model]
@@ -223,17 +255,18 @@ def main() -> None:
     groups = {f"model {m}": [r for r in held if r["model"] == i] for i, m in enumerate(args.model)}
     groups |= {f"{st} steps, guidance {g}": [r for r in held if (r["steps"], r["guidance"]) == (st, g)]
                for st, g in SETTINGS}
+    by_group = {}
     for name, rows in groups.items():
-        parts = []
+        by_group[name] = {}
         for kind in KINDS:
             s, t = cases(rows, kind, "full")
-            parts.append(f"{kind} {fmt(auc(s, t))} ({int(t.sum())} true)")
-        print(f"  {name}: " + ", ".join(parts))
-    result = {"model": args.model, "n": args.n, "settings": SETTINGS, "table": table, "thresholds": thresholds,
-              "bins": bins, "held_out": held, "training": train}  # every generation's truth and scores
+            by_group[name][kind] = {"cases": int(len(t)), "true": int(t.sum()), "auc": auc(s, t)}
+        print(f"  {name}: " + ", ".join(f"{kind} {fmt(v['auc'])} ({v['true']} true)"
+                                         for kind, v in by_group[name].items()))
+    summary = {"command": command, "model": args.model, "n": args.n, "settings": SETTINGS, "windows": list(WINDOWS),
+               "table": table, "by_group": by_group, "thresholds": thresholds, "bins": bins}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, separators=(",", ":")))  # every generation: keep it compact
+        write_result(Path(args.json), summary, {"held_out": held, "training": train})
     if args.write_calibration:
         source = f"benchmarks/diagnosis_eval.py --model {' --model '.join(args.model)} --n {args.n} (training seeds)"
         asset_path("diagnosis.json").write_text(json.dumps(

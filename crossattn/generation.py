@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -21,7 +21,7 @@ from PIL import Image
 from .concepts import resolve_method
 from .diagnosis import early_stop
 from .errors import InputError
-from .families import family_of
+from .families import Family, family_of
 from .heatmaps import HeatMaps
 from .tracing import TRUNCATION_NOTE, trace
 from .words import find_word, prompt_words, truncation, word_ref
@@ -40,34 +40,37 @@ def denoiser(pipe) -> torch.nn.Module:
     return getattr(pipe, family_of(pipe).denoiser)
 
 
-def size_multiple(pipe) -> int:
+def size_multiple(pipe, family: Family | None = None) -> int:
     """Image sides must be multiples of this: VAE factor × the UNet's total downsampling (or × the patch)."""
-    model, family = denoiser(pipe), family_of(pipe)
+    family = family or family_of(pipe)
+    model = getattr(pipe, family.denoiser)
     if family.denoiser == "unet":
         levels = len(getattr(model.config, "block_out_channels", (0,)))
         return family.vae_scale(pipe) * 2 ** (levels - 1)
     return family.vae_scale(pipe) * family.patch(model)
 
 
-def max_side(pipe) -> int | None:
+def max_side(pipe, family: Family | None = None) -> int | None:
     """The longest image side (px) the denoiser can make, from its config; None when it sets no limit.
 
     Transformers that learn a table of positions cannot go past it: SD3 crops a `pos_embed_max_size` ×
     `pos_embed_max_size` table of tokens, AuraFlow selects from `pos_embed_max_size` positions laid out as a
     square. Models with rotary or computed positions (Flux, PixArt, CogView4 …) and UNets have no such limit."""
-    model = denoiser(pipe)
+    family = family or family_of(pipe)
+    model = getattr(pipe, family.denoiser)
     positions = getattr(model.config, "pos_embed_max_size", None)
     table = getattr(model, "pos_embed", None)
     if not positions or getattr(table, "pos_embed_max_size", None) != positions:
         return None  # the field without a table that uses it (CogView4 embeds positions with rotary embeddings)
     tokens = math.isqrt(positions) if hasattr(table, "pe_selection_index_based_on_dim") else positions
-    return tokens * size_multiple(pipe)
+    return tokens * size_multiple(pipe, family)
 
 
-def native_size(pipe) -> tuple[int, int]:
+def native_size(pipe, family: Family | None = None) -> tuple[int, int]:
     """(width, height) the model was built for."""
-    side = getattr(pipe, "default_sample_size", None) or denoiser(pipe).config.sample_size
-    side = (side if isinstance(side, int) else side[0]) * family_of(pipe).vae_scale(pipe)
+    family = family or family_of(pipe)
+    side = getattr(pipe, "default_sample_size", None) or getattr(pipe, family.denoiser).config.sample_size
+    side = (side if isinstance(side, int) else side[0]) * family.vae_scale(pipe)
     return side, side
 
 
@@ -89,7 +92,8 @@ def size_limit(max_pixels: int, multiple: int) -> str:
 def size_hint(pipe, max_pixels: int = MAX_PIXELS) -> str:
     """The sizes served here for this model, naming only a size it can make: its own side limit when that
     binds before the pixel budget (shapes-mmdit: 'at most 64x64 for this model'), else `size_limit`."""
-    multiple, largest = size_multiple(pipe), max_side(pipe)
+    family = family_of(pipe)
+    multiple, largest = size_multiple(pipe, family), max_side(pipe, family)
     if largest is not None and largest < math.isqrt(max_pixels) // multiple * multiple:
         return f"at most {largest}x{largest} for this model"
     return size_limit(max_pixels, multiple)
@@ -105,29 +109,28 @@ def check_settings(steps: int, guidance: float, seed: int = 0, max_steps: int = 
         raise InputError(f"guidance must be between 0 and 50, got {guidance}")
 
 
-def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance: float,
-                 words: list[str] | None = None, seed: int = 0, max_pixels: int = MAX_PIXELS,
-                 max_steps: int = MAX_STEPS, concept_method: str | None = None) -> list[str]:
-    """Raise `InputError` with a specific message before any compute is spent; return notes for the user
-    (e.g. which words of an over-long prompt the model will not see)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("the prompt is empty: type what the image should show")
-    check_settings(steps, guidance, seed, max_steps)
-    m = size_multiple(pipe)
+def check_size(pipe, family: Family, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse a size the model cannot make or the caller does not serve."""
+    m = size_multiple(pipe, family)
     w, h = size
     if w <= 0 or h <= 0 or w % m or h % m:
         raise InputError(f"bad size {w}x{h}: width and height must be positive multiples of {m} for this model")
     if w * h > max_pixels:
         raise InputError(f"bad size {w}x{h}: {size_limit(max_pixels, m)}")
-    largest = max_side(pipe)
+    largest = max_side(pipe, family)
     if largest is not None and max(w, h) > largest:  # its position table has no entries past that
         raise InputError(f"bad size {w}x{h}: this model makes images of at most {largest} px a side "
                          f"(e.g. {largest}x{largest})")
-    family = family_of(pipe)
-    resolve_method(family, concept_method)
+
+
+def prompt_notes(family: Family, pipe, prompt: str, words: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Refuse an empty prompt or a named word it does not hold; return notes for the user (which words of an
+    over-long prompt the model will not see, a prompt with nothing to map)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("the prompt is empty: type what the image should show")
     tokenizer = family.word_tokenizer(pipe)
     known = prompt_words(tokenizer, prompt)
-    for word in words or []:  # words or phrases, repeats named "cat#1"
+    for word in words:  # words or phrases, repeats named "cat#1"
         find_word(known, *word_ref(word))
     notes = [] if known else [NO_WORDS]
     cut = truncation(tokenizer, prompt)
@@ -137,44 +140,84 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
     return notes
 
 
-def generate(
-    pipe,
-    prompt: str,
-    *,
-    seed: int = 0,
-    steps: int = DEFAULT_STEPS,
-    guidance: float = DEFAULT_GUIDANCE,
-    size: tuple[int, int] | None = None,
-    negative_prompt: str | None = None,
-    on_step: Callable[[int, int], None] | None = None,
-    stop_early_at: int | None = None,
-    words: list[str] | None = None,
-    **trace_options,
-) -> tuple[Image.Image, HeatMaps]:
-    """Generate one image of `prompt` under `crossattn.trace` and return it with its heat maps.
+@dataclass(frozen=True)
+class Request:
+    """One generation, validated once (`Request.make`): what the CLI, the demo and sweeps hand to `run`.
 
-    `size` is (width, height), default the model's native size; `on_step(done, total)` is called after
-    every denoising step (progress bars, cancellation: it may raise); with `stop_early_at` = k, the steps so
-    far are diagnosed after step k and a doomed generation raises `diagnosis.StoppedEarly`;
-    `words` (words or phrases the caller will ask the maps for) are checked against the prompt with the rest,
-    before any compute; `trace_options` go to `crossattn.trace`.
+    Nothing in it is checked again or changed afterwards; its values become the maps' `info` (prompt, seed,
+    model …) as they are, so no caller patches the maps after the call.
     """
-    size = size or native_size(pipe)
-    notes = check_inputs(pipe, prompt, size, steps, guidance, words, seed=seed,
-                         concept_method=trace_options.get("concept_method"))
-    options = dict(num_inference_steps=steps, guidance_scale=guidance, width=size[0], height=size[1],
-                   generator=torch.Generator(pipe.device if pipe.device.type != "mps" else "cpu").manual_seed(seed))
-    if negative_prompt:
-        options["negative_prompt"] = negative_prompt
+
+    pipe: object = field(repr=False, compare=False)
+    family: Family = field(repr=False, compare=False)
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    size: tuple[int, int]  # (width, height)
+    negative_prompt: str | None = None
+    words: tuple[str, ...] = ()  # words or phrases the caller will ask the maps for (checked against the prompt)
+    model: str | None = None  # the name the pipeline was loaded by, for the maps' info
+    concepts: tuple[str, ...] = ()
+    concept_method: str | None = None
+    notes: tuple[str, ...] = ()  # for the user, found while validating
+
+    @classmethod
+    def make(cls, pipe, prompt: str, *, seed: int = 0, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+             size: tuple[int, int] | None = None, negative_prompt: str | None = None,
+             words: list[str] | None = None, model: str | None = None, concepts: list[str] | None = None,
+             concept_method: str | None = None, max_pixels: int = MAX_PIXELS, max_steps: int = MAX_STEPS) -> Request:
+        """Check everything before any compute is spent (an `InputError` says what is wrong and what is allowed).
+
+            >>> import crossattn
+            >>> from crossattn.generation import Request
+            >>> r = Request.make(crossattn.load_pipeline(), "a red circle", seed=3, steps=4)
+            >>> r.size, r.steps, r.notes
+            ((64, 64), 4, ())
+        """
+        family = family_of(pipe)
+        check_settings(steps, guidance, seed, max_steps)
+        size = tuple(size) if size else native_size(pipe, family)
+        check_size(pipe, family, size, max_pixels)
+        method = resolve_method(family, concept_method)
+        notes = prompt_notes(family, pipe, prompt, tuple(words or ()))
+        return cls(pipe, family, prompt, seed, steps, guidance, size, negative_prompt or None, tuple(words or ()),
+                   model, tuple(concepts or ()), method, tuple(notes))
+
+
+def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance: float,
+                 words: list[str] | None = None, seed: int = 0, max_pixels: int = MAX_PIXELS,
+                 max_steps: int = MAX_STEPS, concept_method: str | None = None) -> list[str]:
+    """`Request.make`'s checks alone: raise `InputError` before any compute is spent, else return its notes."""
+    return list(Request.make(pipe, prompt, seed=seed, steps=steps, guidance=guidance, size=size, words=words,
+                             concept_method=concept_method, max_pixels=max_pixels, max_steps=max_steps).notes)
+
+
+def run(request: Request, *, on_step: Callable[[int, int], None] | None = None, stop_early_at: int | None = None,
+        **trace_options) -> tuple[Image.Image, HeatMaps]:
+    """Generate one image of a validated request under `crossattn.trace`; return it with its heat maps.
+
+    `on_step(done, total)` is called after every denoising step (progress bars, cancellation: it may raise);
+    with `stop_early_at` = k, the steps so far are diagnosed after step k and a doomed generation raises
+    `diagnosis.StoppedEarly`; `trace_options` go to `crossattn.trace`.
+    """
+    pipe, (width, height) = request.pipe, request.size
+    device = pipe.device if pipe.device.type != "mps" else "cpu"
+    options = dict(num_inference_steps=request.steps, guidance_scale=request.guidance, width=width, height=height,
+                   generator=torch.Generator(device).manual_seed(request.seed))
+    if request.negative_prompt:
+        options["negative_prompt"] = request.negative_prompt
     accepted = inspect.signature(pipe.__call__).parameters
     if "use_resolution_binning" in accepted:  # PixArt/Sana would silently resize to a trained aspect ratio
         options["use_resolution_binning"] = False
+    if request.concepts:
+        trace_options |= {"concepts": list(request.concepts), "concept_method": request.concept_method}
     with trace(pipe, **trace_options) as tr:
         stop = None if stop_early_at is None else early_stop(tr, stop_early_at)
 
         def after_step(i: int) -> None:
             if on_step is not None:
-                on_step(i + 1, steps)
+                on_step(i + 1, request.steps)
             if stop is not None:
                 stop(pipe, i, None, {})
 
@@ -182,11 +225,31 @@ def generate(
             options["callback_on_step_end"] = lambda pipeline, i, t, kwargs: (after_step(i), kwargs)[1]
         elif "callback" in accepted:  # older pipelines (PixArt): callback(step, t, latents)
             options["callback"] = lambda i, t, latents: after_step(i)
-        image = pipe(prompt=prompt, **options).images[0]  # by name: Flux.2's first argument is `image`
+        image = pipe(prompt=request.prompt, **options).images[0]  # by name: Flux.2's first argument is `image`
     maps = tr.heat_maps()
-    maps.info = replace(maps.info, prompt=prompt, negative_prompt=negative_prompt, seed=seed, guidance_scale=guidance,
-                        size=list(size), notes=merged_notes(notes, maps.info.notes))
+    maps.info = replace(maps.info, prompt=request.prompt, negative_prompt=request.negative_prompt, seed=request.seed,
+                        guidance_scale=request.guidance, size=list(request.size),
+                        model=request.model or maps.info.model,
+                        notes=merged_notes(list(request.notes), maps.info.notes))
     return image, maps
+
+
+def generate(pipe, prompt: str, *, seed: int = 0, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+             size: tuple[int, int] | None = None, negative_prompt: str | None = None,
+             on_step: Callable[[int, int], None] | None = None, stop_early_at: int | None = None,
+             words: list[str] | None = None, model: str | None = None, concepts: list[str] | None = None,
+             concept_method: str | None = None, **trace_options) -> tuple[Image.Image, HeatMaps]:
+    """Generate one image of `prompt` under `crossattn.trace` and return it with its heat maps: `Request.make`
+    then `run`, for a caller that has no request yet.
+
+    `size` is (width, height), default the model's native size; `words` (words or phrases the caller will ask
+    the maps for) are checked against the prompt with the rest, before any compute; `concepts` are followed on
+    the side (`crossattn.concepts`); `on_step`, `stop_early_at` and `trace_options` as in `run`.
+    """
+    request = Request.make(pipe, prompt, seed=seed, steps=steps, guidance=guidance, size=size,
+                           negative_prompt=negative_prompt, words=words, model=model, concepts=concepts,
+                           concept_method=concept_method)
+    return run(request, on_step=on_step, stop_early_at=stop_early_at, **trace_options)
 
 
 def merged_notes(said: list[str], traced: list[str]) -> list[str]:

@@ -121,9 +121,9 @@ BAD_INPUT = [
 @pytest.mark.parametrize("args, message", BAD_INPUT, ids=[" ".join(a[2:]) or "empty prompt" for a, _ in BAD_INPUT])
 def test_bad_input_is_one_line_and_status_2_before_generating(saved_pipeline, tmp_path, capsys, monkeypatch, args,
                                                               message):
-    import crossattn.cli as cli
+    from crossattn.cli import common
 
-    monkeypatch.setattr(cli, "generate", lambda *a, **k: pytest.fail("generated despite bad input"))
+    monkeypatch.setattr(common, "run", lambda *a, **k: pytest.fail("generated despite bad input"))
     out = [] if "--out" in args else ["--out", str(tmp_path)]
     try:
         code = main(args + ["--model", str(saved_pipeline)] + out)
@@ -145,12 +145,12 @@ def test_a_concept_method_the_model_lacks_is_one_line_and_status_2(saved_pipelin
 
 def test_an_internal_error_is_status_1_with_a_hint_and_a_traceback_with_debug(saved_pipeline, tmp_path, capsys,
                                                                               monkeypatch):
-    import crossattn.cli as cli
+    from crossattn.cli import common
 
     def bug(*args, **kwargs):
         raise KeyError("some_key")  # a programming bug, not the user's input
 
-    monkeypatch.setattr(cli, "generate", bug)
+    monkeypatch.setattr(common, "run", bug)
     args = ["generate", PROMPT, "--model", str(saved_pipeline), "--out", str(tmp_path)]
     assert main(args) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crossattn:")]  # not the bar

@@ -91,7 +91,8 @@ def test_an_item_that_raises_is_recorded_with_its_type_and_traceback(monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory, say")
 
-    monkeypatch.setattr(sweep, "generate", broken)
+    monkeypatch.setattr(sweep.Worker, "_request", lambda self, item: None)
+    monkeypatch.setattr(sweep.worker, "run", broken)
     worker = sweep.Worker.__new__(sweep.Worker)  # no pipeline needed: generation is what fails
     worker.settings, worker.pipe = sweep.Settings(size=(64, 64)), None
     result = worker.run(sweep.Item("a cat", 0))

@@ -164,8 +164,8 @@ def test_disk_full_is_one_line_naming_the_file(fails, tmp_path, monkeypatch, cap
         def set_progress_bar_config(self, **options) -> None:
             pass
 
-    monkeypatch.setattr(sweep, "load_pipeline", lambda model, device=None: Pipe())
-    monkeypatch.setattr(sweep, "check_inputs", lambda *args, **kwargs: [])
+    monkeypatch.setattr(sweep.worker, "load_pipeline", lambda model, device=None: Pipe())
+    monkeypatch.setattr(sweep.Worker, "check", lambda self, seeds: None)
     monkeypatch.setattr(sweep.Worker, "_generate", lambda self, item: (files, record))
 
     def full(write):
@@ -192,7 +192,7 @@ def test_bad_settings_are_refused_like_generate_refuses_them(option, tmp_path, m
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n")
     generated = []
-    monkeypatch.setattr(sweep, "generate", lambda *args, **kwargs: generated.append(args))
+    monkeypatch.setattr(sweep.worker, "run", lambda *args, **kwargs: generated.append(args))
     assert main(["sweep", str(prompts), "--out", str(tmp_path / "sweep"), "--seeds", "0-3", *option]) == 2
     assert capsys.readouterr().err.splitlines() == refusal and len(refusal) == 1
     assert generated == [] and not list((tmp_path / "sweep").glob("items/*"))  # (steps and guidance: no folder)

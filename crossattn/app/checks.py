@@ -11,7 +11,7 @@ import gradio as gr
 from .. import placement
 from ..concepts import METHODS
 from ..errors import InputError, one_line
-from ..generation import MAX_SEED, check_inputs, native_size, parse_size, size_hint
+from ..generation import MAX_SEED, Request, native_size, parse_size, size_hint
 from ..words import find_word, split_list, word_ref
 from .limits import GUIDANCE_RANGE, Loaded, Models
 from .store import Result
@@ -40,14 +40,14 @@ def as_text(value: object) -> str:
 
 
 def check_request(loaded: Loaded, prompt: str, size: str, steps: int, guidance: float, seed: int,
-                  names: list[str], concept_method: str | None = None) -> tuple[int, int]:
-    """The image size to generate at, once everything asked for is known to be servable and every word or
-    phrase named (words to show, words of layout statements) is in the prompt."""
-    pipe = loaded.pipe
-    dims = parse_size(size) if (size or "").strip() else native_size(pipe)
-    check_inputs(pipe, prompt, dims, steps, guidance, names, seed=seed, max_pixels=loaded.limits.max_pixels,
-                 max_steps=loaded.limits.max_steps, concept_method=concept_method)
-    return dims
+                  names: list[str], concept_method: str | None = None, **more) -> Request:
+    """The request to generate, once everything asked for is known to be servable here and every word or
+    phrase named (words to show, words of layout statements) is in the prompt; `more`: the rest of
+    `Request.make`'s options (model, negative_prompt, concepts)."""
+    return Request.make(loaded.pipe, prompt, seed=seed, steps=steps, guidance=guidance,
+                        size=parse_size(size) if (size or "").strip() else None, words=names,
+                        concept_method=concept_method, max_pixels=loaded.limits.max_pixels,
+                        max_steps=loaded.limits.max_steps, **more)
 
 
 def statement_names(expect: str) -> list[str]:
@@ -56,15 +56,11 @@ def statement_names(expect: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Request:
-    """A generation request that passed every check: what `generate` is called with."""
+class Job:
+    """A request that passed every check, with the loaded model it runs on (whose lock it takes)."""
 
     loaded: Loaded
-    seed: int
-    steps: int
-    guidance: float
-    dims: tuple[int, int]
-    method: str | None
+    request: Request
 
 
 # Every field checked alone, the others at these values (always accepted), so that each message names its field.
@@ -96,9 +92,9 @@ class Checks:
 
 def check_generation(models: Models, prompt: str, seed: object, steps: object, guidance: object, size: str,
                      model: str, other_model: str, words: str, expect: str, concept_method: str,
-                     load: bool = True) -> tuple[Request | None, Checks]:
-    """The request if it can be served, with the checks' messages by field. With `load=False` a model typed
-    in that is not loaded yet is not loaded: only what needs no model is checked (the request is None)."""
+                     load: bool = True, negative: str = "", concepts: str = "") -> tuple[Job | None, Checks]:
+    """The job if it can be served, with the checks' messages by field. With `load=False` a model typed
+    in that is not loaded yet is not loaded: only what needs no model is checked (the job is None)."""
     checks = Checks()
     size, model, other_model, words, expect = map(as_text, (size, model, other_model, words, expect))
     loaded = checks("other_model" if other_model.strip() else "model", models.get, other_model or model, load)
@@ -117,8 +113,10 @@ def check_generation(models: Models, prompt: str, seed: object, steps: object, g
     if checks.errors:
         return None, checks
     names = named["words"] + named["expect"]
-    dims = check_request(loaded, prompt, size, steps, guidance, seed, names, method)  # each passed alone: all pass
-    return Request(loaded, seed, steps, guidance, dims, method), checks
+    request = check_request(loaded, prompt, size, steps, guidance, seed, names, method,  # each passed alone
+                            model=other_model or model, negative_prompt=as_text(negative) or None,
+                            concepts=split_list(as_text(concepts)))
+    return Job(loaded, request), checks
 
 
 def named_words(checks: Checks, words: str, expect: str) -> dict[str, list[str]]:

@@ -10,10 +10,10 @@ import gradio as gr
 
 from .. import placement, render, reports
 from ..errors import InputError
-from ..generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
+from ..generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, run
 from ..heatmaps import HeatMaps
-from ..words import slug, split_list
-from .checks import CONCEPT_METHODS, NO_RESULT, as_text, check_generation, check_view, size_info
+from ..words import slug
+from .checks import CONCEPT_METHODS, NO_RESULT, check_generation, check_view, size_info
 from .explaining import ExplainTab
 from .guard import Stopped, abandoned, friendly, lenient
 from .limits import FILES_TTL_S, GUIDANCE_RANGE, SESSION_TTL_S, Models
@@ -289,9 +289,10 @@ class DemoApp:
                     concept_method: str = CONCEPT_METHODS[0],
                     progress=gr.Progress()) -> dict:  # noqa: B008 (how Gradio hands out progress bars)
         """Check everything, generate one image with its maps, and set the filter panel up for them."""
-        request, checks = check_generation(self.models, prompt, seed, steps, guidance, size, model, other_model,
-                                           words, expect, concept_method)
+        job, checks = check_generation(self.models, prompt, seed, steps, guidance, size, model, other_model,
+                                       words, expect, concept_method, negative=negative, concepts=concepts)
         checks.refuse()
+        request = job.request
 
         def on_step(done: int, total: int) -> None:
             if abandoned():
@@ -299,13 +300,8 @@ class DemoApp:
             progress((done, total), desc="denoising", unit="steps")
 
         progress(0, desc="waiting for the model")
-        with request.loaded.lock:
-            image, maps = generate(request.loaded.pipe, prompt, seed=request.seed, steps=request.steps,
-                                   guidance=request.guidance, size=request.dims,
-                                   negative_prompt=as_text(negative) or None, on_step=on_step,
-                                   per_layer=keep_heads is True, per_head=keep_heads is True,
-                                   concepts=split_list(as_text(concepts)) or None, concept_method=request.method)
-        maps.info.model = as_text(other_model) or as_text(model)
+        with job.loaded.lock:
+            image, maps = run(request, on_step=on_step, per_layer=keep_heads is True, per_head=keep_heads is True)
         result = Result.new(image, maps)
         resolutions = [f"{h}x{w}" for h, w in maps.resolutions]
         steps = request.steps
