@@ -40,7 +40,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import crossattn  # noqa: E402
-from crossattn.diagnosis import KINDS, diagnose  # noqa: E402
+from crossattn.diagnosis import FAILURES, diagnose  # noqa: E402
 from crossattn.generation import generate  # noqa: E402
 from crossattn.models import asset_path  # noqa: E402
 from crossattn.placement import relation_gap  # noqa: E402
@@ -227,12 +227,12 @@ def main() -> None:
         train = collect(pipes, prompts(TRAIN_SEED, args.n), "training seeds")
         held = collect(pipes, prompts(HELD_OUT_SEED + 5_000_000, args.n), "held-out seeds")
     thresholds, bins = {}, {}
-    for kind in KINDS:
+    for kind in FAILURES:
         s, t = cases(train, kind, "full")
         thresholds[kind] = best_threshold(s, t)
         bins[kind] = calibration_bins(s, t, thresholds[kind])
     table = []
-    for kind in KINDS:
+    for kind in FAILURES:
         for window in WINDOWS:
             s, t = cases(held, kind, window)
             p, r = precision_recall(s, t, np.inf if thresholds[kind] is None else thresholds[kind])
@@ -258,7 +258,7 @@ def main() -> None:
     by_group = {}
     for name, rows in groups.items():
         by_group[name] = {}
-        for kind in KINDS:
+        for kind in FAILURES:
             s, t = cases(rows, kind, "full")
             by_group[name][kind] = {"cases": int(len(t)), "true": int(t.sum()), "auc": auc(s, t)}
         print(f"  {name}: " + ", ".join(f"{kind} {fmt(v['auc'])} ({v['true']} true)"

@@ -39,7 +39,7 @@ peer (its last step only, its default).
 Memory: one generation of 50 steps with crossattn and the peer (``timesteps="all"``) attached at once, read
 after step 10 and after step 50 through ``callback_on_step_end`` — what a 10-step and a 50-step generation
 hold: neither tool sizes anything by the total step count except crossattn's time bins, min(4, steps), the
-same 4 for both. crossattn: ``recorder.accumulator_bytes`` (fixed) and ``recorder.trace_bytes`` (grows by one
+same 4 for both. crossattn: ``recorder.accumulator_bytes`` (fixed) and ``recorder.step_bytes`` (grows by one
 coarse map per step). Peer: the bytes of the distinct tensor storages its records keep alive — every captured
 call's query and key (with offload to the CPU on a CPU these are the model's own tensors, not copies, but they
 stay allocated), both CFG halves, text and image positions: for all steps, and for the last step alone (what
@@ -260,7 +260,7 @@ def crossattn_memory(tr) -> dict:
     tokens = next(iter(rec.sums.values())).shape[-1]
     pixels_per_resolution = {s.resolution[0] * s.resolution[1] for s in rec.sites.values()}
     return {
-        "accumulator_bytes": rec.accumulator_bytes, "trace_bytes": rec.trace_bytes, "tokens_kept": tokens,
+        "accumulator_bytes": rec.accumulator_bytes, "trace_bytes": rec.step_bytes, "tokens_kept": tokens,
         "time_bins": rec.time_bins, "sites": sorted(rec.sites),
         # the budget: 4 bytes x tokens x sum over captured resolutions of latent pixels (77-token context)
         "budget_bytes_77_tokens": 4 * 77 * sum(pixels_per_resolution),

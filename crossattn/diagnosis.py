@@ -38,7 +38,7 @@ from .words import ref_name, word_ref
 if TYPE_CHECKING:
     from .heatmaps import HeatMaps
 
-KINDS = ("neglect", "leakage", "merging")
+FAILURES = ("neglect", "leakage", "merging")
 
 
 @dataclass(frozen=True)
@@ -294,7 +294,7 @@ def diagnose(maps: HeatMaps, objects: list[str] | None = None, steps: slice | li
         thresholds=dict(th),
         notes=notes + relation_notes + [
             f"no {kind} verdict: no {kind} threshold was right more often than not in validation; scores only"
-            for kind in KINDS if math.isinf(th[kind])],
+            for kind in FAILURES if math.isinf(th[kind])],
     )
 
 

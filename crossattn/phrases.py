@@ -151,7 +151,7 @@ class Phrase:
     words: tuple[str, ...]  # lower-cased, in prompt order: ("red", "circle")
     head: str  # "circle"; a plural stays as written ("dogs")
     attributes: tuple[str, ...]  # ("red",): the words before the head
-    start: int  # index of words[0] among `prompt_words(prompt)`
+    start: int  # index of words[0] among `plain_words(prompt)`
     occurrence: int  # how many times this word sequence appears earlier in the prompt
 
     @property
@@ -180,7 +180,7 @@ class Relation:
 
 @dataclass
 class Parse:
-    words: list[str]  # `prompt_words(prompt)`
+    words: list[str]  # `plain_words(prompt)`
     objects: list[Phrase]  # the noun phrases naming objects, in prompt order
     relations: list[Relation]
     notes: list[str]  # what was skipped and why
@@ -226,14 +226,14 @@ def _clauses(prompt: str) -> tuple[list[str], list[list[tuple[int, str]]]]:
     return words, [c for c in clauses if c]
 
 
-def prompt_words(prompt: str) -> list[str]:
+def plain_words(prompt: str) -> list[str]:
     """The prompt's words, lower-cased: runs of letters and digits, with apostrophes inside ("cat's"), and
     resolution and camera tags ("4k", "f/1.8"); punctuation and emoji are no words. `Phrase.start` counts these."""
     return _clauses(prompt)[0]
 
 
 def is_tag(word: str) -> bool:
-    """Whether a word of `prompt_words` is a resolution or camera tag ("4k", "1080p", "35mm", "f/1.8", "uhd")."""
+    """Whether a word of `plain_words` is a resolution or camera tag ("4k", "1080p", "35mm", "f/1.8", "uhd")."""
     return _TAG_WORD.fullmatch(word) is not None
 
 

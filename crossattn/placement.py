@@ -174,7 +174,7 @@ def objects(maps: HeatMaps) -> list[str]:
     found, _ = prompt_objects(maps)
     if found:
         return [ref_name(p.text, p.occurrence) for p in found]
-    words = phrases.prompt_words(_prompt(maps))
+    words = phrases.plain_words(_prompt(maps))
     return [w for w in dict.fromkeys(words) if w not in _FUNCTION_WORDS and not phrases.is_tag(w) and _known(maps, w)]
 
 

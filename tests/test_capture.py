@@ -123,7 +123,7 @@ def test_recorder_memory_does_not_grow_with_steps(tiny_sd):
     for steps in (10, 50):
         with crossattn.trace(tiny_sd) as tr:
             latents(tiny_sd, steps=steps)
-        sizes[steps] = (tr.recorder.accumulator_bytes, tr.recorder.trace_bytes)
+        sizes[steps] = (tr.recorder.accumulator_bytes, tr.recorder.step_bytes)
     assert sizes[10][0] == sizes[50][0] > 0
     # the coarse trace is one (8x8 x tokens) map per step: 50 steps = 5x 10 steps
     assert sizes[50][1] == 5 * sizes[10][1]

@@ -38,6 +38,7 @@ from crossattn.app import (  # noqa: E402
 )
 from crossattn.errors import InputError  # noqa: E402
 from crossattn.generation import MAX_SEED, generate  # noqa: E402
+from crossattn.heatmaps import MapInfo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -196,7 +197,7 @@ def test_bad_input_is_one_line_checked_before_generating(server, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("generated despite bad input")
 
-    monkeypatch.setattr("crossattn.app.page.generate", no_generation)
+    monkeypatch.setattr("crossattn.app.page.run", no_generation)
     someone = User(server)
     cases = [
         ({"words": "elephant"}, "'elephant' is not a word of the prompt; its words are: 'a', 'red'"),
@@ -274,7 +275,7 @@ def test_numbers_through_the_api_get_one_clear_message_each(server):
 @pytest.mark.slow
 def test_the_queue_and_uploads_are_bounded(server, monkeypatch):
     release = threading.Event()
-    monkeypatch.setattr("crossattn.app.page.generate", lambda *args, **kwargs: release.wait(60) and None)
+    monkeypatch.setattr("crossattn.app.page.run", lambda *args, **kwargs: release.wait(60) and None)
     answers = []
     threads = [threading.Thread(target=lambda: answers.append(raw_generate(server)[0]))
                for _ in range(QUEUE_SIZE + 6)]
@@ -332,8 +333,8 @@ def test_other_models_are_cached_by_folder_bounded_and_tell_nothing_of_server_pa
 def test_a_long_prompts_note_is_one_short_line():
     class Maps:
         words = ["a"]
-        meta = {"notes": ["The prompt is longer than the 77 tokens the text encoder reads; the model does not see: "
-                          f"“{' '.join(['left of a blue square'] * 400)}”"]}
+        info = MapInfo(notes=["The prompt is longer than the 77 tokens the text encoder reads; the model does not "
+                              f"see: “{' '.join(['left of a blue square'] * 400)}”"])
 
     assert notes_text(Maps()) == ("- The prompt is longer than the 77 tokens the text encoder reads; the model does "
                                   "not see: “left of a blue square left of a …” (2000 words)")

@@ -132,3 +132,20 @@ def test_the_checker_sees_lazy_imports_and_skips_type_hints(tmp_path):
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import words\n"
         "def f():\n    from . import placement\n    from .sub.deep import g\n")
     assert imports_of(tmp_path / "heatmaps.py", tmp_path) == {"placement", "sub.deep"}
+
+
+def test_no_module_is_longer_than_a_newcomer_reads_top_to_bottom():
+    long = {module_name(p): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f"modules over 500 lines (split them by job): {long}"
+
+
+def test_heat_maps_keep_a_small_surface():
+    """At most 20 public names (fields, properties, methods): analyses are functions over maps, not methods."""
+    import dataclasses
+
+    from crossattn.heatmaps import HeatMaps
+
+    names = {f.name for f in dataclasses.fields(HeatMaps)} | set(vars(HeatMaps))
+    public = sorted(n for n in names if not n.startswith("_"))
+    assert len(public) <= 20, public
+    assert {"word", "filter", "save", "data", "info"} <= set(public)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crossattn.phrases import Phrase, Relation, is_tag, parse_prompt, prompt_words
+from crossattn.phrases import Phrase, Relation, is_tag, parse_prompt, plain_words
 
 # prompt -> the exact relation statements it makes, in prompt order
 CASES = [
@@ -107,7 +107,7 @@ def test_occurrence_of_a_repeated_phrase():
 def test_start_indices_line_up_with_prompt_words():
     prompt = "A photo of a red circle, to the left of a blue square!"
     parse = parse_prompt(prompt)
-    assert parse.words == prompt_words(prompt) == ["a", "photo", "of", "a", "red", "circle", "to", "the", "left",
+    assert parse.words == plain_words(prompt) == ["a", "photo", "of", "a", "red", "circle", "to", "the", "left",
                                                    "of", "a", "blue", "square"]
     assert [p.start for p in parse.objects] == [4, 11]
     for p in parse.objects:
@@ -115,7 +115,7 @@ def test_start_indices_line_up_with_prompt_words():
 
 
 def test_prompt_words():
-    assert prompt_words("A cat's TOY, 🙂 and 2 dogs & a close-up") == ["a", "cat's", "toy", "and", "2", "dogs", "a",
+    assert plain_words("A cat's TOY, 🙂 and 2 dogs & a close-up") == ["a", "cat's", "toy", "and", "2", "dogs", "a",
                                                                        "close", "up"]
 
 
@@ -152,7 +152,7 @@ def test_notes_say_what_was_skipped(prompt, notes):
 ])
 def test_never_raises(prompt):
     parse = parse_prompt(prompt)
-    assert parse.words == prompt_words(prompt)
+    assert parse.words == plain_words(prompt)
     for relation in parse.relations:
         assert relation.statement()
 
@@ -169,7 +169,7 @@ def test_style_tags_are_never_objects(tags):
         parse = parse_prompt(prompt)
         assert [p.text for p in parse.objects] == ["cyan circle", "red square"]
         assert [r.statement() for r in parse.relations] == ["cyan circle right_of red square"]
-    assert [w for w in prompt_words(tags) if not is_tag(w)] == []
+    assert [w for w in plain_words(tags) if not is_tag(w)] == []
     assert not any(map(is_tag, ["4", "k", "kittens", "people", "2", "hdd", "dk"]))
     assert [p.text for p in parse_prompt("3 apples and 2 people and 4 kittens in 8k").objects] == ["apples", "people",
                                                                                                 "kittens"]

@@ -93,7 +93,7 @@ def test_a_filtered_repr_agrees_with_its_fields():
     assert apart.steps == [0, 1, 2, 3, 4, 15, 16, 17, 18, 19] and "steps 0-4, 15-19 (10 of 20) in 2 bins" in repr(apart)
     maps.info.notes = ["the prompt was cut: “…”"]
     assert maps.notes == ["the prompt was cut: “…”"] and repr(maps).endswith("notes ['the prompt was cut: “…”'])")
-    maps.notes.append("changed")  # a copy: the maps' notes change only through meta
+    maps.notes.append("changed")  # a copy: the maps' notes change only through info
     assert maps.notes == ["the prompt was cut: “…”"]
     with pytest.raises(AttributeError):
         maps.notes = []

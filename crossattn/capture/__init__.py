@@ -23,8 +23,8 @@ up to its end token, never the padding), plus a coarse per-step trace of
 from .kernels import SDPA as _SDPA
 from .observer import AttentionObserver
 from .plain_sdpa import PlainSDPAProcessor
-from .recorder import KINDS, Layer, Listener, Recorder, Site, StepState
+from .recorder import LAYOUTS, Layer, Listener, Recorder, Site, StepState
 
 # `_SDPA`: the attention function the observers watch for, for an intervention that calls it itself
-__all__ = ["KINDS", "_SDPA", "AttentionObserver", "Layer", "Listener", "PlainSDPAProcessor", "Recorder", "Site",
+__all__ = ["LAYOUTS", "_SDPA", "AttentionObserver", "Layer", "Listener", "PlainSDPAProcessor", "Recorder", "Site",
            "StepState"]

@@ -17,7 +17,7 @@ from .kernels import EXPLICIT, SDPA, attention_and_probabilities
 from .observer import others_watching
 
 # How a layer's attention call lays out text and image positions (see `Layer.kind`).
-KINDS = ("cross", "text_first", "text_last", "added_kv")
+LAYOUTS = ("cross", "text_first", "text_last", "added_kv")
 _UNSEEN = object()  # a cache's "not looked at yet" (None is an answer)
 
 
@@ -45,7 +45,7 @@ class Layer:
     name: str  # readable: "up_blocks.1.attentions.0.transformer_blocks.0.attn2", "double.3", "single.12", ...
     block: str  # what `filter(blocks=...)` selects: "down", "mid", "up", "joint", "double", "single", ...
     kind: str
-    trace: bool  # also feeds the per-step trace (the coarsest resolution)
+    per_step: bool  # also feeds the per-step maps (the coarsest resolution)
 
 
 @dataclass
@@ -102,8 +102,8 @@ class Recorder:
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     counts: dict[str, list[int]] = field(default_factory=dict)
     sites: dict[str, Site] = field(default_factory=dict)
-    trace: list[torch.Tensor | None] = field(default_factory=list)  # one (images, th, tw, tokens) per step
-    trace_counts: list[int] = field(default_factory=list)
+    step_sums: list[torch.Tensor | None] = field(default_factory=list)  # one (images, th, tw, tokens) per step
+    step_counts: list[int] = field(default_factory=list)
     timesteps: list[float] = field(default_factory=list)
     coverage: dict[str, dict[str, int]] = field(default_factory=dict)
     ran_steps: dict[str, set[int]] = field(default_factory=dict)  # layer -> the steps it recorded
@@ -117,7 +117,7 @@ class Recorder:
     _call_cache: dict = field(default_factory=dict, repr=False)  # what is constant within one denoiser call
 
     def reset(self) -> None:
-        for part in (self.sums, self.counts, self.sites, self.trace, self.trace_counts, self.timesteps, self._views,
+        for part in (self.sums, self.counts, self.sites, self.step_sums, self.step_counts, self.timesteps, self._views,
                      self.ran_steps, self.lse_sources, self._call_cache):
             part.clear()
         for counts in self.coverage.values():
@@ -127,8 +127,8 @@ class Recorder:
     def begin_step(self, step: StepState) -> None:
         if self.step is None or step.index != self.step.index:
             self.timesteps.append(step.timestep)
-            self.trace_counts.append(0)
-            self.trace.append(None)  # filled lazily by the trace layers
+            self.step_counts.append(0)
+            self.step_sums.append(None)  # filled lazily by the per-step layers
         self.step = step
         self._call_cache.clear()
 
@@ -143,13 +143,13 @@ class Recorder:
         return sum(t.numel() * t.element_size() for t in self.sums.values())
 
     @property
-    def trace_bytes(self) -> int:
+    def step_bytes(self) -> int:
         """Bytes of the coarse per-step trace (grows by one small map per step)."""
-        return sum(t.numel() * t.element_size() for t in self.trace if t is not None)
+        return sum(t.numel() * t.element_size() for t in self.step_sums if t is not None)
 
     @property
     def nbytes(self) -> int:
-        return self.accumulator_bytes + self.trace_bytes
+        return self.accumulator_bytes + self.step_bytes
 
     # ---- the attention call ---------------------------------------------------------------------------
     def observe(self, layer: Layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -275,18 +275,18 @@ class Recorder:
         if self.per_head:
             target.add_(probs)
             self.counts[name][b] += counted > 0
-        elif not layer.trace:  # target (rows, pixels·tokens) += ones(heads) · probs (heads, pixels·tokens)
+        elif not layer.per_step:  # target (rows, pixels·tokens) += ones(heads) · probs (heads, pixels·tokens)
             ones = self._call_cache.get(("ones", rows, heads, probs.device))
             if ones is None:
                 ones = self._call_cache["ones", rows, heads, probs.device] = probs.new_ones((rows, 1, heads))
             target.view(rows, 1, -1).baddbmm_(ones, probs.reshape(rows, heads, -1))
             self.counts[name][b] += counted
-        if layer.trace:
+        if layer.per_step:
             summed = probs.sum(dim=1)  # (images, pixels, tokens)
             if not self.per_head:
                 target.add_(summed)
                 self.counts[name][b] += counted
-            self._trace(summed, h, w, counted)
+            self._add_step(summed, h, w, counted)
 
     def _allocate(self, name: str, block: str, h: int, w: int, probs: torch.Tensor) -> torch.Tensor:
         bins = min(self.time_bins, max(self.step.total, 1))
@@ -297,15 +297,15 @@ class Recorder:
         self.counts[name] = [0] * bins
         return self.sums[name]
 
-    def _trace(self, summed: torch.Tensor, h: int, w: int, heads: int) -> None:
+    def _add_step(self, summed: torch.Tensor, h: int, w: int, heads: int) -> None:
         grid = summed.unflatten(1, (h, w))  # (rows, h, w, tokens)
         if max(h, w) > self.trace_size:  # keep the per-step trace coarse: it is the only part that grows
             scale = self.trace_size / max(h, w)
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             grid = F.adaptive_avg_pool2d(grid.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
-        if self.trace[-1] is None:
-            self.trace[-1] = grid.new_zeros((self.step.images,) + grid.shape[1:])
-        if self.trace[-1].shape[1:] != grid.shape[1:]:  # a trace layer at another resolution: skip it
+        if self.step_sums[-1] is None:
+            self.step_sums[-1] = grid.new_zeros((self.step.images,) + grid.shape[1:])
+        if self.step_sums[-1].shape[1:] != grid.shape[1:]:  # a trace layer at another resolution: skip it
             return
-        self.trace[-1][self.step.slot].add_(grid)
-        self.trace_counts[-1] += heads
+        self.step_sums[-1][self.step.slot].add_(grid)
+        self.step_counts[-1] += heads

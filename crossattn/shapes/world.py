@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..placement import relation_gap
+from ..geometry import RELATIONS, relation_gap
 
 IMAGE_SIZE = 64
 BACKGROUND = (240, 240, 236)
@@ -32,7 +32,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 # Object "radius" (half the extent) as a fraction of the image side.
 SIZES: dict[str, tuple[float, float]] = {"small": (0.09, 0.12), "large": (0.15, 0.19)}
-RELATIONS = {"left_of": "left of", "right_of": "right of", "above": "above", "below": "below"}
+RELATION_WORDS = {r: r.replace("_", " ") for r in RELATIONS}  # how a caption says each relation: "left of"
 # Single-object position phrases, and the region of the image they promise.
 POSITIONS = {"on the left": (0, 0.4), "on the right": (0.6, 1), "at the top": (0, 0.4), "at the bottom": (0.6, 1)}
 
@@ -178,7 +178,7 @@ def sample_scene(seed: int, size: int = IMAGE_SIZE, n_objects: int | None = None
     if n_objects is None:
         n_objects = int(rng.choice([1, 2, 3], p=[0.3, 0.55, 0.15]))
     colours = list(rng.choice(list(COLOURS), n_objects, replace=False))
-    relation = str(rng.choice(list(RELATIONS))) if n_objects == 2 else None
+    relation = str(rng.choice(list(RELATION_WORDS))) if n_objects == 2 else None
     for _ in range(1000):  # rejection sampling; a valid layout is found within a few tries
         objects = [_random_object(rng, size, c) for c in colours]
         if _valid_layout(objects, relation, size):
@@ -191,7 +191,7 @@ def sample_scene(seed: int, size: int = IMAGE_SIZE, n_objects: int | None = None
         position = _single_position(objects[0], size)
         caption = phrases[0] + (f" {position}" if position and rng.random() < 0.7 else "")
     elif n_objects == 2:
-        caption = f"{phrases[0]} {RELATIONS[relation]} {phrases[1]}"
+        caption = f"{phrases[0]} {RELATION_WORDS[relation]} {phrases[1]}"
     else:
         caption = f"{phrases[0]}, {phrases[1]} and {phrases[2]}"
     image, masks = render(objects, size)
@@ -238,5 +238,5 @@ def parse_caption(caption: str) -> tuple[list[tuple[str, str]], str | None]:
     words = caption.replace(",", " ").split()
     pairs = [(w, words[i + 1]) for i, w in enumerate(words[:-1]) if w in COLOURS and words[i + 1] in SHAPES]
     text = " ".join(words)
-    relation = next((key for key, phrase in RELATIONS.items() if f" {phrase} " in f" {text} "), None)
+    relation = next((key for key, phrase in RELATION_WORDS.items() if f" {phrase} " in f" {text} "), None)
     return pairs, relation
