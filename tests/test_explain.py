@@ -79,7 +79,7 @@ def reference_maps(pipe, picture: Image.Image, levels: list[float], seed: int) -
 def test_explain_equals_a_hand_made_traced_denoiser_call(fixture, request):
     pipe = request.getfixturevalue(fixture)
     picture = scene(32, 32)
-    maps = crossattn.explain(pipe, picture, CAPTION, noise_levels=[0.2, 0.6], seed=5)
+    maps = crossattn.explain(pipe, picture, CAPTION, noise_levels=[0.2, 0.6], seed=5, sites="all")
     reference = reference_maps(pipe, picture, [0.6, 0.2], seed=5)
     assert maps.words == reference.words == WORDS
     assert maps.info.timesteps == reference.info.timesteps == [600.0, 200.0]  # called from high noise to low
@@ -88,8 +88,14 @@ def test_explain_equals_a_hand_made_traced_denoiser_call(fixture, request):
     for site, sums in reference.data.sums.items():
         torch.testing.assert_close(maps.data.sums[site], sums, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(maps.word("circle").array, reference.word("circle").array, rtol=1e-4, atol=1e-6)
-    other = crossattn.explain(pipe, picture, CAPTION, noise_levels=[0.2, 0.6], seed=6)
+    other = crossattn.explain(pipe, picture, CAPTION, noise_levels=[0.2, 0.6], seed=6, sites="all")
     assert not torch.equal(other.data.sums[site], maps.data.sums[site])  # the seed draws the noise
+    default = crossattn.explain(pipe, picture, CAPTION, noise_levels=[0.2, 0.6], seed=5)  # sites="finest"
+    finest = reference.filter(resolutions=[reference.resolutions[0]]) if reference.info.resolution_sites else reference
+    assert sorted(default.sites) == sorted(finest.sites) and len(default.resolutions) == 1
+    np.testing.assert_allclose(default.word("circle").array, finest.word("circle").array, rtol=1e-4, atol=1e-6)
+    with pytest.raises(crossattn.InputError, match="sites must be one of 'finest', 'all'"):
+        crossattn.explain(pipe, picture, CAPTION, sites="coarse")
 
 
 # ---- a drawn scene with a known answer ----------------------------------------------------------------------

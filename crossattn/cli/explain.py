@@ -6,6 +6,7 @@ import json
 
 from .. import pictures, placement, reports
 from ..concepts import METHODS
+from ..explain import SITES, explain, read_image
 from ..words import split_list
 from .common import MODEL_HELP, _clear, _cmap, _device, _load, _note, _output_folder, _seed, command, device_help
 from .generate import write_maps
@@ -23,6 +24,9 @@ def add(sub) -> None:
                                                     "says them (default: none)")
     n.add_argument("--concept-method", choices=METHODS, default=None, help="see crossattn.trace (default: the "
                                                                              "model's)")
+    n.add_argument("--sites", choices=SITES, default="finest",
+                   help="finest: on UNets only the finest cross-attention sites (they read a given image best); all: "
+                        "every site")
     n.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     n.add_argument("--cmap", type=_cmap, default="jet", help="colour map")
     n.add_argument("--format", choices=["safetensors", "npz"], default="safetensors", help="file format of the maps")
@@ -34,8 +38,6 @@ def add(sub) -> None:
 
 
 def run(args) -> None:
-    from ..explain import explain, read_image
-
     picture, said = read_image(args.image)  # unreadable files fail here, before the model loads
     for note in said:  # what reading it converted (transparency, 16-bit, rotation ...)
         _note(note)
@@ -44,7 +46,8 @@ def run(args) -> None:
     pipe = _load(args)
     levels = [float(x) for x in split_list(args.levels)] if args.levels else None
     maps = explain(pipe, picture, args.caption, noise_levels=levels, seed=args.seed,
-                   concepts=split_list(args.concepts) or None, concept_method=args.concept_method)
+                   concepts=split_list(args.concepts) or None, concept_method=args.concept_method,
+                   sites=args.sites)
     for note in maps.notes:
         if note not in said:
             _note(note)
