@@ -109,7 +109,7 @@ def ours_per_layer(tr) -> tuple[dict[str, torch.Tensor], list[str], list[int], i
     path_of = {layer.name: path for path, layer in tr.layers.items()}
     per_layer = {}
     for name in maps.sites:  # per_layer=True: one site per layer
-        token_maps = maps.filter(layers=[name]).token_maps()  # (h, w, tokens): mean over heads and steps
+        token_maps = maps.filter(layers=[name]).data.token_maps()  # (h, w, tokens): mean over heads and steps
         per_layer[path_of[name]] = token_maps.flatten(0, 1).double()
     # Column c of the maps is text position kept[c] (start token, prompt tokens, end token).
     kept = tr.kept_positions

@@ -33,7 +33,7 @@ only, "fast" mode: keeps each call's query and key, computes the maps in ``compu
 its own processors in for all of the denoiser's, so its time includes theirs). Installing and removing each
 tool is inside the timed span. Each repeat runs the three back to back, in forward order on
 even repeats and reversed on odd ones; min and median over repeats after one warm-up of each. "Maps ready" is
-what comes after the generation: ``tr.heat_maps().token_maps()`` for crossattn, ``capture.compute()`` for the
+what comes after the generation: ``tr.heat_maps().data.token_maps()`` for crossattn, ``capture.compute()`` for the
 peer (its last step only, its default).
 
 Memory: one generation of 50 steps with crossattn and the peer (``timesteps="all"``) attached at once, read
@@ -217,7 +217,7 @@ def overhead(b: Bench, repeats: int) -> dict:
         out[f"ratio_{tool}_median"] = out[f"{tool}_median_s"] / out["plain_median_s"]
     # what each tool still has to do once the generation is over, on the last timed run
     start = time.perf_counter()
-    handles["crossattn"].heat_maps().token_maps()
+    handles["crossattn"].heat_maps().data.token_maps()
     out["maps_ready_s"] = {"crossattn": time.perf_counter() - start}
     if "peer" in handles:
         start = time.perf_counter()

@@ -22,6 +22,7 @@ from .concepts import resolve_method
 from .diagnosis import early_stop
 from .errors import InputError
 from .families import Family, family_of
+from .families.video import VideoFamily
 from .heatmaps import HeatMaps
 from .tracing import TRUNCATION_NOTE, trace
 from .words import find_word, prompt_words, truncation, word_ref
@@ -68,10 +69,7 @@ def max_side(pipe, family: Family | None = None) -> int | None:
 
 def native_size(pipe, family: Family | None = None) -> tuple[int, int]:
     """(width, height) the model was built for."""
-    family = family or family_of(pipe)
-    side = getattr(pipe, "default_sample_size", None) or getattr(pipe, family.denoiser).config.sample_size
-    side = (side if isinstance(side, int) else side[0]) * family.vae_scale(pipe)
-    return side, side
+    return (family or family_of(pipe)).native_size(pipe)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -161,12 +159,14 @@ class Request:
     concepts: tuple[str, ...] = ()
     concept_method: str | None = None
     notes: tuple[str, ...] = ()  # for the user, found while validating
+    frames: int | None = None  # a video pipeline's frame count; None for images
 
     @classmethod
     def make(cls, pipe, prompt: str, *, seed: int = 0, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
              size: tuple[int, int] | None = None, negative_prompt: str | None = None,
              words: list[str] | None = None, model: str | None = None, concepts: list[str] | None = None,
-             concept_method: str | None = None, max_pixels: int = MAX_PIXELS, max_steps: int = MAX_STEPS) -> Request:
+             concept_method: str | None = None, max_pixels: int = MAX_PIXELS, max_steps: int = MAX_STEPS,
+             frames: int | None = None) -> Request:
         """Check everything before any compute is spent (an `InputError` says what is wrong and what is allowed).
 
             >>> import crossattn
@@ -181,8 +181,13 @@ class Request:
         check_size(pipe, family, size, max_pixels)
         method = resolve_method(family, concept_method)
         notes = prompt_notes(family, pipe, prompt, tuple(words or ()))
+        if isinstance(family, VideoFamily):
+            frames = family.default_frames(pipe) if frames is None else frames
+            family.check_frames(pipe, frames)
+        elif frames is not None:
+            raise InputError(f"frames apply to video pipelines; {type(pipe).__name__} makes images")
         return cls(pipe, family, prompt, seed, steps, guidance, size, negative_prompt or None, tuple(words or ()),
-                   model, tuple(concepts or ()), method, tuple(notes))
+                   model, tuple(concepts or ()), method, tuple(notes), frames)
 
 
 def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance: float,
@@ -194,8 +199,9 @@ def check_inputs(pipe, prompt: str, size: tuple[int, int], steps: int, guidance:
 
 
 def run(request: Request, *, on_step: Callable[[int, int], None] | None = None, stop_early_at: int | None = None,
-        **trace_options) -> tuple[Image.Image, HeatMaps]:
-    """Generate one image of a validated request under `crossattn.trace`; return it with its heat maps.
+        **trace_options) -> tuple[Image.Image | list[Image.Image], HeatMaps]:
+    """Generate one image of a validated request under `crossattn.trace`; return it with its heat maps (a video
+    pipeline: its frames, a list of images, and maps with `frames`).
 
     `on_step(done, total)` is called after every denoising step (progress bars, cancellation: it may raise);
     with `stop_early_at` = k, the steps so far are diagnosed after step k and a doomed generation raises
@@ -207,6 +213,8 @@ def run(request: Request, *, on_step: Callable[[int, int], None] | None = None, 
                    generator=torch.Generator(device).manual_seed(request.seed))
     if request.negative_prompt:
         options["negative_prompt"] = request.negative_prompt
+    if request.frames is not None:
+        options |= {"num_frames": request.frames, "output_type": "pil"}
     accepted = inspect.signature(pipe.__call__).parameters
     if "use_resolution_binning" in accepted:  # PixArt/Sana would silently resize to a trained aspect ratio
         options["use_resolution_binning"] = False
@@ -225,7 +233,8 @@ def run(request: Request, *, on_step: Callable[[int, int], None] | None = None, 
             options["callback_on_step_end"] = lambda pipeline, i, t, kwargs: (after_step(i), kwargs)[1]
         elif "callback" in accepted:  # older pipelines (PixArt): callback(step, t, latents)
             options["callback"] = lambda i, t, latents: after_step(i)
-        image = pipe(prompt=request.prompt, **options).images[0]  # by name: Flux.2's first argument is `image`
+        out = pipe(prompt=request.prompt, **options)  # by name: Flux.2's first argument is `image`
+        image = out.images[0] if request.frames is None else list(out.frames[0])
     maps = tr.heat_maps()
     maps.info = replace(maps.info, prompt=request.prompt, negative_prompt=request.negative_prompt, seed=request.seed,
                         guidance_scale=request.guidance, size=list(request.size),
@@ -238,7 +247,8 @@ def generate(pipe, prompt: str, *, seed: int = 0, steps: int = DEFAULT_STEPS, gu
              size: tuple[int, int] | None = None, negative_prompt: str | None = None,
              on_step: Callable[[int, int], None] | None = None, stop_early_at: int | None = None,
              words: list[str] | None = None, model: str | None = None, concepts: list[str] | None = None,
-             concept_method: str | None = None, **trace_options) -> tuple[Image.Image, HeatMaps]:
+             concept_method: str | None = None, frames: int | None = None,
+             **trace_options) -> tuple[Image.Image | list[Image.Image], HeatMaps]:
     """Generate one image of `prompt` under `crossattn.trace` and return it with its heat maps: `Request.make`
     then `run`, for a caller that has no request yet.
 
@@ -248,7 +258,7 @@ def generate(pipe, prompt: str, *, seed: int = 0, steps: int = DEFAULT_STEPS, gu
     """
     request = Request.make(pipe, prompt, seed=seed, steps=steps, guidance=guidance, size=size,
                            negative_prompt=negative_prompt, words=words, model=model, concepts=concepts,
-                           concept_method=concept_method)
+                           concept_method=concept_method, frames=frames)
     return run(request, on_step=on_step, stop_early_at=stop_early_at, **trace_options)
 
 

@@ -128,22 +128,72 @@ def _matches_resolution(site: Site, wanted: Iterable) -> bool:
 
 @dataclass
 class MapData:
-    """What the recorder summed for one image, as `HeatMaps.save` writes it (the raw material of every map)."""
+    """What the recorder summed for one image (or one video), as `HeatMaps.save` writes it: the raw material of
+    every map.
 
-    sums: dict[str, torch.Tensor]  # site -> (bins, heads, h, w, tokens) float32 sums
-    counts: dict[str, np.ndarray]  # site -> (bins,) single-head maps summed into each head slot
-    sites: dict[str, Site]
+    A video's maps hold its frames stacked along the height axis, frame after frame: a site of one frame's
+    resolution (h, w) has sums of (bins, heads, frames·h, w, tokens), and the per-step maps (steps, frames·th, tw,
+    tokens). `frame(i)` cuts one frame out; `merged()` is the mean over frames (sums added, counts × frames: every
+    frame was summed the same number of times, so that is each frame's own normalisation, averaged).
+    """
+
+    sums: dict[str, torch.Tensor]  # site -> (bins, heads, frames·h, w, tokens) float32 sums
+    counts: dict[str, np.ndarray]  # site -> (bins,) single-head maps summed into each head slot (per frame)
+    sites: dict[str, Site]  # one frame's resolution
     bin_steps: list[list[int]]  # steps that went into each bin
-    step_sums: torch.Tensor | None  # (steps, th, tw, tokens) sums at the coarsest resolution, one per step
+    step_sums: torch.Tensor | None  # (steps, frames·th, tw, tokens) sums at the coarsest resolution, per step
     step_counts: np.ndarray  # (steps,) single-head maps summed into each step
     words: list[Word]  # the prompt's words and the token positions each covers
     per_head: bool = False
     per_layer: bool = False
+    frames: int = 1
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def heads(self) -> int:
         """Head slots stored per site (1 when heads were summed during capture)."""
         return max(t.shape[1] for t in self.sums.values())
+
+    def token_maps(self) -> torch.Tensor:
+        """Mean attention probability per token, (h, w, tokens) on the finest grid (a video: the mean over its
+        frames)."""
+        if self.frames > 1:
+            return self.merged().token_maps()
+        if "tokens" not in self._cache:
+            target = max((s.resolution for s in self.sites.values()), key=lambda r: r[0] * r[1])
+            total, n = None, 0.0
+            for k, t in self.sums.items():
+                summed = t.sum(dim=(0, 1)).permute(2, 0, 1)[None]  # (1, tokens, h, w)
+                if summed.shape[-2:] != target:
+                    summed = F.interpolate(summed, size=target, mode="bilinear", align_corners=False)
+                total = summed if total is None else total + summed
+                n += float(self.counts[k].sum()) * (t.shape[1] if self.per_head else 1)
+            self._cache["tokens"] = (total[0] / max(n, 1e-12)).permute(1, 2, 0)
+        return self._cache["tokens"]
+
+    def frame(self, i: int) -> MapData:
+        """Frame `i`'s data (0 ≤ i < frames)."""
+        if self.frames == 1:
+            return self
+        sums = {k: t.narrow(2, i * self.sites[k].resolution[0], self.sites[k].resolution[0])
+                for k, t in self.sums.items()}
+        steps = None
+        if self.step_sums is not None:
+            th = self.step_sums.shape[1] // self.frames
+            steps = self.step_sums.narrow(1, i * th, th)
+        return replace(self, sums=sums, step_sums=steps, frames=1, _cache={})
+
+    def merged(self) -> MapData:
+        """The mean over frames, as the data of one frame."""
+        if self.frames == 1:
+            return self
+        if "merged" not in self._cache:
+            n = self.frames
+            sums = {k: t.unflatten(2, (n, self.sites[k].resolution[0])).sum(2) for k, t in self.sums.items()}
+            steps = None if self.step_sums is None else self.step_sums.unflatten(1, (n, -1)).sum(1)
+            self._cache["merged"] = replace(self, sums=sums, counts={k: c * n for k, c in self.counts.items()},
+                                            step_sums=steps, step_counts=self.step_counts * n, frames=1, _cache={})
+        return self._cache["merged"]
 
 
 @dataclass
@@ -174,6 +224,7 @@ class MapInfo:
     explained: bool = False  # maps of an existing image (`crossattn.explain`), not of a generation
     noise_levels: list[float] | None = None
     model_size: list[int] | None = None
+    output_frames: list[list[int]] | None = None  # a video: the decoded frames each map frame covers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,14 +242,14 @@ class HeatMaps:
     image_size: tuple[int, int]  # (height, width) in pixels
     info: MapInfo = field(default_factory=MapInfo)
     concepts: HeatMaps | None = None  # maps of words the prompt need not say (trace(..., concepts=[...]))
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
     _image: Image.Image | None = field(default=None, repr=False, compare=False)  # the generated image, where known
 
     def __repr__(self) -> str:
         heads = f", {self.data.heads} heads" if self.data.per_head else ""
         notes = f", notes {self.notes}" if self.notes else ""
+        frames = f", {self.frames} frames" if self.frames > 1 else ""
         return (f"HeatMaps({len(self)} words {self.words}, {len(self.sites)} sites {sorted(self.sites)}, "
-                f"{self._steps_text()}{heads}, image {self.image_size[1]}x{self.image_size[0]}, "
+                f"{self._steps_text()}{heads}, image {self.image_size[1]}x{self.image_size[0]}{frames}, "
                 f"{self.info.family}{notes})")
 
     def _steps_text(self) -> str:
@@ -213,7 +264,8 @@ class HeatMaps:
     def _repr_html_(self) -> str:
         """Jupyter shows the maps as an explorable view (`crossattn.notebook`): over the generated image when the
         maps know it, else on grey; `crossattn.notebook.explore(maps, image)` shows them over a given image."""
-        return notebook.explore(self, self._image).html
+        flat = self if self.frames == 1 else replace(self, data=self.data.merged(), concepts=None)
+        return notebook.explore(flat, self._image).html
 
     def _repr_png_(self) -> bytes:
         """Where HTML is not shown (an untrusted notebook), Jupyter shows the labelled grid of every word's map
@@ -292,10 +344,10 @@ class HeatMaps:
         if self.concepts is not None:
             layers_kept = None if layers is None else [k for k in self.concepts.sites if k in sites]
             concepts = self.concepts.filter(steps, resolutions, blocks, None, layers_kept or layers)
-        data = replace(d, sums=sums, counts={k: d.counts[k][keep_bins] for k in sites}, sites=sites,
+        data = replace(d, _cache={}, sums=sums, counts={k: d.counts[k][keep_bins] for k in sites}, sites=sites,
                        bin_steps=[d.bin_steps[b] for b in keep_bins],
                        step_counts=np.where(np.isin(np.arange(n_steps), sorted(chosen)), d.step_counts, 0))
-        return replace(self, data=data, concepts=concepts, _cache={})
+        return replace(self, data=data, concepts=concepts)
 
     def _kept_sites(self, resolutions, blocks, layers) -> dict[str, Site]:
         """The sites `filter` keeps (each criterion checked against what these maps have)."""
@@ -324,22 +376,24 @@ class HeatMaps:
             )
         return sites
 
-    # ---- reductions -------------------------------------------------------------------------------------
-    def token_maps(self) -> torch.Tensor:
-        """Mean attention probability per token, (h, w, tokens) on the finest selected grid."""
-        if "tokens" not in self._cache:
-            d = self.data
-            target = max((s.resolution for s in self.sites.values()), key=lambda r: r[0] * r[1])
-            total, n = None, 0.0
-            for k, t in d.sums.items():
-                summed = t.sum(dim=(0, 1)).permute(2, 0, 1)[None]  # (1, tokens, h, w)
-                if summed.shape[-2:] != target:
-                    summed = F.interpolate(summed, size=target, mode="bilinear", align_corners=False)
-                total = summed if total is None else total + summed
-                n += float(d.counts[k].sum()) * (t.shape[1] if d.per_head else 1)
-            self._cache["tokens"] = (total[0] / max(n, 1e-12)).permute(1, 2, 0)
-        return self._cache["tokens"]
+    # ---- frames (videos) --------------------------------------------------------------------------------
+    @property
+    def frames(self) -> int:
+        """Frames of a video's maps (1 for an image). Every map of a video (`word`, `over_steps`, `grid`, …) is the
+        mean over its frames; `frame(i)` gives one frame's maps, and ``info.output_frames[i]`` the frames of the
+        decoded video that frame covers (a latent frame covers several when the model compresses time)."""
+        return self.data.frames
 
+    def frame(self, i: int) -> HeatMaps:
+        """Frame `i`'s maps (negative counts from the end): a `HeatMaps` every image API works on."""
+        n = self.data.frames
+        if not isinstance(i, int) or not -n <= i < n:
+            raise InputError(f"frame {i!r} out of range: these maps have {n} frame{'s' if n != 1 else ''}")
+        i %= n
+        concepts = None if self.concepts is None else self.concepts.frame(i)
+        return replace(self, data=self.data.frame(i), concepts=concepts)
+
+    # ---- reductions -------------------------------------------------------------------------------------
     def word(self, word: str, occurrence: int | None = None, source: str | None = None) -> WordHeatMap:
         """One word's map (case-insensitive; several words, e.g. "red circle", are merged; the second "cat" is
         "cat#1" or ``occurrence=1``).
@@ -353,7 +407,7 @@ class HeatMaps:
             raise InputError(f"unknown source {source!r}; these maps have {sources or 'one source'}")
         matched = find_word(self.data.words, text, occurrence)
         positions = tuple(p for w in matched for p in w.in_source(source))
-        latent = self.token_maps()[..., list(positions)].sum(-1).cpu().numpy().astype(np.float32)
+        latent = self.data.token_maps()[..., list(positions)].sum(-1).cpu().numpy().astype(np.float32)
         raw = render.upsample(latent, self.image_size)
         peak = float(raw.max())
         array = raw / peak if peak > 0 else np.zeros_like(raw)
@@ -368,7 +422,7 @@ class HeatMaps:
 
     def over_steps(self, word: str, occurrence: int | None = None) -> np.ndarray:
         """The word's coarse map at every step, (steps, th, tw) mean probabilities; zeros for unselected steps."""
-        d = self.data
+        d = self.data.merged()
         if d.step_sums is None:
             raise InputError("no per-step maps were recorded")
         text, occurrence = word_ref(word) if occurrence is None else (word, occurrence)
@@ -417,6 +471,7 @@ class HeatMaps:
             "image_size": list(self.image_size),
             "per_head": d.per_head,
             "per_layer": d.per_layer,
+            "frames": d.frames,
             "bin_steps": d.bin_steps,
             "sites": {k: {"block": s.block, "resolution": list(s.resolution)} for k, s in d.sites.items()},
             **self.info.to_dict(),

@@ -14,6 +14,7 @@ from . import render
 from .diagnosis import Diagnosis
 from .effects import Effects, Repair
 from .geometry import Track
+from .heatmaps import HeatMaps
 
 # Colours for regions and paths, each with a name, so that a region is never painted in a colour the prompt
 # names for another object (the yellow square painted green): those are left out of the palette.
@@ -135,3 +136,38 @@ def repair_picture(r: Repair, tile: int = 256) -> Image.Image:
     after = render.labelled(r.image, f"repaired ({boosted}): {caption(r.after)}", tile)
     return render.grid([before, after], cols=2)
 
+
+
+# ---- videos -------------------------------------------------------------------------------------------------
+def latent_frame_of(maps: HeatMaps, frame: int) -> int:
+    """The maps' frame that covers decoded frame `frame` (a latent frame covers several when the model compresses
+    time: its map is shown on each of them, repeated, never interpolated)."""
+    covers = maps.info.output_frames or [[k] for k in range(maps.frames)]
+    return next((k for k, decoded in enumerate(covers) if frame in decoded), len(covers) - 1)
+
+
+def video_overlay(frames: list[Image.Image], maps: HeatMaps, word: str, alpha: float = 0.5,
+                  cmap: str = "jet") -> list[Image.Image]:
+    """Each decoded frame with the map of the latent frame that covers it, for one word (frames of a GIF)."""
+    per_frame = [maps.frame(k).word(word).array for k in range(maps.frames)]
+    return [render.overlay(f, per_frame[latent_frame_of(maps, i)], alpha=alpha, cmap=cmap)
+            for i, f in enumerate(frames)]
+
+
+def frames_grid(frames: list[Image.Image], maps: HeatMaps, words: list[str] | None = None, alpha: float = 0.5,
+                cmap: str = "jet", tile: int = 160) -> Image.Image:
+    """Frames × words: one column per frame of the maps (over the first decoded frame it covers), one row per word
+    (all the prompt's words by default), the frames themselves on top."""
+    words = words or maps.names
+    covers = maps.info.output_frames or [[k] for k in range(maps.frames)]
+    shown = [frames[min(c[0], len(frames) - 1)] for c in covers]
+    top = [render.labelled(f, f"frame {c[0]}" if len(c) == 1 else f"frames {c[0]}-{c[-1]}", tile)
+           for f, c in zip(shown, covers)]
+    rows = [render.labelled(maps.frame(k).word(w).overlay(shown[k], alpha, cmap, size=tile), w, tile)
+            for w in words for k in range(maps.frames)]
+    return render.grid(top + rows, cols=maps.frames)
+
+
+def save_gif(frames: list[Image.Image], path, fps: float = 8.0) -> None:
+    """Frames as a looping GIF (every viewer plays it; no video codec needed)."""
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)

@@ -27,6 +27,7 @@ from .words import Word
 MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_IMAGE_SCALE = 128
 MAX_INFO_BYTES = 64 << 20
+MAX_FRAMES = 4096  # frames of a video's maps
 # heatmaps.json keys that become `MapInfo` fields and are read by crossattn: (the types each may have, in words)
 INFO_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "prompt": ((str, type(None)), "a string or null"), "negative_prompt": ((str, type(None)), "a string or null"),
@@ -156,6 +157,9 @@ def load_heat_maps(directory: str | Path) -> HeatMaps:
         raise reader.fail(f"'image_size' {height}x{width} is more than {MAX_IMAGE_PIXELS:,} pixels")
     per_head = reader.get(info, "per_head", bool, "true or false")
     per_layer = reader.get(info, "per_layer", bool, "true or false")
+    frames = reader.get(info, "frames", int, "a whole number of frames") if "frames" in info else 1  # 0.3 wrote it
+    if isinstance(frames, bool) or not 1 <= frames <= MAX_FRAMES:
+        raise reader.fail(f"'frames' must be from 1 to {MAX_FRAMES}, got {_short(frames)}")
     sites = {}
     for name, s in reader.get(info, "sites", dict, "an object of sites").items():
         if not isinstance(s, dict):
@@ -174,7 +178,7 @@ def load_heat_maps(directory: str | Path) -> HeatMaps:
     if not raw_bins:
         raise reader.fail("'bin_steps' is empty")
     path = _inside(folder, reader.get(info, "maps_file", str, "a file name"), reader, "'maps_file'")
-    arrays = _read_arrays(path, sites, len(raw_bins), len(tokens), per_head)
+    arrays = _read_arrays(path, sites, len(raw_bins), len(tokens), per_head, frames)
     n_steps = len(arrays["trace_counts"])
     bin_steps = [reader.ints(b, "each of 'bin_steps'", 0, n_steps) for b in raw_bins]
     concepts = None
@@ -194,6 +198,7 @@ def load_heat_maps(directory: str | Path) -> HeatMaps:
         words=words,
         per_head=per_head,
         per_layer=per_layer,
+        frames=frames,
     )
     return HeatMaps(data=data, tokens=tokens, image_size=(height, width), info=meta, concepts=concepts)
 
@@ -221,7 +226,7 @@ _FILE_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zli
 
 
 def _read_arrays(path: Path, sites: dict[str, Site], n_bins: int, n_tokens: int,
-                 per_head: bool) -> dict[str, torch.Tensor]:
+                 per_head: bool, frames: int = 1) -> dict[str, torch.Tensor]:
     """The arrays of a maps file, each checked against what heatmaps.json says before any is read."""
     reader = _Reader(path)
     if path.suffix not in (".npz", ".safetensors"):
@@ -247,14 +252,16 @@ def _read_arrays(path: Path, sites: dict[str, Site], n_bins: int, n_tokens: int,
     floats, ints = "f", "iu"
     n_steps = expect("trace_counts", ints, (None,), "(steps)")[0]
     for k, site in sites.items():
-        heads = expect(f"sums/{k}", floats, (n_bins, None if per_head else 1, *site.resolution, n_tokens),
-                       "(bins, heads, height, width, tokens)")[1]
+        h, w = site.resolution
+        heads = expect(f"sums/{k}", floats, (n_bins, None if per_head else 1, frames * h, w, n_tokens),
+                       "(bins, heads, frames·height, width, tokens)")[1]
         if heads < 1:
             raise reader.fail(f"array 'sums/{k}' has no heads")
         expect(f"counts/{k}", ints, (n_bins,), "(bins)")
     names = ["trace_counts"] + [f"{kind}/{k}" for k in sites for kind in ("sums", "counts")]
     if "trace" in headers:
-        expect("trace", floats, (n_steps, None, None, n_tokens), "(steps, height, width, tokens)")
+        if expect("trace", floats, (n_steps, None, None, n_tokens), "(steps, height, width, tokens)")[1] % frames:
+            raise reader.fail(f"array 'trace' does not hold {frames} frames of equal height")
         names.append("trace")
     try:
         arrays = _load_arrays(path, names)

@@ -94,12 +94,12 @@ def test_means_match_an_independent_reference(tiny_sd):
     maps = tr.heat_maps()
     n_tok = len(maps.tokens)
     expected = torch.cat([p.flatten(0, 1) for p in stored]).mean(0)[:, :n_tok]  # all sites are 8x8 here
-    got = maps.token_maps().reshape(-1, n_tok)
+    got = maps.data.token_maps().reshape(-1, n_tok)
     assert torch.allclose(got, expected, atol=1e-6)
     # per bin: steps 0-1 in bin 0, step 2 in bin 1 (3 steps, 2 bins)
     per_step = len(handles)
     assert len(stored) == 3 * per_step
-    first = maps.filter(steps=[0]).token_maps().reshape(-1, n_tok)
+    first = maps.filter(steps=[0]).data.token_maps().reshape(-1, n_tok)
     assert maps.filter(steps=[0]).steps == [0, 1]
     expected_first = torch.cat([p.flatten(0, 1) for p in stored[: 2 * per_step]]).mean(0)[:, :n_tok]
     assert torch.allclose(first, expected_first, atol=1e-6)
@@ -114,7 +114,7 @@ def test_probabilities_sum_to_one_with_all_77_tokens(tiny_sd):
         tr.heat_maps()
     maps = tr.heat_maps(prompt=PROMPT)
     assert len(maps.tokens) == 77
-    assert torch.allclose(maps.token_maps().sum(-1), torch.ones(8, 8), atol=1e-5)
+    assert torch.allclose(maps.data.token_maps().sum(-1), torch.ones(8, 8), atol=1e-5)
     assert maps.word("circle").array.max() == pytest.approx(1.0)
 
 
@@ -139,8 +139,8 @@ def test_cfg_rows_conditional_by_default_and_negative_optional(tiny_sd):
     cond, neg = both.heat_maps(), both.heat_maps(negative=True)
     assert default.n_images == both.n_images == 1
     assert neg.words == ["a", "green", "triangle"]
-    assert torch.allclose(default.heat_maps().token_maps(), cond.token_maps(), atol=1e-6)
-    assert not torch.allclose(neg.token_maps()[..., :4], cond.token_maps()[..., :4])
+    assert torch.allclose(default.heat_maps().data.token_maps(), cond.data.token_maps(), atol=1e-6)
+    assert not torch.allclose(neg.data.token_maps()[..., :4], cond.data.token_maps()[..., :4])
     with pytest.raises(ValueError, match="capture_uncond"):
         default.heat_maps(negative=True)
 
@@ -167,7 +167,7 @@ def test_image_matches_a_single_generation(tiny_sd):
         latents(tiny_sd, prompt=[PROMPT, PROMPT], latents=noise)
     with crossattn.trace(tiny_sd) as single:
         latents(tiny_sd, prompt=PROMPT, latents=noise[1:])
-    assert torch.allclose(tr.heat_maps(1).token_maps(), single.heat_maps().token_maps(), atol=1e-5)
+    assert torch.allclose(tr.heat_maps(1).data.token_maps(), single.heat_maps().data.token_maps(), atol=1e-5)
 
 
 def test_sdxl(tiny_sdxl):
@@ -215,10 +215,10 @@ def test_per_head_and_per_layer_slicing(tiny_sd3level):
     assert detailed.data.heads == 2 and plain.data.heads == 1
     assert all(".attn2" in name for name in detailed.sites)
     # per-head, per-layer storage reduces to exactly the summed storage
-    assert torch.allclose(detailed.token_maps(), plain.token_maps(), atol=1e-6)
-    head0 = detailed.filter(heads=[0]).token_maps()
-    head1 = detailed.filter(heads=[1]).token_maps()
-    assert torch.allclose((head0 + head1) / 2, plain.token_maps(), atol=1e-6)
+    assert torch.allclose(detailed.data.token_maps(), plain.data.token_maps(), atol=1e-6)
+    head0 = detailed.filter(heads=[0]).data.token_maps()
+    head1 = detailed.filter(heads=[1]).data.token_maps()
+    assert torch.allclose((head0 + head1) / 2, plain.data.token_maps(), atol=1e-6)
     up = detailed.filter(layers=["up_blocks.2"])
     assert set(up.blocks) == {"up"} and up.resolutions == [(16, 16)]
     with pytest.raises(ValueError, match="per_head=True"):
@@ -234,10 +234,10 @@ def test_filter_by_resolution_block_and_steps(tiny_sd3level):
     assert set(maps.sites) == {"down.16x16", "down.8x8", "mid.4x4", "up.8x8", "up.16x16"}
     assert maps.resolutions == [(16, 16), (8, 8), (4, 4)]
     low = maps.filter(resolutions=[4])
-    assert low.token_maps().shape[:2] == (4, 4) and set(low.sites) == {"mid.4x4"}
+    assert low.data.token_maps().shape[:2] == (4, 4) and set(low.sites) == {"mid.4x4"}
     assert set(maps.filter(blocks=["up"], resolutions=["16x16"]).sites) == {"up.16x16"}
     late = maps.filter(steps=slice(6, None))
-    assert late.steps == [6, 7] and not torch.allclose(late.token_maps(), maps.token_maps())
+    assert late.steps == [6, 7] and not torch.allclose(late.data.token_maps(), maps.data.token_maps())
     assert late.over_steps("circle")[:6].sum() == 0 and late.over_steps("circle")[6:].sum() > 0
     assert maps.over_steps("circle").shape == (8, 4, 4)  # per-step trace at the coarsest resolution
     with pytest.raises(ValueError, match="unknown blocks"):
@@ -266,7 +266,7 @@ def test_explicit_path_when_the_private_flash_op_is_unavailable(tiny_sd, monkeyp
     monkeypatch.setattr(kernels, "_FLASH_LSE", False)
     with crossattn.trace(tiny_sd) as explicit:
         assert torch.equal(latents(tiny_sd, guidance_scale=7.5), plain)
-    assert torch.allclose(fast.heat_maps().token_maps(), explicit.heat_maps().token_maps(), atol=1e-6)
+    assert torch.allclose(fast.heat_maps().data.token_maps(), explicit.heat_maps().data.token_maps(), atol=1e-6)
 
 
 def test_float16_is_bit_identical_and_maps_are_float32():
@@ -276,7 +276,7 @@ def test_float16_is_bit_identical_and_maps_are_float32():
         traced = latents(pipe, steps=3)
     assert plain.dtype == torch.float16 and torch.equal(plain, traced)
     maps = tr.heat_maps()
-    assert maps.token_maps().dtype == torch.float32 and maps.word("circle").array.dtype == np.float32
+    assert maps.data.token_maps().dtype == torch.float32 and maps.word("circle").array.dtype == np.float32
 
 
 def test_an_editing_processor_is_observed_as_it_computes():
@@ -301,7 +301,7 @@ def test_an_editing_processor_is_observed_as_it_computes():
     plain = latents(pipe, steps=2)
     with crossattn.trace(pipe) as tr:
         assert torch.equal(latents(pipe, steps=2), plain)
-    sharp, base = tr.heat_maps().token_maps(), plain_trace.heat_maps().token_maps()
+    sharp, base = tr.heat_maps().data.token_maps(), plain_trace.heat_maps().data.token_maps()
     assert not torch.allclose(sharp, base, atol=1e-3)
     assert sharp.max() > base.max()  # sharper attention peaks higher
 
@@ -333,4 +333,4 @@ def test_non_sdpa_processors_with_their_own_scale_are_traced_exactly():
     pipe.enable_attention_slicing()  # sliced attention: also plain attention without SDPA
     with crossattn.trace(pipe) as sliced:
         assert ((latents(pipe, steps=2) - plain).abs().max() / plain.abs().max()).item() < 1e-5
-    assert torch.allclose(sliced.heat_maps().token_maps(), tr.heat_maps().token_maps(), atol=1e-5)
+    assert torch.allclose(sliced.heat_maps().data.token_maps(), tr.heat_maps().data.token_maps(), atol=1e-5)

@@ -32,7 +32,7 @@ def test_concepts_never_change_the_image_and_share_each_pixel(build, options, me
     assert torch.equal(plain, traced)
     maps = tr.heat_maps()
     assert maps.words[:3] == ["a", "red", "circle"]  # the prompt's maps are unaffected
-    shares = maps.concepts.token_maps()  # per pixel, the concepts' shares
+    shares = maps.concepts.data.token_maps()  # per pixel, the concepts' shares
     assert torch.allclose(shares.sum(-1), torch.ones(shares.shape[:2]), atol=1e-5)
     expected = method or ("attention" if build is build_tiny_sd else "outputs")
     assert maps.concepts.info.concept_method == expected
@@ -75,7 +75,7 @@ def test_attention_concepts_equal_the_plain_attention_renormalised_over_them(bui
         p = sums[0]
         expected = expected + (p[..., circle] / (p[..., circle] + p[..., square])).sum(0)
         n += p.shape[0]
-    got = concepts.token_maps()[..., 0]
+    got = concepts.data.token_maps()[..., 0]
     assert torch.allclose(got, expected / n, atol=1e-5)
 
 

@@ -37,7 +37,7 @@ def test_a_backend_that_bypasses_sdpa_is_switched_for_the_trace_and_given_back(f
         with crossattn.trace(flux) as tr:
             out = flux_run(flux)
         assert torch.equal(out, expected)  # it ran through SDPA, as the native run did
-        assert torch.allclose(tr.heat_maps().token_maps(), native.heat_maps().token_maps(), atol=1e-7)
+        assert torch.allclose(tr.heat_maps().data.token_maps(), native.heat_maps().data.token_maps(), atol=1e-7)
         assert any("'flex' of 2 traced layer(s) was switched" in n for n in tr.heat_maps().notes)
         backends = {m.processor._attention_backend for m in flux.transformer.modules() if hasattr(m, "processor")}
         assert backends == {AttentionBackendName.FLEX}  # given back
@@ -89,7 +89,7 @@ def test_a_step_cache_is_named_and_the_skipped_layers_average_the_steps_they_ran
     text, pixels = 24, 64
     expected = expected_token_maps(calls, slice(0, 1), slice(text, text + pixels), slice(0, text),
                                    tracer.kept_positions)
-    assert torch.allclose(maps.filter(layers=["single.0"]).token_maps().reshape(pixels, -1), expected, atol=1e-5)
+    assert torch.allclose(maps.filter(layers=["single.0"]).data.token_maps().reshape(pixels, -1), expected, atol=1e-5)
 
 
 def test_sd3_skip_layer_guidance_records_the_conditional_pass_only():
@@ -125,7 +125,7 @@ def test_sdxl_pag_maps_are_the_prompts_row(tiny_sdxl):
     for h, w in maps.resolutions:
         group = [p for p in calls if p.shape[-2] == h * w]
         expected = expected_token_maps(group, slice(1, 2), slice(0, h * w), slice(0, 77), tracer.kept_positions)
-        got = maps.filter(resolutions=[f"{h}x{w}"]).token_maps().reshape(h * w, -1)
+        got = maps.filter(resolutions=[f"{h}x{w}"]).data.token_maps().reshape(h * w, -1)
         assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -136,7 +136,7 @@ def test_regionally_compiled_blocks_run_eagerly_for_the_trace(flux):
     with crossattn.trace(flux) as tr:
         out = flux_run(flux)
     assert torch.equal(out, expected)
-    assert torch.allclose(tr.heat_maps().token_maps(), eager.heat_maps().token_maps(), atol=1e-7)
+    assert torch.allclose(tr.heat_maps().data.token_maps(), eager.heat_maps().data.token_maps(), atol=1e-7)
     assert any("compiled block(s) ran uncompiled" in n for n in tr.heat_maps().notes)
     compiled = [m for m in flux.transformer.modules() if m._compiled_call_impl is not None]
     assert len(compiled) == 2  # their compiled forward given back
@@ -161,7 +161,7 @@ def test_bf16_output_unchanged_and_maps_right(flux):
     with crossattn.trace(flux) as tr:
         traced = flux_run(flux)
     assert torch.equal(plain, traced)
-    a, b = tr.heat_maps().token_maps().flatten(), fp32.heat_maps().token_maps().flatten()
+    a, b = tr.heat_maps().data.token_maps().flatten(), fp32.heat_maps().data.token_maps().flatten()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.99
 
 

@@ -85,10 +85,11 @@ def reference_pairs(t: Traced, negative: bool = False) -> list[tuple[torch.Tenso
     maps = tracer.heat_maps(negative=negative)
     pairs = []
     for h, w in maps.resolutions:
-        group = calls if len(maps.resolutions) == 1 else [p for p in calls if p.shape[-2] == h * w]
+        pixels = maps.frames * h * w  # a video's frames, one after the other in the sequence
+        group = calls if len(maps.resolutions) == 1 else [p for p in calls if p.shape[-2] == pixels]
         weighted, total = 0, 0
         for probs in group:
-            images, text = family.layout(probs.shape[-1], h * w)
+            images, text = family.layout(probs.shape[-1], pixels)
             rows = rows_of(family.guidance, probs.shape[0], negative)
             length = text.stop - text.start
             inside = torch.tensor([k < length for k in kept])
@@ -96,7 +97,8 @@ def reference_pairs(t: Traced, negative: bool = False) -> list[tuple[torch.Tenso
             n = probs[rows].shape[0] * probs.shape[1]  # rows × heads: every (row, head) weighs the same
             weighted, total = weighted + one * n, total + n
         site = maps if len(maps.resolutions) == 1 else maps.filter(resolutions=[f"{h}x{w}"])
-        pairs.append((site.token_maps().reshape(h * w, -1), weighted / total))
+        frames = [site.frame(i).data.token_maps().reshape(h * w, -1) for i in range(maps.frames)]
+        pairs.append((torch.cat(frames), weighted / total))
     return pairs
 
 
@@ -158,9 +160,9 @@ def test_maps_are_the_prompts_under_guidance(traced):
         run(pipe, family)
     assert prompt_only.n_images == tracer.n_images == 1
     cond, neg = tracer.heat_maps(), tracer.heat_maps(negative=True)
-    assert torch.allclose(prompt_only.heat_maps().token_maps(), cond.token_maps(), atol=1e-6)
+    assert torch.allclose(prompt_only.heat_maps().data.token_maps(), cond.data.token_maps(), atol=1e-6)
     assert neg.words == family.call.get("negative_prompt", "").split()  # [klein]'s negative is ""
-    assert not torch.allclose(cond.token_maps(), neg.token_maps(), atol=1e-4)
+    assert not torch.allclose(cond.data.token_maps(), neg.data.token_maps(), atol=1e-4)
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])

@@ -59,7 +59,7 @@ def test_flux_double_and_single_stream_blocks_both_recorded(flux):
     assert sorted(maps.sites) == ["double.0", "single.0"] and maps.blocks == ["double", "single"]
     assert maps.resolutions == [(8, 8)] and maps.image_size == (32, 32)
     for site in maps.sites:  # both kinds of block really attended to the text
-        assert maps.filter(layers=[site]).token_maps().sum() > 0
+        assert maps.filter(layers=[site]).data.token_maps().sum() > 0
 
 
 def test_flux_true_cfg_records_the_prompt_call_not_the_negative(flux):
@@ -73,10 +73,10 @@ def test_flux_true_cfg_records_the_prompt_call_not_the_negative(flux):
     assert prompt_only.n_images == both.n_images == 1
     cond, neg = both.heat_maps(), both.heat_maps(negative=True)
     assert neg.words == ["a", "green", "triangle"] and cond.words == WORDS
-    assert torch.allclose(prompt_only.heat_maps().token_maps(), cond.token_maps(), atol=1e-6)
+    assert torch.allclose(prompt_only.heat_maps().data.token_maps(), cond.data.token_maps(), atol=1e-6)
     # at the first step (same latents) the prompt's call is the same with or without a negative call after it
-    first = no_negative.heat_maps().filter(steps=[0]).token_maps()
-    assert torch.allclose(first, cond.filter(steps=[0]).token_maps(), atol=1e-6)
+    first = no_negative.heat_maps().filter(steps=[0]).data.token_maps()
+    assert torch.allclose(first, cond.filter(steps=[0]).data.token_maps(), atol=1e-6)
 
 
 def test_pixart_guidance_detected_without_the_pipeline_flag(pixart):
@@ -141,7 +141,8 @@ def test_zimage_cfg_truncation_records_the_prompt_at_every_step():
         run(pipe, family)
     assert all(n == STEPS for n in truncated.coverage()["recorded_calls"].values())
     cut, whole = truncated.heat_maps(), full.heat_maps()
-    assert torch.allclose(cut.filter(steps=[0]).token_maps(), whole.filter(steps=[0]).token_maps())  # same inputs
+    first = [m.filter(steps=[0]).data.token_maps() for m in (cut, whole)]
+    assert torch.allclose(*first)  # same inputs
     assert cut.filter(steps=[STEPS - 1]).word("hexagon").raw.sum() > 0
 
 

@@ -45,7 +45,7 @@ def row_maps(tracer, calls, row: int) -> list[torch.Tensor]:
 
 
 def crossattn_maps(maps) -> list[torch.Tensor]:
-    return [maps.filter(resolutions=[f"{h}x{w}"]).token_maps().reshape(h * w, -1) for h, w in maps.resolutions]
+    return [maps.filter(resolutions=[f"{h}x{w}"]).data.token_maps().reshape(h * w, -1) for h, w in maps.resolutions]
 
 
 @pytest.mark.parametrize(("guidance", "prompt_row", "batch"), [(5.0, 1, 3), (1.0, 0, 2)], ids=["cfg", "no-cfg"])

@@ -74,13 +74,13 @@ def test_zero_removes_the_word_exactly_where_asked(case):
     circle = list(maps.word("circle").positions)
     chosen = maps.filter(layers=[layer])
     for step in range(STEPS):
-        mass = chosen.filter(steps=[step]).token_maps()[..., circle]
+        mass = chosen.filter(steps=[step]).data.token_maps()[..., circle]
         assert (mass == 0).all() if step in (1, 2) else (mass > 0).all()
     # step 0 ran before the window: every layer recorded exactly what the plain generation did
-    assert torch.equal(maps.filter(steps=[0]).token_maps(), before.filter(steps=[0]).token_maps())
+    assert torch.equal(maps.filter(steps=[0]).data.token_maps(), before.filter(steps=[0]).data.token_maps())
     others = [site for site in maps.sites if site != layer]
     if others:  # the word's attention elsewhere in the window is untouched (> 0)
-        assert (maps.filter(layers=others, steps=[1]).token_maps()[..., circle] > 0).all()
+        assert (maps.filter(layers=others, steps=[1]).data.token_maps()[..., circle] > 0).all()
 
 
 def test_a_scale_renormalises_over_all_keys_as_defined(case):

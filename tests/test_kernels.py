@@ -39,7 +39,7 @@ def assert_maps_match_the_reference(tr, calls) -> None:
         group = [p for p in calls if p.shape[-2] == h * w]
         expected = expected_token_maps(group, slice(1, 2), slice(0, h * w), slice(0, group[0].shape[-1]),
                                        tr.kept_positions)  # CFG: the prompt's row is the second
-        got = maps.filter(resolutions=[f"{h}x{w}"]).token_maps().reshape(h * w, -1)
+        got = maps.filter(resolutions=[f"{h}x{w}"]).data.token_maps().reshape(h * w, -1)
         assert torch.allclose(got, expected, atol=1e-6)
 
 

@@ -58,12 +58,13 @@ class StepState:
     rows: slice  # rows of the attention batch to record; empty: record nothing in this call
     slot: slice  # where those rows go in the recorder's images axis
     images: int  # size of the images axis (the call's images, and their negatives with capture_uncond)
-    grid: tuple[int, int]  # (h, w) of the generated image's finest token grid
+    grid: tuple[int, int]  # (h, w) of the generated image's finest token grid; a video's: (frames·h, w)
     text_len: int  # length of the denoiser's text input (joint layers)
     kept: torch.Tensor  # text positions kept (the prompt's tokens up to its end token), long
     outside: torch.Tensor | None = None  # kept positions past this call's text (recorded as 0), bool; None: none
     count: bool = True  # the rows include the prompt's: count these maps (the negatives' rows share the count)
     batch: int = 0  # the denoiser call's batch size: `rows` index an attention call of this batch only
+    frames: int = 1  # a video's latent frames, stacked along the grid's height (frame-major, as the tokens are)
 
 
 class Listener(Protocol):
@@ -298,11 +299,15 @@ class Recorder:
         return self.sums[name]
 
     def _add_step(self, summed: torch.Tensor, h: int, w: int, heads: int) -> None:
-        grid = summed.unflatten(1, (h, w))  # (rows, h, w, tokens)
-        if max(h, w) > self.trace_size:  # keep the per-step trace coarse: it is the only part that grows
-            scale = self.trace_size / max(h, w)
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            grid = F.adaptive_avg_pool2d(grid.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
+        grid = summed.unflatten(1, (h, w))  # (rows, h, w, tokens); a video's frames stacked along h
+        frames = self.step.frames
+        fh = h // frames
+        if max(fh, w) > self.trace_size:  # keep the per-step maps coarse: they are the only part that grows
+            scale = self.trace_size / max(fh, w)
+            size = (max(1, round(fh * scale)), max(1, round(w * scale)))
+            each = grid.unflatten(1, (frames, fh)).flatten(0, 1).permute(0, 3, 1, 2)  # pooled frame by frame
+            pooled = F.adaptive_avg_pool2d(each, size).permute(0, 2, 3, 1)
+            grid = pooled.unflatten(0, (grid.shape[0], frames)).flatten(1, 2)
         if self.step_sums[-1] is None:
             self.step_sums[-1] = grid.new_zeros((self.step.images,) + grid.shape[1:])
         if self.step_sums[-1].shape[1:] != grid.shape[1:]:  # a trace layer at another resolution: skip it

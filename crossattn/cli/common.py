@@ -43,7 +43,7 @@ def _load(args):
 RUN_FILE = "crossattn-run.json"
 OUTPUTS = ("image.png", "grid.png", "overlays", "maps.safetensors", "maps.npz", "heatmaps.json", "concepts",
            "diagnosis.json", "diagnosis.png", "placement.json", "segmentation.png", "timeline.png", "effects",
-           "effects.json", "changes.npz", "image_before.png", "repair.png", RUN_FILE)
+           "effects.json", "changes.npz", "image_before.png", "repair.png", "video.gif", RUN_FILE)
 
 
 def _writable(folder: str) -> Path:
@@ -104,7 +104,7 @@ def _request(args, words: list[str] | None = None, concepts: list[str] | None = 
     request = Request.make(pipe, args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                            size=parse_size(args.size) if args.size else None, negative_prompt=args.negative,
                            words=words, model=args.model or DEFAULT_MODEL, concepts=concepts,
-                           concept_method=concept_method)
+                           concept_method=concept_method, frames=args.frames)
     for note in request.notes:
         _note(note)
     return request
@@ -215,6 +215,8 @@ def generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale")
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)")
     p.add_argument("--negative", default=None, help="negative prompt (default: none)")
+    p.add_argument("--frames", type=int, default=None, help="video pipelines: frames to make (default: the "
+                                                             "pipeline's)")
     p.add_argument("--out", default=f"out/{p.prog.split()[-1]}",
                    help="output folder; one that holds another command's or prompt's results is refused")
     p.add_argument("--overwrite", action="store_true", help="replace whatever results --out holds")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import diagnosis
+from .. import diagnosis, pictures
 from ..concepts import METHODS
 from ..words import slug, split_list
 from .common import _clear, _cmap, _generate, _output_folder, command, generation_args
@@ -31,9 +31,27 @@ def run(args) -> None:
     image, maps = _generate(args, words, concepts=split_list(args.concepts) or None,
                             concept_method=args.concept_method)
     _clear(out, args)
-    image.save(out / "image.png")
-    written = write_maps(out, image, maps, args, words)
-    print(f"wrote {out}: image.png, {', '.join(written)}")
+    if isinstance(image, list):  # a video pipeline: its frames
+        written = write_video(out, image, maps, args, words)
+    else:
+        image.save(out / "image.png")
+        written = ["image.png"] + write_maps(out, image, maps, args, words)
+    print(f"wrote {out}: {', '.join(written)}")
+
+
+def write_video(out: Path, frames: list, maps, args, words: list[str] | None = None) -> list[str]:
+    """The video as a GIF, one overlay GIF per word (each decoded frame under its latent frame's map), the frames ×
+    words grid and the maps themselves; returns what was written."""
+    (out / "overlays").mkdir()
+    pictures.save_gif(frames, out / "video.gif")
+    names = words or maps.names
+    for k, name in enumerate(names):
+        pictures.save_gif(pictures.video_overlay(frames, maps, name, args.alpha, args.cmap),
+                          out / "overlays" / f"{k:02d}_{slug(name)}.gif")
+    pictures.frames_grid(frames, maps, names, args.alpha, args.cmap).save(out / "grid.png")
+    maps.save(out, fmt=args.format)
+    return ["video.gif", "grid.png (frames × words)", f"overlays/ ({len(names)} word GIFs)", f"maps.{args.format}",
+            "heatmaps.json"]
 
 
 def write_maps(out: Path, image, maps, args, words: list[str] | None = None) -> list[str]:

@@ -9,18 +9,23 @@ from ..errors import InputError
 from .auraflow import AURAFLOW
 from .base import Family
 from .chroma import CHROMA
+from .cogvideox import COGVIDEOX
 from .cogview4 import COGVIEW4
 from .deepfloyd_if import IF
 from .flux import FLUX
 from .flux2 import FLUX2, FLUX2_KLEIN
 from .hidream import HIDREAM
 from .hunyuandit import HUNYUANDIT
+from .hunyuanvideo import HUNYUANVIDEO
 from .kandinsky3 import KANDINSKY3
+from .ltx import LTX
 from .lumina2 import LUMINA2
 from .pixart import PIXART, SANA
 from .qwenimage import QWEN_IMAGE
 from .sd3 import SD3
 from .unet import UNET
+from .video import VideoFamily
+from .wan import WAN
 from .zimage import Z_IMAGE
 
 # Checked in order: the UNet family last, as its "StableDiffusion*" would also match "StableDiffusion3...".
@@ -28,6 +33,7 @@ REGISTRY: tuple[Family, ...] = (
     SD3, FLUX, PIXART, SANA,
     FLUX2, FLUX2_KLEIN, CHROMA, QWEN_IMAGE, Z_IMAGE, HIDREAM,
     LUMINA2, COGVIEW4, HUNYUANDIT, AURAFLOW, KANDINSKY3, IF,
+    WAN, COGVIDEOX, HUNYUANVIDEO, LTX,
     UNET,
 )
 VIDEO_WORDS = ("Video", "AnimateDiff", "Wan", "CogVideoX", "Mochi", "LTX", "Latte", "Allegro", "SkyReels")
@@ -48,18 +54,23 @@ def family_of(pipe) -> Family:
         raise InputError(f"{name} is a modular pipeline, which crossattn does not support yet (its guiders batch "
                          "and order the passes themselves); use the pipeline's classic class, e.g. "
                          "StableDiffusionXLPipeline / FluxPipeline")
-    if any(word in name for word in VIDEO_WORDS):
-        raise InputError(f"{name} generates video, which crossattn does not support yet (frames share the attention "
-                         f"batch, so per-frame maps need their own handling); supported: {supported_list()}")
+    video = any(word in name for word in VIDEO_WORDS)
     for exact in (True, False):  # an exact class name wins over a prefix ("Flux2Pipeline" over Flux.1's "Flux*")
         for family in REGISTRY:
             for pattern in family.pipelines:
                 if any(n == pattern if exact else pattern.endswith("*") and n.startswith(pattern[:-1]) for n in names):
+                    if video and not isinstance(family, VideoFamily):  # a video pipeline caught by an image prefix
+                        break
                     return family
         if exact:
             for prefix, why in NOT_YET.items():
                 if name.startswith(prefix):
                     raise InputError(f"{name} is not supported yet: {why}")
+    if video:
+        supported = ", ".join(p for f in REGISTRY if isinstance(f, VideoFamily) for p in f.pipelines)
+        raise InputError(f"{name} is not supported yet: among video pipelines crossattn traces {supported} "
+                         "(text-to-video); image-to-video, video-to-video and the other video families are not "
+                         "done yet")
     if getattr(pipe, "unet", None) is not None and type(pipe.unet).__name__ == "UNet2DConditionModel":
         return UNET  # any other pipeline built around a Stable Diffusion UNet
     raise InputError(f"{name} is not supported: crossattn.trace works with {supported_list()}")

@@ -69,6 +69,22 @@ class Family:
         latent = self.first_input(args, kwargs)
         return latent.shape[-2] // self.patch(denoiser), latent.shape[-1] // self.patch(denoiser)
 
+    def native_size(self, pipe) -> tuple[int, int]:
+        """(width, height) the model was built for: its sample size × the VAE factor."""
+        side = getattr(pipe, "default_sample_size", None) or getattr(pipe, self.denoiser).config.sample_size
+        side = (side if isinstance(side, int) else side[0]) * self.vae_scale(pipe)
+        return side, side
+
+    def frames(self, denoiser: torch.nn.Module, args: tuple, kwargs: dict) -> int:
+        """Latent frames of a video stacked along `grid`'s height (frame-major, as the denoiser's tokens are); 1
+        for an image."""
+        return 1
+
+    def output_frames(self, pipe, frames: int) -> list[list[int]] | None:
+        """A video: the decoded frames each latent frame covers (a VAE that compresses time makes several of one);
+        None for an image."""
+        return None
+
     def timestep(self, args: tuple, kwargs: dict) -> float:
         value = kwargs.get("timestep")
         return float(torch.as_tensor(value).flatten()[0]) if value is not None else 0.0
@@ -109,6 +125,10 @@ class Family:
     def encode_texts(self, pipe, texts: list[str]) -> torch.Tensor:
         """The pipeline's text states of `texts` on their own, without guidance (concepts; `crossattn.concepts`)."""
         raise InputError(f"{self.name} cannot encode concepts")
+
+    def refused(self, pipe) -> str | None:
+        """Why this pipeline of the family cannot be traced (a variant the family does not describe); None: it can."""
+        return None
 
     def word_tokenizer(self, pipe):
         """The tokenizer whose words the maps are named by (for checking words before generating)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..capture import Recorder
+from ..capture import Recorder, Site
 from ..errors import InputError
 from ..heatmaps import HeatMaps, MapData, MapInfo
 from ..rows import NEGATIVE, PROMPT
@@ -117,6 +117,7 @@ def _info(trace: Trace, image: int, negative: bool, prompt: str | None, segments
         guidance_scale=_guidance_scale(trace.pipe),
         coverage=trace.coverage(),
         notes=notes,
+        output_frames=trace.family.output_frames(trace.pipe, trace.recorder.step.frames),
     )
 
 
@@ -166,19 +167,23 @@ def _concept_maps(trace: Trace, row: int, info: MapInfo) -> HeatMaps:
 def _maps(trace: Trace, rec: Recorder, row: int, words: list[Word], tokens: list[str], info: MapInfo) -> HeatMaps:
     """A `HeatMaps` of one images-axis row of a recorder."""
     bin_steps, step_sums = _bin_steps(rec), _step_sums(rec, row)
+    frames = rec.step.frames  # a video's frames are stacked along the height: its sites are one frame's size
+    sites = {k: Site(s.name, s.block, (s.resolution[0] // frames, s.resolution[1])) for k, s in rec.sites.items()}
     data = MapData(
         sums={k: t[:, row].unflatten(2, rec.sites[k].resolution).cpu() for k, t in rec.sums.items()},
         counts={k: np.asarray(c, dtype=np.int64) for k, c in rec.counts.items()},
-        sites=dict(rec.sites),
+        sites=sites,
         bin_steps=bin_steps,
         step_sums=step_sums,
         step_counts=np.asarray(rec.step_counts, dtype=np.int64),
         words=words,
         per_head=rec.per_head,
         per_layer=rec.per_layer,
+        frames=frames,
     )
+    grid = (rec.step.grid[0] // frames, rec.step.grid[1])
     return HeatMaps(data=data, tokens=tokens, info=info,
-                    image_size=_image_size(trace, trace.family.vae_scale(trace.pipe), rec.step.grid))
+                    image_size=_image_size(trace, trace.family.vae_scale(trace.pipe), grid))
 
 
 def _bin_steps(rec: Recorder) -> list[list[int]]:

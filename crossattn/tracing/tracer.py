@@ -43,6 +43,9 @@ class Trace:
             raise InputError(f"mass must be one of {MASSES}, got {mass!r}")
         self.pipe = pipe
         self.family = family_of(pipe)
+        refused = self.family.refused(pipe)
+        if refused:
+            raise InputError(f"{type(pipe).__name__} is not supported yet: {refused}")
         self.denoiser = getattr(pipe, self.family.denoiser)
         config.check_traceable(self.denoiser)
         self.layers = self.family.layers(self.denoiser)
@@ -172,7 +175,8 @@ class Trace:
         if self._kept_max >= text_len:  # this call's text is shorter (true CFG: prompt and negative differ in length)
             kept, outside = self._kept.clamp_max(text_len - 1), self._kept >= text_len
         step = StepState(index, max(self._expected_steps(), index + 1), t, rows, slot, self._rows_state.images,
-                         family.grid(module, args, kwargs), text_len, kept, outside, count, x.shape[0])
+                         family.grid(module, args, kwargs), text_len, kept, outside, count, x.shape[0],
+                         family.frames(module, args, kwargs))
         rec.begin_step(step)
         if rec.listener is not None:
             self.concept_recorder.begin_step(step)

@@ -14,6 +14,7 @@ import torch
 
 from ..helpers import seeded
 from . import pipelines as tiny
+from . import video
 from .text import LUMINA_SYSTEM, SANA_INSTRUCTION
 
 PROMPT = "a cyan hexagon left of a cyan square"  # "hexagon": several pieces in every tokenizer; "a", "cyan" twice
@@ -91,6 +92,12 @@ def auraflow_fed(pipe) -> list[str]:
     return ["<register>"] * 8 + tokens_of()(pipe)
 
 
+def hunyuan_fed(pipe) -> list[str]:  # the templated prompt, its first crop_start tokens dropped by the pipeline
+    template = video.hunyuan_template()
+    ids = pipe.tokenizer(template["template"].format(PROMPT)).input_ids
+    return pieces(pipe.tokenizer, ids[template["crop_start"]:])
+
+
 @dataclass(frozen=True)
 class Family:
     build: Callable
@@ -99,9 +106,17 @@ class Family:
     guidance: str | None  # None: no negative (guidance-distilled)
     sources: tuple[str, ...]  # the texts the maps name, in order
     fed: Callable | None = tokens_of()  # None: a chat template, not rebuilt here
+    output: str = "images"  # the pipeline output's field: "frames" for a video pipeline
 
 
 NEG = dict(negative_prompt=NEGATIVE)
+
+
+def video_call(name: str) -> dict:
+    """A video family's call (`video.CALLS`: frames, size, guidance), with the negative prompt where it takes one."""
+    options = dict(video.CALLS[name])
+    return options | NEG if options.pop("negative") else options
+
 IMAGE_EMBEDS = torch.randn(2, 1, 32, generator=seeded(1))  # [negative, prompt] image embeddings for the IP-Adapter
 OUT_LAYERS = dict(text_encoder_out_layers=(1, 2))  # the tiny Flux.2 encoders have 2 layers
 FAMILIES = {
@@ -145,9 +160,17 @@ FAMILIES = {
                       NEGATIVES_FIRST, ("t5", "llama", "llama_layer"), None),
     "chroma": Family(tiny.build_tiny_chroma, dict(guidance_scale=4.0, max_sequence_length=24, **NEG), text_first,
                      CALLS, ("t5",)),
+    # video: frames of (F, H, W) patch tokens in the sequence
+    "wan": Family(video.build_tiny_wan, video_call("wan"), cross, CALLS, ("t5",), output="frames"),
+    "cogvideox": Family(video.build_tiny_cogvideox, video_call("cogvideox"), text_first, NEGATIVES_FIRST, ("t5",),
+                        output="frames"),
+    "hunyuanvideo": Family(video.build_tiny_hunyuanvideo, video_call("hunyuanvideo") | dict(
+        prompt_template=video.hunyuan_template()), image_first, None, ("llama",), hunyuan_fed, output="frames"),
+    "ltx": Family(video.build_tiny_ltx, video_call("ltx"), cross, NEGATIVES_FIRST, ("t5",), output="frames"),
 }
 
 
 def run(pipe, family: Family, prompt=PROMPT, **kw) -> torch.Tensor:
     options = dict(height=32, width=32, output_type="latent") | family.call | kw
-    return pipe(prompt=prompt, num_inference_steps=STEPS, generator=seeded(), **options).images
+    out = pipe(prompt=prompt, num_inference_steps=STEPS, generator=seeded(), **options)
+    return getattr(out, family.output)

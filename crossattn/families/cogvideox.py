@@ -1,0 +1,33 @@
+"""CogVideoX 1.0 (`CogVideoXPipeline`: 2B, 5B; 1.5, which also patches time, is refused).
+
+Layers: each block's joint attention ``transformer_blocks.N.attn1`` over one sequence: the T5 text first (the
+pipeline pads it to ``max_sequence_length``, 226, unmasked), then the video's (F, H, W) patch tokens (2×2).
+Site "joint". The latent reaches the transformer as (B, F, C, H, W).
+Guidance is one batch [negatives, prompts].
+"""
+
+from __future__ import annotations
+
+from .video import VideoFamily
+
+
+class CogVideoXFamily(VideoFamily):
+    name = "CogVideoX"
+    pipelines = ("CogVideoXPipeline",)
+    latent_frames_axis = 1
+
+    layer_rules = {r"transformer_blocks\.(\d+)\.attn1": ("joint", "text_first")}
+
+    def patches(self, denoiser) -> tuple[int, int, int]:
+        p = denoiser.config.patch_size
+        return denoiser.config.patch_size_t or 1, p, p
+
+    def refused(self, pipe) -> str | None:
+        if (pipe.transformer.config.patch_size_t or 1) > 1:
+            return ("CogVideoX 1.5 patches time (patch_size_t) over latent frames the pipeline pads at the front, "
+                    "and crossattn does not yet say which decoded frames those maps cover; CogVideoX 1.0 (2B, 5B) "
+                    "is supported")
+        return None
+
+
+COGVIDEOX = CogVideoXFamily()

@@ -1,0 +1,30 @@
+"""Wan 2.1 text-to-video (`WanPipeline`; Wan 2.2's two-expert pipelines are refused: their second transformer
+runs the low-noise steps and is not traced).
+
+Layers: each block's cross-attention ``blocks.N.attn2``: queries = the video's (F, H, W) patch tokens (patch
+1×2×2), keys = the UMT5 positions, zero-padded to ``max_sequence_length`` and not masked. Site "blocks".
+Guidance runs two denoiser calls per step, prompt first; `crossattn.rows` tells them apart by their text.
+"""
+
+from __future__ import annotations
+
+from .video import VideoFamily
+
+
+class WanFamily(VideoFamily):
+    name = "Wan 2.1 (text-to-video)"
+    pipelines = ("WanPipeline",)
+
+    layer_rules = {r"blocks\.(\d+)\.attn2": ("blocks", "cross")}
+
+    def patches(self, denoiser) -> tuple[int, int, int]:
+        return tuple(denoiser.config.patch_size)
+
+    def refused(self, pipe) -> str | None:
+        if getattr(pipe, "transformer_2", None) is not None:
+            return ("this Wan 2.2 pipeline runs a second transformer (transformer_2) for the low-noise steps, which "
+                    "crossattn does not trace yet; Wan 2.1 pipelines (one transformer) are supported")
+        return None
+
+
+WAN = WanFamily()
