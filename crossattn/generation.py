@@ -22,7 +22,6 @@ from .concepts import resolve_method
 from .diagnosis import early_stop
 from .errors import InputError
 from .families import Family, family_of
-from .families.video import VideoFamily
 from .heatmaps import HeatMaps
 from .tracing import TRUNCATION_NOTE, trace
 from .words import find_word, prompt_words, truncation, word_ref
@@ -181,7 +180,7 @@ class Request:
         check_size(pipe, family, size, max_pixels)
         method = resolve_method(family, concept_method)
         notes = prompt_notes(family, pipe, prompt, tuple(words or ()))
-        if isinstance(family, VideoFamily):
+        if family.video:
             frames = family.default_frames(pipe) if frames is None else frames
             family.check_frames(pipe, frames)
         elif frames is not None:

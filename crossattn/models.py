@@ -25,8 +25,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 EMBEDDED = {
     "shapes-unet": "shapes world, Stable Diffusion 1.x architecture in miniature (UNet, 64 px)",
     "shapes-mmdit": "shapes world, Stable Diffusion 3 architecture in miniature (MMDiT, 64 px)",
+    "shapes-video": "shapes world as video: AnimateDiff over shapes-unet with a zero motion adapter (64 px frames)",
 }
 DEFAULT_MODEL = "shapes-unet"
+# Embedded video models made at load time from an embedded image model: no weights of their own to ship.
+VIDEO_OF = {"shapes-video": "shapes-unet"}
 
 
 def asset_path(name: str) -> Path:
@@ -70,6 +73,7 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 def resolve(name_or_path: str | Path | None) -> str:
     """Where a model comes from: an embedded model's folder, a local pipeline folder or a hub id."""
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path).strip()
+    name = VIDEO_OF.get(name, name)
     if name in EMBEDDED:
         return str(asset_path(name))
     source = Path(name).expanduser()
@@ -153,5 +157,29 @@ def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.de
                                                      **_absent_parts(where))
         except (OSError, ValueError) as exc:  # offline hub, missing safetensors, broken folder: say it in one line
             raise InputError(f"could not load {name_or_path or DEFAULT_MODEL!s}: {_reason(exc, where)}") from exc
+    if str(name_or_path).strip() in VIDEO_OF:
+        pipe = with_zero_motion(pipe)
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
+
+
+def with_zero_motion(pipe):
+    """An AnimateDiff pipeline over an image pipeline's UNet with a motion adapter whose output projections are 0:
+    each motion module adds exactly nothing, so every frame is the image model's own picture of its own noise — a
+    video whose frames are shapes-world scenes with pixel truth (different scenes: the frames' noise differs)."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    config = pipe.unet.config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the adapter's other weights never reach the output; seeded all the same
+        adapter = MotionAdapter(block_out_channels=config.block_out_channels,
+                                motion_layers_per_block=config.layers_per_block, motion_norm_num_groups=32,
+                                motion_num_attention_heads=2, motion_max_seq_length=32)
+    for module in adapter.modules():
+        if isinstance(module, AnimateDiffTransformer3D):
+            torch.nn.init.zeros_(module.proj_out.weight)
+            torch.nn.init.zeros_(module.proj_out.bias)
+    video = AnimateDiffPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                unet=pipe.unet, motion_adapter=adapter.to(pipe.unet.dtype), scheduler=pipe.scheduler)
+    return video

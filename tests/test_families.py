@@ -83,22 +83,28 @@ def reference_pairs(t: Traced, negative: bool = False) -> list[tuple[torch.Tenso
     if family.guidance == CALLS:  # per step: the prompt's call through every layer, then the negative's
         calls = [p for k, p in enumerate(calls) if (k // len(tracer.layers)) % 2 == negative]
     maps = tracer.heat_maps(negative=negative)
+    in_batch = family_of(t.pipe).frames_in_batch  # AnimateDiff: each frame is a row of the batch, not tokens
     pairs = []
     for h, w in maps.resolutions:
-        pixels = maps.frames * h * w  # a video's frames, one after the other in the sequence
+        pixels = (1 if in_batch else maps.frames) * h * w  # a video's frames, one after the other in the sequence
         group = calls if len(maps.resolutions) == 1 else [p for p in calls if p.shape[-2] == pixels]
-        weighted, total = 0, 0
-        for probs in group:
-            images, text = family.layout(probs.shape[-1], pixels)
-            rows = rows_of(family.guidance, probs.shape[0], negative)
-            length = text.stop - text.start
-            inside = torch.tensor([k < length for k in kept])
-            one = expected_token_maps([probs], rows, images, text, [min(k, length - 1) for k in kept]) * inside
-            n = probs[rows].shape[0] * probs.shape[1]  # rows × heads: every (row, head) weighs the same
-            weighted, total = weighted + one * n, total + n
+        expected = []
+        for frame in range(maps.frames if in_batch else 1):
+            weighted, total = 0, 0
+            for probs in group:
+                images, text = family.layout(probs.shape[-1], pixels)
+                rows = rows_of(family.guidance, probs.shape[0], negative)
+                if in_batch:
+                    rows = slice(rows.start + frame, rows.start + frame + 1)
+                length = text.stop - text.start
+                inside = torch.tensor([k < length for k in kept])
+                one = expected_token_maps([probs], rows, images, text, [min(k, length - 1) for k in kept]) * inside
+                n = probs[rows].shape[0] * probs.shape[1]  # rows × heads: every (row, head) weighs the same
+                weighted, total = weighted + one * n, total + n
+            expected.append(weighted / total)
         site = maps if len(maps.resolutions) == 1 else maps.filter(resolutions=[f"{h}x{w}"])
         frames = [site.frame(i).data.token_maps().reshape(h * w, -1) for i in range(maps.frames)]
-        pairs.append((torch.cat(frames), weighted / total))
+        pairs.append((torch.cat(frames), torch.cat(expected)))
     return pairs
 
 

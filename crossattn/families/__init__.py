@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from ..errors import InputError
+from .animatediff import ANIMATEDIFF
 from .auraflow import AURAFLOW
 from .base import Family
 from .chroma import CHROMA
@@ -24,7 +25,6 @@ from .pixart import PIXART, SANA
 from .qwenimage import QWEN_IMAGE
 from .sd3 import SD3
 from .unet import UNET
-from .video import VideoFamily
 from .wan import WAN
 from .zimage import Z_IMAGE
 
@@ -33,7 +33,7 @@ REGISTRY: tuple[Family, ...] = (
     SD3, FLUX, PIXART, SANA,
     FLUX2, FLUX2_KLEIN, CHROMA, QWEN_IMAGE, Z_IMAGE, HIDREAM,
     LUMINA2, COGVIEW4, HUNYUANDIT, AURAFLOW, KANDINSKY3, IF,
-    WAN, COGVIDEOX, HUNYUANVIDEO, LTX,
+    WAN, COGVIDEOX, ANIMATEDIFF, HUNYUANVIDEO, LTX,
     UNET,
 )
 VIDEO_WORDS = ("Video", "AnimateDiff", "Wan", "CogVideoX", "Mochi", "LTX", "Latte", "Allegro", "SkyReels")
@@ -59,7 +59,7 @@ def family_of(pipe) -> Family:
         for family in REGISTRY:
             for pattern in family.pipelines:
                 if any(n == pattern if exact else pattern.endswith("*") and n.startswith(pattern[:-1]) for n in names):
-                    if video and not isinstance(family, VideoFamily):  # a video pipeline caught by an image prefix
+                    if video and not family.video:  # a video pipeline caught by an image family's prefix
                         break
                     return family
         if exact:
@@ -67,7 +67,7 @@ def family_of(pipe) -> Family:
                 if name.startswith(prefix):
                     raise InputError(f"{name} is not supported yet: {why}")
     if video:
-        supported = ", ".join(p for f in REGISTRY if isinstance(f, VideoFamily) for p in f.pipelines)
+        supported = ", ".join(p for f in REGISTRY if f.video for p in f.pipelines)
         raise InputError(f"{name} is not supported yet: among video pipelines crossattn traces {supported} "
                          "(text-to-video); image-to-video, video-to-video and the other video families are not "
                          "done yet")

@@ -14,6 +14,7 @@ Each family lives in its own module (``unet.py``, ``sd3.py``, ``flux.py``, ``pix
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import torch
@@ -46,6 +47,8 @@ class Family:
     source = "t5"  # the name of the text the first encoder makes (`maps.word(w, source=...)`)
     resolution_sites = False  # one resolution throughout: sites are named by block ("joint"), not "up.16x16"
     concept_methods: tuple[str, ...] = ()  # `concepts.METHODS` it offers, its default first
+    video = False  # makes videos: maps with frames (`HeatMaps.frames`)
+    frames_in_batch = False  # a video's frames are rows of the denoiser's batch (AnimateDiff), not tokens
     concept_engine: str | None = None  # "cross" (UNet cross-attention) or "joint" (SD3 blocks): `crossattn.concepts`
 
     # Which attention modules attend to the text: a regex of the module path (its group: the block's number) →
@@ -125,6 +128,23 @@ class Family:
     def encode_texts(self, pipe, texts: list[str]) -> torch.Tensor:
         """The pipeline's text states of `texts` on their own, without guidance (concepts; `crossattn.concepts`)."""
         raise InputError(f"{self.name} cannot encode concepts")
+
+    def default_frames(self, pipe) -> int:
+        """How many frames the pipeline makes when not told."""
+        return inspect.signature(type(pipe).__call__).parameters["num_frames"].default
+
+    def temporal_factor(self, pipe) -> int:
+        """Decoded frames per latent frame: how much the VAE compresses time (1: a frame is a frame)."""
+        return getattr(pipe, "vae_scale_factor_temporal", 1)
+
+    def check_frames(self, pipe, frames: int) -> None:
+        """Refuse a frame count the pipeline would silently round (a VAE that compresses time makes T·k + 1)."""
+        temporal = self.temporal_factor(pipe)
+        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1 or (frames - 1) % temporal:
+            allowed = "a whole number from 1" if temporal == 1 else \
+                f"{temporal}·k + 1 for this model (1, {temporal + 1}, {2 * temporal + 1}, …)"
+            raise InputError(f"frames must be {allowed}; the pipeline's default is {self.default_frames(pipe)}; got "
+                             f"{frames!r}")
 
     def refused(self, pipe) -> str | None:
         """Why this pipeline of the family cannot be traced (a variant the family does not describe); None: it can."""

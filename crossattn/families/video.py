@@ -14,7 +14,6 @@ import inspect
 
 import torch
 
-from ..errors import InputError
 from .base import Family
 
 
@@ -27,6 +26,7 @@ class VideoFamily(Family):
     """A transformer over (F, H, W) patch tokens; `patches(denoiser)` gives the (time, height, width) patch size and
     `latent_frames_axis` where the frames sit in the latent the denoiser is given."""
 
+    video = True
     latent_frames_axis = 2  # (B, C, F, H, W); CogVideoX: (B, F, C, H, W)
 
     def patches(self, denoiser: torch.nn.Module) -> tuple[int, int, int]:
@@ -48,7 +48,7 @@ class VideoFamily(Family):
         return self.frames(denoiser, args, kwargs) * (latent.shape[-2] // ph), latent.shape[-1] // pw
 
     def output_frames(self, pipe, frames: int) -> list[list[int]]:
-        return causal_frames(pipe.vae_scale_factor_temporal, frames)
+        return causal_frames(self.temporal_factor(pipe), frames)
 
     def native_size(self, pipe) -> tuple[int, int]:
         """The pipeline's own default size; where it leaves it to the transformer, the transformer's sample size."""
@@ -58,14 +58,3 @@ class VideoFamily(Family):
             return width, height
         config, scale = getattr(pipe, self.denoiser).config, self.vae_scale(pipe)
         return config.sample_width * scale, config.sample_height * scale
-
-    def default_frames(self, pipe) -> int:
-        """How many frames the pipeline makes when not told."""
-        return inspect.signature(type(pipe).__call__).parameters["num_frames"].default
-
-    def check_frames(self, pipe, frames: int) -> None:
-        """Refuse a frame count the pipeline would silently round: its VAE makes T·k + 1 frames."""
-        temporal = pipe.vae_scale_factor_temporal
-        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1 or (frames - 1) % temporal:
-            raise InputError(f"frames must be {temporal}·k + 1 for this model (1, {temporal + 1}, {2 * temporal + 1}, "
-                             f"…; the pipeline's default is {self.default_frames(pipe)}), got {frames!r}")

@@ -69,7 +69,7 @@ def _row(trace: Trace, image: int, negative: bool) -> int:
     if negative and not state.negatives_recorded:
         raise InputError("negative maps need crossattn.trace(pipe, capture_uncond=True) and a generation "
                          "with classifier-free guidance (guidance > 1)")
-    return state.slot(NEGATIVE if negative else PROMPT).start + image
+    return state.slot(NEGATIVE if negative else PROMPT).start + image * trace._batch_frames
 
 
 def _segments(trace: Trace, image: int, negative: bool, prompt: str | None):
@@ -117,7 +117,7 @@ def _info(trace: Trace, image: int, negative: bool, prompt: str | None, segments
         guidance_scale=_guidance_scale(trace.pipe),
         coverage=trace.coverage(),
         notes=notes,
-        output_frames=trace.family.output_frames(trace.pipe, trace.recorder.step.frames),
+        output_frames=trace.family.output_frames(trace.pipe, trace.recorder.step.frames * trace._batch_frames),
     )
 
 
@@ -165,15 +165,20 @@ def _concept_maps(trace: Trace, row: int, info: MapInfo) -> HeatMaps:
 
 
 def _maps(trace: Trace, rec: Recorder, row: int, words: list[Word], tokens: list[str], info: MapInfo) -> HeatMaps:
-    """A `HeatMaps` of one images-axis row of a recorder."""
-    bin_steps, step_sums = _bin_steps(rec), _step_sums(rec, row)
-    frames = rec.step.frames  # a video's frames are stacked along the height: its sites are one frame's size
-    sites = {k: Site(s.name, s.block, (s.resolution[0] // frames, s.resolution[1])) for k, s in rec.sites.items()}
+    """A `HeatMaps` of one image of a recorder: its images-axis row, or a video's frames when they are rows of their
+    own (AnimateDiff: `row` and the next ones), stacked along the height as the maps keep a video's frames."""
+    rows = range(row, row + trace._batch_frames)
+    step_sums = [_step_sums(rec, r) for r in rows]
+    step_sums = torch.cat(step_sums, 1) if all(s is not None for s in step_sums) else None
+    frames = rec.step.frames * len(rows)  # frames in the sequence are stacked already: sites are one frame's size
+    sites = {k: Site(s.name, s.block, (s.resolution[0] // rec.step.frames, s.resolution[1]))
+             for k, s in rec.sites.items()}
     data = MapData(
-        sums={k: t[:, row].unflatten(2, rec.sites[k].resolution).cpu() for k, t in rec.sums.items()},
+        sums={k: torch.cat([t[:, r].unflatten(2, rec.sites[k].resolution) for r in rows], 2).cpu()
+              for k, t in rec.sums.items()},
         counts={k: np.asarray(c, dtype=np.int64) for k, c in rec.counts.items()},
         sites=sites,
-        bin_steps=bin_steps,
+        bin_steps=_bin_steps(rec),
         step_sums=step_sums,
         step_counts=np.asarray(rec.step_counts, dtype=np.int64),
         words=words,
@@ -181,7 +186,7 @@ def _maps(trace: Trace, rec: Recorder, row: int, words: list[Word], tokens: list
         per_layer=rec.per_layer,
         frames=frames,
     )
-    grid = (rec.step.grid[0] // frames, rec.step.grid[1])
+    grid = (rec.step.grid[0] // rec.step.frames, rec.step.grid[1])
     return HeatMaps(data=data, tokens=tokens, info=info,
                     image_size=_image_size(trace, trace.family.vae_scale(trace.pipe), grid))
 

@@ -73,6 +73,7 @@ class Trace:
         self._text_len = 0
         self._kept: torch.Tensor | None = None
         self._kept_max = 0
+        self._batch_frames = 1  # frames of one video that sit in the batch as rows of their own (AnimateDiff)
         self._checked_observable = False
         # while started: processor path -> the processor a PlainSDPAProcessor stands in for; None otherwise
         self._swapped: dict | None = None
@@ -174,9 +175,12 @@ class Trace:
         kept, outside = self._kept, None
         if self._kept_max >= text_len:  # this call's text is shorter (true CFG: prompt and negative differ in length)
             kept, outside = self._kept.clamp_max(text_len - 1), self._kept >= text_len
+        frames = family.frames(module, args, kwargs)
+        # frames in the batch (AnimateDiff): each is a row of its own, as an image would be; in the sequence: one grid
+        self._batch_frames = frames if family.frames_in_batch else 1
         step = StepState(index, max(self._expected_steps(), index + 1), t, rows, slot, self._rows_state.images,
                          family.grid(module, args, kwargs), text_len, kept, outside, count, x.shape[0],
-                         family.frames(module, args, kwargs))
+                         1 if family.frames_in_batch else frames)
         rec.begin_step(step)
         if rec.listener is not None:
             self.concept_recorder.begin_step(step)
@@ -259,7 +263,7 @@ class Trace:
     def n_images(self) -> int:
         if not self.recorder.sums:
             return 0
-        return self._rows_state.n
+        return self._rows_state.n // self._batch_frames  # a video whose frames are batch rows is one image
 
     @property
     def kept_positions(self) -> list[int]:

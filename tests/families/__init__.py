@@ -160,7 +160,9 @@ FAMILIES = {
                       NEGATIVES_FIRST, ("t5", "llama", "llama_layer"), None),
     "chroma": Family(tiny.build_tiny_chroma, dict(guidance_scale=4.0, max_sequence_length=24, **NEG), text_first,
                      CALLS, ("t5",)),
-    # video: frames of (F, H, W) patch tokens in the sequence
+    # video: frames as rows of the batch (AnimateDiff), or (F, H, W) patch tokens in the sequence
+    "animatediff": Family(video.build_tiny_animatediff, video_call("animatediff"), cross, NEGATIVES_FIRST, ("clip",),
+                          output="frames"),
     "wan": Family(video.build_tiny_wan, video_call("wan"), cross, CALLS, ("t5",), output="frames"),
     "cogvideox": Family(video.build_tiny_cogvideox, video_call("cogvideox"), text_first, NEGATIVES_FIRST, ("t5",),
                         output="frames"),
