@@ -29,6 +29,7 @@ from . import placement
 from .diagnosis import diagnose
 from .effects import Effect, Effects, Repair, change_map, pearson
 from .errors import InputError
+from .families import family_of
 from .generation import generate
 from .intervention import AFTER, END, intervene
 from .words import word_ref
@@ -72,6 +73,13 @@ def delete_word(prompt: str, word: str) -> str:
     return left
 
 
+def images_only(pipe, what: str) -> None:
+    """Refuse a video pipeline: the change maps compare one image with another."""
+    if family_of(pipe).video:
+        raise InputError(f"{what} compares images; {type(pipe).__name__} makes videos, which the causal checks do "
+                         "not handle yet")
+
+
 PIPE_OPTIONS = {"num_inference_steps": "steps", "guidance_scale": "guidance", "negative_prompt": "negative_prompt"}
 
 
@@ -101,6 +109,7 @@ def effects(pipe, prompt: str, words: list[str] | None = None, *, how: str = "pr
 
     Costs 1 + len(words) generations. See the module's docstring for an example.
     """
+    images_only(pipe, "effects")
     if how not in HOWS:
         raise InputError(f"how must be one of {', '.join(HOWS)}, got {how!r}")
     if how == "prompt" and (scale != 0.0 or tuple(steps) != (0, None)):
@@ -147,6 +156,7 @@ def repair(pipe, prompt: str, *, seed: int = 0, scale: float = REPAIR_SCALE, sha
         >>> sorted(r.boosted) == sorted(set(r.boosted) & {o.name for o in r.before.objects if o.missing})
         True
     """
+    images_only(pipe, "repair")
     if not math.isfinite(scale) or scale <= 1:
         raise InputError(f"a repair boosts attention: scale must be a finite number > 1, got {scale!r}")
     if not 0 < share < 1:

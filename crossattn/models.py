@@ -158,7 +158,8 @@ def load_pipeline(name_or_path: str | Path | None = None, device: str | torch.de
         except (OSError, ValueError) as exc:  # offline hub, missing safetensors, broken folder: say it in one line
             raise InputError(f"could not load {name_or_path or DEFAULT_MODEL!s}: {_reason(exc, where)}") from exc
     if str(name_or_path).strip() in VIDEO_OF:
-        pipe = with_zero_motion(pipe)
+        with _quiet_loading():  # diffusers' notice on casting the new motion modules
+            pipe = with_zero_motion(pipe)
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
 

@@ -116,6 +116,15 @@ def test_cli_generate_writes_a_video_and_a_gif_per_word(wan, tmp_path, capsys):
     assert (out / "grid.png").exists() and crossattn.load_heat_maps(out).frames == 2
     assert main(["generate", PROMPT, "--model", str(folder), "--frames", "4", "--out", str(tmp_path / "x")]) == 2
     assert "frames must be 4·k + 1" in capsys.readouterr().err
+    # what works on images only says so, before any compute
+    assert main(["placement", PROMPT, "--model", str(folder), "--out", str(tmp_path / "p")]) == 2
+    assert "crossattn placement works on images; WanPipeline makes videos" in capsys.readouterr().err
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPT + "\n")
+    assert main(["sweep", str(prompts), "--model", str(folder), "--out", str(tmp_path / "s")]) == 2
+    assert "sweeps work on image pipelines; WanPipeline makes videos" in capsys.readouterr().err
+    with pytest.raises(crossattn.InputError, match="effects compares images; WanPipeline makes videos"):
+        crossattn.effects(wan, PROMPT, ["square"])
 
 
 def test_video_variants_not_done_are_refused_with_what_is_supported(wan):
@@ -137,3 +146,22 @@ def test_video_variants_not_done_are_refused_with_what_is_supported(wan):
             crossattn.trace(wan)
     finally:
         wan.transformer_2 = original
+
+
+def test_shapes_video_frames_and_maps_are_the_image_models_own():
+    """The embedded video model adds exactly nothing to its image model: each frame, and each frame's maps, are what
+    the image pipeline makes of that frame's noise (the ground truth of benchmarks/video_eval.py rests on it)."""
+    clip_pipe, image_pipe = crossattn.load_pipeline("shapes-video"), crossattn.load_pipeline()
+    prompt = "a red circle left of a blue square"
+    latents = torch.randn(1, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    options = dict(num_inference_steps=3, guidance_scale=5.0, output_type="latent")
+    with crossattn.trace(clip_pipe) as tr:
+        clip = clip_pipe(prompt, num_frames=3, latents=latents, **options).frames
+    maps = tr.heat_maps()
+    assert maps.frames == 3 and maps.info.output_frames == [[0], [1], [2]]
+    for f in range(3):
+        with crossattn.trace(image_pipe) as one:
+            image = image_pipe(prompt, latents=latents[:, :, f], **options).images
+        assert torch.equal(clip[:, :, f], image)
+        torch.testing.assert_close(maps.frame(f).data.token_maps(), one.heat_maps().data.token_maps(), rtol=1e-5,
+                                   atol=1e-7)

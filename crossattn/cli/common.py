@@ -105,6 +105,9 @@ def _request(args, words: list[str] | None = None, concepts: list[str] | None = 
                            size=parse_size(args.size) if args.size else None, negative_prompt=args.negative,
                            words=words, model=args.model or DEFAULT_MODEL, concepts=concepts,
                            concept_method=concept_method, frames=args.frames)
+    if request.frames is not None and args.command != "generate":
+        raise InputError(f"crossattn {args.command} works on images; {type(pipe).__name__} makes videos: crossattn "
+                         "generate writes their maps frame by frame (crossattn.placements(maps.frame(i)) in Python)")
     for note in request.notes:
         _note(note)
     return request

@@ -116,7 +116,9 @@ class Worker:
         with the same error. The prompt is a stand-in: prompts are each item's own input."""
         s = self.settings
         for seed in sorted(set(seeds)):
-            Request.make(self.pipe, "a", seed=seed, steps=s.steps, guidance=s.guidance, size=s.size)
+            request = Request.make(self.pipe, "a", seed=seed, steps=s.steps, guidance=s.guidance, size=s.size)
+            if request.frames is not None:
+                raise InputError(f"sweeps work on image pipelines; {type(self.pipe).__name__} makes videos")
 
     def _request(self, item: Item) -> Request:
         """The item's generation, validated (the words its statements name must be in its prompt)."""
