@@ -188,8 +188,15 @@ def segmentation(maps: HeatMaps, names: list[str] | None = None,
     return segment([maps.word(n).array for n in names], background), names
 
 
-def track(maps: HeatMaps, name: str, tau: float = DEFAULT_TAU, tolerance: float = 0.1) -> Track:
-    """A word's or phrase's centroid at every step and the step from which its position stays put."""
+def track(maps: HeatMaps, name: str, tau: float = DEFAULT_TAU, tolerance: float = 0.1, over: str = "steps") -> Track:
+    """A word's or phrase's centroid at every step and the step from which its position stays put; with
+    ``over="frames"``, its centroid in every frame of a video (each frame's own map) and the frame from which it
+    stays put."""
+    if over == "frames":
+        per_frame = np.stack([maps.frame(i).word(name).latent for i in range(maps.frames)])
+        return track_of(maps.word(name).word, per_frame, maps.image_size, tau, tolerance)
+    if over != "steps":
+        raise InputError(f"over must be 'steps' or 'frames', got {over!r}")
     return track_of(maps.word(name).word, maps.over_steps(name), maps.image_size, tau, tolerance)
 
 

@@ -165,3 +165,14 @@ def test_shapes_video_frames_and_maps_are_the_image_models_own():
         assert torch.equal(clip[:, :, f], image)
         torch.testing.assert_close(maps.frame(f).data.token_maps(), one.heat_maps().data.token_maps(), rtol=1e-5,
                                    atol=1e-7)
+
+
+def test_an_objects_track_across_frames_follows_each_frames_map(wan_maps):
+    path = crossattn.track(wan_maps, "square", over="frames")
+    assert path.steps == wan_maps.frames == 2
+    for i, centroid in enumerate(path.centroids):  # each frame's centroid is that frame's own placement's
+        own = crossattn.placements(wan_maps.frame(i), ["square"], tau=0.4)["square"].centroid
+        np.testing.assert_allclose(centroid, own, atol=64 / 4)  # within one latent cell of the full-size centroid
+    assert not np.allclose(path.centroids[0], path.centroids[1])
+    with pytest.raises(crossattn.InputError, match="over must be 'steps' or 'frames'"):
+        crossattn.track(wan_maps, "square", over="layers")

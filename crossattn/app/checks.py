@@ -15,6 +15,7 @@ from ..generation import MAX_SEED, Request, native_size, parse_size, size_hint
 from ..words import find_word, split_list, word_ref
 from .limits import GUIDANCE_RANGE, Loaded, Models
 from .store import Result
+from .video import default_frames, is_video
 from .views import View
 
 CONCEPT_METHODS = ["model's default", *METHODS]
@@ -40,14 +41,16 @@ def as_text(value: object) -> str:
 
 
 def check_request(loaded: Loaded, prompt: str, size: str, steps: int, guidance: float, seed: int,
-                  names: list[str], concept_method: str | None = None, **more) -> Request:
+                  names: list[str], concept_method: str | None = None, frames: int | None = None,
+                  **more) -> Request:
     """The request to generate, once everything asked for is known to be servable here and every word or
-    phrase named (words to show, words of layout statements) is in the prompt; `more`: the rest of
+    phrase named (words to show, words of layout statements) is in the prompt (`frames`: a video's, None for an
+    image or the video pipeline's default); `more`: the rest of
     `Request.make`'s options (model, negative_prompt, concepts)."""
     return Request.make(loaded.pipe, prompt, seed=seed, steps=steps, guidance=guidance,
                         size=parse_size(size) if (size or "").strip() else None, words=names,
                         concept_method=concept_method, max_pixels=loaded.limits.max_pixels,
-                        max_steps=loaded.limits.max_steps, **more)
+                        max_steps=loaded.limits.max_steps, frames=frames, **more)
 
 
 def statement_names(expect: str) -> list[str]:
@@ -63,8 +66,20 @@ class Job:
     request: Request
 
 
-# Every field checked alone, the others at these values (always accepted), so that each message names its field.
-ACCEPTED = {"prompt": "a", "size": "", "steps": 1, "guidance": 0.0, "seed": 0, "names": [], "concept_method": None}
+def requested_frames(loaded: Loaded, frames: object) -> int | None:
+    """The frame count to ask a video model for: None for an image model, whatever the hidden field holds; the
+    default here when the field is empty."""
+    if not is_video(loaded):
+        return None
+    if frames is None or (isinstance(frames, str) and not frames.strip()):
+        return default_frames(loaded)
+    return number(frames, "frames", 1, loaded.limits.max_frames, whole=True)
+
+
+# Every field checked alone, the others at these values (always accepted: frames None is the pipeline's default),
+# so that each message names its field.
+ACCEPTED = {"prompt": "a", "size": "", "steps": 1, "guidance": 0.0, "seed": 0, "names": [], "concept_method": None,
+            "frames": None}
 
 
 class Checks:
@@ -92,9 +107,11 @@ class Checks:
 
 def check_generation(models: Models, prompt: str, seed: object, steps: object, guidance: object, size: str,
                      model: str, other_model: str, words: str, expect: str, concept_method: str,
-                     load: bool = True, negative: str = "", concepts: str = "") -> tuple[Job | None, Checks]:
+                     load: bool = True, negative: str = "", concepts: str = "",
+                     frames: object = None) -> tuple[Job | None, Checks]:
     """The job if it can be served, with the checks' messages by field. With `load=False` a model typed
-    in that is not loaded yet is not loaded: only what needs no model is checked (the job is None)."""
+    in that is not loaded yet is not loaded: only what needs no model is checked (the job is None). `frames`
+    applies to video models only (an image model ignores it: the page hides the field)."""
     checks = Checks()
     size, model, other_model, words, expect = map(as_text, (size, model, other_model, words, expect))
     loaded = checks("other_model" if other_model.strip() else "model", models.get, other_model or model, load)
@@ -104,7 +121,11 @@ def check_generation(models: Models, prompt: str, seed: object, steps: object, g
         return None, checks
     steps = checks("steps", number, steps, "steps", 1, loaded.limits.max_steps, whole=True)
     method = None if concept_method in (None, CONCEPT_METHODS[0]) else as_text(concept_method)
-    for name, value in {"prompt": prompt, "size": size, "concept_method": method}.items():
+    frames = checks("frames", requested_frames, loaded, frames)
+    alone = {"prompt": prompt, "size": size, "concept_method": method}
+    if frames is not None:  # a video's count, once it is a number: the model's own rules (e.g. 4·k + 1)
+        alone["frames"] = frames
+    for name, value in alone.items():
         checks(name, check_request, loaded, **(ACCEPTED | {name: value}))
     named = named_words(checks, words, expect)
     if "prompt" not in checks.errors:  # words are looked for in the prompt
@@ -114,7 +135,7 @@ def check_generation(models: Models, prompt: str, seed: object, steps: object, g
         return None, checks
     names = named["words"] + named["expect"]
     request = check_request(loaded, prompt, size, steps, guidance, seed, names, method,  # each passed alone
-                            model=other_model or model, negative_prompt=as_text(negative) or None,
+                            frames, model=other_model or model, negative_prompt=as_text(negative) or None,
                             concepts=split_list(as_text(concepts)))
     return Job(loaded, request), checks
 
@@ -135,6 +156,7 @@ def check_view(result: Result | None, view: View, used: str) -> Checks:
     for box, names in named_words(checks, view.words, view.expect).items():
         for name in names:
             checks(box, find_word, result.maps.data.words, *word_ref(name))
+    checks("frame", number, view.frame, "frame", 0, result.maps.frames - 1, whole=True)  # 0 to 0 for an image
     return checks
 
 

@@ -78,8 +78,9 @@ class ExplainTab:
                                           placeholder="a red circle left of a blue square")
                 self.concepts = gr.Textbox(label="Locate other words (comma-separated; need not be in the caption)",
                                            elem_id="explain-concepts")
-                self.model = gr.Dropdown(self.models.choices, value=self.models.default, label="Model to read it with",
-                                         elem_id="explain-model")
+                images = self.models.image_choices  # a video model reads no single image
+                self.model = gr.Dropdown(images, label="Model to read it with", elem_id="explain-model",
+                                         value=self.models.default if self.models.default in images else images[0])
                 self.run = gr.Button("Explain", variant="primary", elem_id="explain-run")
                 self.notes = gr.Markdown(elem_id="explain-notes")
             with gr.Column(scale=1):

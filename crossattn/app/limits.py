@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..generation import MAX_PIXELS, native_size
-from ..models import DEFAULT_MODEL, EMBEDDED, asset_path, load_pipeline, resolve
+from ..models import DEFAULT_MODEL, EMBEDDED, VIDEO_OF, asset_path, load_pipeline, resolve
 from .guard import log
 
 FILES_TTL_S = 3600  # a session's files are deleted after an hour unused
@@ -21,22 +21,25 @@ SESSIONS = 50  # browser sessions Gradio keeps state for (the least recently use
 SESSION_TTL_S = FILES_TTL_S  # a session's generation is dropped after this long unused (its files expire too)
 EXTRA_MODELS = 2  # pipelines typed in with --allow-any-model kept loaded, least recently used dropped first
 GUIDANCE_RANGE = (0, 20)  # the slider's range (the library accepts up to 50)
+DEMO_FRAMES = 8  # a video's frames when not told (less if the model's own default is less): seconds on a CPU
 
 
 @dataclass(frozen=True)
 class Limits:
     """The largest request a pipeline serves here: beyond it one user would hold the queue for minutes."""
 
-    max_pixels: int
+    max_pixels: int  # per frame, for a video
     max_steps: int
+    max_frames: int = 16  # a video's: each frame costs about as much as an image of its size
 
 
 def limits_for(pipe) -> Limits:
-    """Generous on a GPU; on a CPU at most 4x the model's native pixel count and 100 steps."""
+    """Generous on a GPU (up to 81 frames: Wan's own default); on a CPU at most 4x the model's native pixel
+    count, 100 steps and 16 frames."""
     width, height = native_size(pipe)
     if pipe.device.type == "cuda":
-        return Limits(min(MAX_PIXELS, 16 * width * height), 500)
-    return Limits(4 * width * height, 100)
+        return Limits(min(MAX_PIXELS, 16 * width * height), 500, 81)
+    return Limits(4 * width * height, 100, 16)
 
 
 @dataclass
@@ -53,14 +56,20 @@ class Models:
 
     def __init__(self, default: str | None, allow_any: bool):
         self.default = default or DEFAULT_MODEL
-        # An embedded model that has not been trained yet (no folder) is not offered.
-        self.choices = [name for name in EMBEDDED if asset_path(name).exists()]
+        # An embedded model that has not been trained yet (no folder) is not offered; an embedded video model has
+        # no folder of its own (it is built at load time from an image model's): it needs that one's.
+        self.choices = [name for name in EMBEDDED if asset_path(VIDEO_OF.get(name, name)).exists()]
         if self.default not in self.choices:
             self.choices.append(self.default)
         self.allow_any = allow_any
         self._offered: dict[str, Loaded] = {}
         self._extra: OrderedDict[str, Loaded] = OrderedDict()  # by source, most recently used last
         self._guard = threading.Lock()
+
+    @property
+    def image_choices(self) -> list[str]:
+        """The offered models that make images (the Explain tab reads an image: a video model cannot)."""
+        return [name for name in self.choices if name not in VIDEO_OF]
 
     def get(self, name: str | None, load: bool = True) -> Loaded | None:
         """The pipeline of `name` (empty: the default), loaded on first use; with `load=False`, None for one

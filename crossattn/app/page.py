@@ -18,6 +18,8 @@ from .explaining import ExplainTab
 from .guard import Stopped, abandoned, friendly, lenient
 from .limits import FILES_TTL_S, GUIDANCE_RANGE, SESSION_TTL_S, Models
 from .store import Result
+from .video import frame_slider, frame_slider_update, frames_field, frames_text, frames_update, image_update, \
+    video_panel, video_update
 from .views import (
     BIG,
     BIG_LABEL,
@@ -120,8 +122,10 @@ class DemoApp:
                 self.status = gr.Markdown(elem_id="status")  # which prompt the views show; that Stop stopped
                 gr.Examples(EXAMPLES, inputs=[self.prompt])
             with gr.Column(scale=1):
-                self.image = gr.Image(label="Generated image", type="filepath", height=420,
-                                      elem_id="generated-image", elem_classes="pixels")
+                with gr.Row():  # a video: the frame every view shows, beside the whole video
+                    self.image = gr.Image(label="Generated image", type="filepath", height=420,
+                                          elem_id="generated-image", elem_classes="pixels")
+                    self.video = video_panel()
                 self.notes = gr.Markdown(label="Notes", elem_id="notes")
                 self.send = gr.Button("Explain this image in the “Explain an image” tab", size="sm",
                                       elem_id="send-to-explain")
@@ -138,8 +142,10 @@ class DemoApp:
             self.steps = gr.Slider(1, limits.max_steps, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
             self.guidance = gr.Slider(*GUIDANCE_RANGE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale",
                                       elem_id="guidance")
-        self.size = gr.Textbox(label="Image size (WIDTHxHEIGHT)", value="", elem_id="size",
-                               info=size_info(self.default))
+        with gr.Row():
+            self.size = gr.Textbox(label="Image size (WIDTHxHEIGHT)", value="", elem_id="size",
+                                   info=size_info(self.default))
+            self.frames = frames_field(self.default)  # shown for video models only
         with gr.Row():
             self.model = gr.Dropdown(self.models.choices, value=self.models.default, label="Model", elem_id="model")
             self.other_model = gr.Textbox(label="Other model (hub id or folder)", value="", elem_id="other-model",
@@ -155,6 +161,7 @@ class DemoApp:
                 self.first_step = gr.Slider(1, DEFAULT_STEPS, value=1, step=1, label="First step", elem_id="first-step")
                 self.last_step = gr.Slider(1, DEFAULT_STEPS, value=DEFAULT_STEPS, step=1, label="Last step",
                                            elem_id="last-step")
+                self.frame_slider = frame_slider()
 
     def words_section(self) -> None:
         gr.Markdown("## Words — click one to select it")
@@ -211,7 +218,7 @@ class DemoApp:
     def view_inputs(self) -> dict[str, gr.components.Component]:
         return {"words": self.words, "expect": self.expect, "alpha": self.alpha, "cmap": self.cmap,
                 "resolutions": self.resolutions, "blocks": self.blocks, "first_step": self.first_step,
-                "last_step": self.last_step, "selected": self.selected, "step": self.step}
+                "last_step": self.last_step, "selected": self.selected, "step": self.step, "frame": self.frame_slider}
 
     @property
     def generate_inputs(self) -> dict[str, gr.components.Component]:
@@ -219,7 +226,7 @@ class DemoApp:
         return {"prompt": self.prompt, "negative": self.negative, "seed": self.seed, "steps": self.steps,
                 "guidance": self.guidance, "size": self.size, "model": self.model, "other_model": self.other_model,
                 "words": self.words, "expect": self.expect, "keep_heads": self.keep_heads, "concepts": self.concepts,
-                "concept_method": self.concept_method}
+                "concept_method": self.concept_method, "frames": self.frames}
 
     @property
     def selection_outputs(self) -> list:
@@ -231,28 +238,30 @@ class DemoApp:
         generation = self.run.click(
             friendly(self.on_generate), inputs=list(self.generate_inputs.values()),
             outputs=[self.state, self.image, self.notes, self.status, self.resolutions, self.blocks, self.first_step,
-                     self.last_step, self.step, self.model_view, self.grid, self.concept_gallery,
-                     *self.causal.outputs],
+                     self.last_step, self.step, self.model_view, self.grid, self.concept_gallery, self.video,
+                     self.frame_slider, *self.causal.outputs],
             api_name="generate", concurrency_limit=1, concurrency_id=MODEL_LOCK, show_progress="full",
             validator=self.validate_generation, preprocess=False,
         )
         everything = [*self.selection_outputs, self.gallery, self.segmentation, self.table, self.checks, self.paths,
-                      self.concept_gallery, self.diagnosis_picture, self.verdicts, self.causal.repair]
+                      self.concept_gallery, self.diagnosis_picture, self.verdicts, self.causal.repair, self.image]
         generation.success(friendly(self.on_render), inputs=[self.state], inputs_kwargs=self.view_inputs,
                            outputs=everything, api_name="render", validator=self.view_validator("words"))
         self.stop.click(self.on_stop, inputs=[self.state, self.prompt], outputs=[self.status], cancels=[generation],
                         api_visibility="private")
         self.dice.click(lambda: random.randint(0, 2**31 - 1), outputs=self.seed, api_visibility="private")
-        self.send.click(friendly(self.on_send), inputs=[self.state],
+        self.send.click(friendly(self.on_send), inputs=[self.state, self.frame_slider],
                         outputs=[self.explaining.picture, self.explaining.caption, self.tabs], api_visibility="private")
-        self.model.input(friendly(self.on_model), inputs=[self.model], outputs=[self.size], api_visibility="private")
+        self.model.input(friendly(self.on_model), inputs=[self.model], outputs=[self.size, self.frames],
+                         api_visibility="private")
         private = dict(inputs=[self.state], inputs_kwargs=self.view_inputs, api_visibility="private",
                        trigger_mode="always_last")
         # .input and .submit fire on user edits only: .change would also fire when a generation updates a control.
         # One event per control, so that "generate an image first" is shown under the control just used.
         display = {"alpha": self.alpha.input, "cmap": self.cmap.input, "resolutions": self.resolutions.input,
                    "blocks": self.blocks.input, "first_step": self.first_step.input,
-                   "last_step": self.last_step.input, "words": self.words.submit, "expect": self.expect.blur}
+                   "last_step": self.last_step.input, "words": self.words.submit, "expect": self.expect.blur,
+                   "frame": self.frame_slider.input}
         for name, trigger in display.items():
             trigger(friendly(self.on_render), outputs=everything, validator=self.view_validator(name), **private)
         self.selected.input(friendly(self.on_select), outputs=self.selection_outputs,
@@ -286,11 +295,12 @@ class DemoApp:
     # ---- callbacks ----
     def on_generate(self, prompt: str, negative: str, seed: float, steps: float, guidance: float, size: str,
                     model: str, other_model: str, words: str, expect: str, keep_heads: bool, concepts: str = "",
-                    concept_method: str = CONCEPT_METHODS[0],
+                    concept_method: str = CONCEPT_METHODS[0], frames: object = None,
                     progress=gr.Progress()) -> dict:  # noqa: B008 (how Gradio hands out progress bars)
-        """Check everything, generate one image with its maps, and set the filter panel up for them."""
+        """Check everything, generate one image (or video) with its maps, and set the filter panel up for them."""
         job, checks = check_generation(self.models, prompt, seed, steps, guidance, size, model, other_model,
-                                       words, expect, concept_method, negative=negative, concepts=concepts)
+                                       words, expect, concept_method, negative=negative, concepts=concepts,
+                                       frames=frames)
         checks.refuse()
         request = job.request
 
@@ -301,16 +311,16 @@ class DemoApp:
 
         progress(0, desc="waiting for the model")
         with job.loaded.lock:
-            image, maps = run(request, on_step=on_step, per_layer=keep_heads is True, per_head=keep_heads is True)
-        result = Result.new(image, maps)
+            output, maps = run(request, on_step=on_step, per_layer=keep_heads is True, per_head=keep_heads is True)
+        result = Result.new(output, maps)  # a video keeps every frame
         resolutions = [f"{h}x{w}" for h, w in maps.resolutions]
         steps = request.steps
         return {
             self.state: result,
-            self.image: result.save(image, "image"),
+            self.image: image_update(result, 0),
             self.notes: notes_text(maps),
-            self.status: f"Showing {brief(prompt)} (seed {request.seed}, {steps} step{'s' * (steps != 1)}, "
-                          f"{maps.info.model}).",
+            self.status: f"Showing {brief(prompt)} (seed {request.seed}, {steps} step{'s' * (steps != 1)}"
+                          f"{frames_text(result)}, {maps.info.model}).",
             self.resolutions: gr.update(choices=resolutions, value=resolutions,
                                         visible=maps.info.resolution_sites),
             self.blocks: gr.update(choices=maps.blocks, value=maps.blocks),
@@ -320,17 +330,21 @@ class DemoApp:
             self.model_view: gr.update(visible=maps.data.per_head),
             self.grid: gr.update(columns=maps.data.heads),
             self.concept_gallery: gr.update(visible=maps.concepts is not None),
+            self.video: video_update(result),
+            self.frame_slider: frame_slider_update(result),
         } | self.causal.updates(result)
 
-    def on_send(self, result: Result | None) -> tuple:
-        """The generated image and its prompt to the Explain tab, which is then shown."""
+    def on_send(self, result: Result | None, frame: float = 0) -> tuple:
+        """The generated image (a video: the frame shown) and its prompt to the Explain tab, which is then shown."""
         if result is None:
             raise InputError(NO_RESULT)
-        return result.save(result.image, "image"), (result.maps.info.prompt or ""), gr.Tabs(selected="explain")
+        shot = result.at(frame)
+        return shot.save(shot.image, "image"), (result.maps.info.prompt or ""), gr.Tabs(selected="explain")
 
-    def on_model(self, model: str) -> dict:
-        """Another model picked: the size hint names the sizes that one can make."""
-        return gr.update(info=size_info(self.models.get(model)))
+    def on_model(self, model: str) -> tuple:
+        """Another model picked: the size hint names the sizes that one can make; Frames is shown for a video."""
+        loaded = self.models.get(model)
+        return gr.update(info=size_info(loaded)), frames_update(loaded)
 
     def on_stop(self, result: Result | None, prompt: str) -> str:
         """Stop pressed: say that nothing new was made and which prompt the views still show."""
@@ -343,38 +357,46 @@ class DemoApp:
                 f"{brief(shown)}.")
 
     def on_render(self, result: Result | None, **view) -> dict:
-        """Every view, from the stored maps at the current settings."""
+        """Every view, from the stored maps at the current settings (a video: those of the frame picked, each view
+        drawn as for an image, and that frame in the image area)."""
         if result is None:
             raise InputError(NO_RESULT)
         view = View(**view)
-        maps = view.filtered(result.maps)
+        shot = result.at(view.frame)  # the result itself for an image
+        maps = view.filtered(shot.maps)
+        shown_frame = {} if result.frames is None else {self.image: image_update(result, view.frame)}
         if not maps.words:
             return {self.state: replace(result, shown=[], cells=[]), self.selected: gr.update(choices=[], value=None),
                     self.gallery: [], self.big: None, self.frame: None, self.animation: None, self.grid: [],
                     self.cell: None, self.legend: "", self.segmentation: None, self.table: None,
                     self.checks: "_No words to map._", self.paths: None, self.concept_gallery: [],
-                    self.diagnosis_picture: None, self.verdicts: "_No words to map._"} | self.causal.repair_button([])
+                    self.diagnosis_picture: None, self.verdicts: "_No words to map._"} | \
+                self.causal.repair_button([]) | shown_frame
         shown = view.shown(result)
-        segmentation, table, checks, paths = placement_views(result, maps, view)
+        segmentation, table, checks, paths = placement_views(shot, maps, view)
         out = self.selection(replace(result, shown=shown), maps, view)
-        picture, verdicts, neglected = diagnosis_views(result, maps)
-        return out | {self.gallery: gallery_items(result, maps, shown, view), self.segmentation: segmentation,
+        picture, verdicts, neglected = diagnosis_views(shot, maps)
+        if result.frames is not None:  # Repair compares images (`causal.images_only`): not offered for a video
+            neglected = []
+        return out | {self.gallery: gallery_items(shot, maps, shown, view), self.segmentation: segmentation,
                       self.table: table, self.checks: checks, self.paths: paths,
-                      self.concept_gallery: concept_items(result, maps, view), self.diagnosis_picture: picture,
-                      self.verdicts: verdicts} | self.causal.repair_button(neglected)
+                      self.concept_gallery: concept_items(shot, maps, view), self.diagnosis_picture: picture,
+                      self.verdicts: verdicts} | self.causal.repair_button(neglected) | shown_frame
 
     def selection(self, result: Result, maps: HeatMaps, view: View) -> dict:
-        """The views of the selected word: enlarged map, time, model view (the first object by default)."""
+        """The views of the selected word: enlarged map, time, model view (the first object by default). `maps`:
+        those of the frame picked, filtered; the state keeps `result` whole (a video: every frame)."""
+        shot = result.at(view.frame)
         objects = placement.objects(maps)
         choices = list(dict.fromkeys(result.shown + objects))
         name = view.selected if view.selected in choices else (objects or choices)[0]
-        frame, animation = time_views(result, maps, name, view)
+        frame, animation = time_views(shot, maps, name, view)
         out = {self.selected: gr.update(choices=choices, value=name), self.frame: frame, self.animation: animation,
-               self.big: gr.update(value=selected_figure(result, maps, name, view), label=BIG_LABEL),
+               self.big: gr.update(value=selected_figure(shot, maps, name, view), label=BIG_LABEL),
                self.cell: None}
         cells = []
         if maps.data.per_head:
-            items, cells, legend = layer_head_cells(result, maps, name, view)
+            items, cells, legend = layer_head_cells(shot, maps, name, view)
             out |= {self.grid: items, self.legend: legend}
         return out | {self.state: replace(result, cells=cells)}
 
@@ -385,7 +407,7 @@ class DemoApp:
         if not result.shown:  # a prompt without words: nothing to select
             return gr.skip()
         view = View(**view)
-        return self.selection(result, view.filtered(result.maps), view)
+        return self.selection(result, view.filtered(result.at(view.frame).maps), view)
 
     def on_pick_word(self, result: Result | None, evt: gr.SelectData, **view) -> dict:
         """A gallery click: the word of the clicked tile, as the gallery shows it (not as the words box reads now)."""
@@ -399,8 +421,9 @@ class DemoApp:
         if not 0 <= evt.index < len(concepts):
             raise InputError("that concept map is gone: generate again")
         name, view = concepts[evt.index], View(**view)
-        figure = result.maps.concept(name).figure(result.image, view.alpha, view.cmap, tile=BIG)
-        return {self.big: gr.update(value=result.save(figure, f"concept_{slug(name)}_large"),
+        shot = result.at(view.frame)
+        figure = shot.maps.concept(name).figure(shot.image, view.alpha, view.cmap, tile=BIG)
+        return {self.big: gr.update(value=shot.save(figure, f"concept_{slug(name)}_large"),
                                     label=f"Located word “{name}”, large (concept map)")}
 
     def on_step(self, result: Result | None, **view) -> dict:
@@ -410,8 +433,9 @@ class DemoApp:
         if not result.shown:  # a prompt without words: no map to show
             return gr.skip()
         view = View(**view)
-        maps = view.filtered(result.maps)
-        return {self.frame: step_view(result, maps, view.selected or result.shown[0], view)}
+        shot = result.at(view.frame)
+        maps = view.filtered(shot.maps)
+        return {self.frame: step_view(shot, maps, view.selected or result.shown[0], view)}
 
     def on_pick_cell(self, result: Result | None, evt: gr.SelectData, **view) -> dict:
         """A model-view click: that layer and head of the selected word, large, named in the label."""
@@ -419,14 +443,15 @@ class DemoApp:
             raise InputError("that cell is gone: generate again")
         layer, head = result.cells[evt.index]
         view = View(**view)
-        maps = view.filtered(result.maps)
+        shot = result.at(view.frame)
+        maps = view.filtered(shot.maps)
         if layer not in maps.sites or head >= maps.data.sums[layer].shape[1]:
             raise InputError("that tile shows no map: its layer has fewer heads or is filtered out")
         row = list(maps.sites).index(layer)
         m = maps.filter(layers=[layer], heads=[head]).word(view.selected)
-        figure = replace(m, word=f"{view.selected}: L{row} head {head}").figure(result.image, view.alpha, view.cmap,
+        figure = replace(m, word=f"{view.selected}: L{row} head {head}").figure(shot.image, view.alpha, view.cmap,
                                                                                  BIG)
-        return {self.cell: gr.update(value=result.save(figure, f"{slug(view.selected)}_L{row}_h{head}_large"),
+        return {self.cell: gr.update(value=shot.save(figure, f"{slug(view.selected)}_L{row}_h{head}_large"),
                                      label=f"layer L{row} = {layer}, head {head}")}
 
     def on_prepare(self, result: Result | None, **view) -> dict:

@@ -34,6 +34,7 @@ class View:
     last_step: int = 10**6
     selected: str | None = None
     step: int = 10**6
+    frame: int = 0  # a video's frame every view shows (`Result.at`); an image has only frame 0
 
     def filtered(self, maps: HeatMaps) -> HeatMaps:
         """The maps restricted to the ticked resolutions and blocks (none ticked: all) and the step range."""
@@ -163,6 +164,19 @@ def diagnosis_views(result: Result, maps: HeatMaps) -> tuple[str | None, str, li
     return result.save(picture, "diagnosis"), "\n".join(lines), neglected
 
 
+def video_files(result: Result, view: View, folder) -> dict[str, Image.Image]:
+    """A video's own files: the video as a GIF and each shown word's map over it (written here: a GIF is saved
+    frame by frame), and the frames × words grid (returned, by file name)."""
+    maps, names = view.filtered(result.maps), view.shown(result)
+    pictures.save_gif(result.frames, folder / f"{result.stem}_video.gif")
+    for k, name in enumerate(names):
+        overlay = pictures.video_overlay(result.frames, maps, name, view.alpha, view.cmap)
+        pictures.save_gif(overlay, folder / f"{result.stem}_video_overlay_{k:02d}_{slug(name)}.gif")
+    if not names:
+        return {}
+    return {f"{result.stem}_frames_grid.png": pictures.frames_grid(result.frames, maps, names, view.alpha, view.cmap)}
+
+
 def brief(text: str, words: int = NOTE_WORDS) -> str:
     """`text` quoted, one short line however long it is: “its first words …” (N words)."""
     parts = text.split()
@@ -177,20 +191,24 @@ def notes_text(maps: HeatMaps) -> str:
 
 def write_zip(result: Result, view: View) -> str:
     """One zip of everything at the current settings: image, overlays, segmentation, centroid paths, the raw
-    maps (loadable with `crossattn.load_heat_maps` once unpacked) and the placement report."""
-    maps = view.filtered(result.maps)
-    stem, folder = result.stem, result.folder / "zip"
+    maps (loadable with `crossattn.load_heat_maps` once unpacked) and the placement report. A video: those of the
+    frame shown (named after it), with the raw maps of every frame, the video as a GIF and `video_files`."""
+    shot = result.at(view.frame)
+    maps = view.filtered(shot.maps)
+    stem, folder = shot.stem, result.folder / "zip"
     shutil.rmtree(folder, ignore_errors=True)
-    result.maps.save(folder / f"{stem}_maps", diagnosis=diagnosis.diagnose(result.maps))
-    files = {f"{stem}_image.png": result.image}
+    result.maps.save(folder / f"{result.stem}_maps", diagnosis=diagnosis.diagnose(result.maps))
+    files = {f"{stem}_image.png": shot.image}
     for k, name in enumerate(view.shown(result)):
         files[f"{stem}_overlay_{k:02d}_{slug(name)}.png"] = titled_map(maps, name).figure(
-            result.image, view.alpha, view.cmap, tile=max(BIG, *result.image.size))
+            shot.image, view.alpha, view.cmap, tile=max(BIG, *shot.image.size))
     if maps.words:
-        segmentation, data, paths = placement_of_objects(result.image, maps, view, BIG)
+        segmentation, data, paths = placement_of_objects(shot.image, maps, view, BIG)
         files |= {f"{stem}_segmentation.png": segmentation, f"{stem}_timeline.png": paths}
         data |= {"seed": maps.info.seed, "steps": len(maps.data.step_counts)}
         (folder / f"{stem}_placement.json").write_text(json.dumps(data, indent=1))
+    if result.frames is not None:
+        files |= video_files(result, view, folder)
     for name, picture in files.items():
         picture.save(folder / name)
     archive = result.path("all.zip")

@@ -18,6 +18,7 @@ from .checks import NO_RESULT, Checks, number
 from .guard import friendly, lenient
 from .limits import Loaded, Models
 from .store import Result
+from .video import refuse_video
 
 HOW_LABELS = {"prompt": "delete it from the prompt", "attention": "scale its attention"}
 SCALE_RANGE = (0, 3)
@@ -94,6 +95,8 @@ def check_question(result: Result | None, word: str, how: str, scale: object,
     checks = Checks()
     if result is None:
         checks.errors["word"] = NO_RESULT
+        return None, checks
+    if checks("word", refuse_video, result, "What if") is None and "word" in checks.errors:
         return None, checks
     how = checks("how", check_how, how)
     word = checks("word", check_word, result, word, how)
