@@ -40,7 +40,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diagnosis_eval import SETTINGS, auc  # noqa: E402
+from diagnosis_eval import SETTINGS, auc, best_threshold, calibration_bins  # noqa: E402
 from diagnosis_eval import prompts as failure_prompts  # noqa: E402
 
 import crossattn  # noqa: E402
@@ -48,6 +48,7 @@ from crossattn.causal import REPAIR_SCALE, REPAIR_SHARE, change_map, delete_word
 from crossattn.diagnosis import diagnose  # noqa: E402
 from crossattn.generation import generate  # noqa: E402
 from crossattn.intervention import END, intervene  # noqa: E402
+from crossattn.models import asset_path  # noqa: E402
 from crossattn.shapes import evaluate as ev  # noqa: E402
 from crossattn.shapes.world import COLOURS, HELD_OUT_SEED, SHAPES, parse_caption  # noqa: E402
 
@@ -409,6 +410,22 @@ def tables(results: list[dict]) -> str:
     return "\n".join(out)
 
 
+def write_calibration(results: Path, model: str = "shapes-unet") -> None:
+    """The causal neglect score's threshold (the lowest right at least half the time, as the attention verdicts'
+    are chosen) and its score ranges, from item 6's objects, added to the shipped calibration."""
+    objects = [o for c in json.loads(results.read_text())[model]["records"]["failures"] for o in c["objects"]]
+    scores = np.array([o["causal_region"] for o in objects], float)
+    truths = np.array([o["missing"] for o in objects], bool)
+    threshold = best_threshold(scores, truths)
+    calibration = json.loads(asset_path("diagnosis.json").read_text())
+    calibration["causal"] = {"threshold": threshold, "bins": calibration_bins(scores, truths, threshold),
+                             "source": f"benchmarks/causal_eval.py --write-calibration {results} ({model}: "
+                                       f"{len(objects)} objects, {int(truths.sum())} missing; the AUC reported "
+                                       "is of the same cases)"}
+    asset_path("diagnosis.json").write_text(json.dumps(calibration, indent=1))
+    print(f"causal neglect threshold {threshold} from {len(objects)} objects: wrote {asset_path('diagnosis.json')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="shapes-unet")
@@ -423,7 +440,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 prompt, 4 steps, 3 failure images")
     parser.add_argument("--json", default=None, help="add this model's results to this JSON (others kept)")
     parser.add_argument("--report", default=None, metavar="JSON", help="print the tables of a JSON, no generation")
+    parser.add_argument("--write-calibration", default=None, metavar="JSON",
+                        help="calibrate the causal neglect verdict (crossattn.diagnose_causally) from the failure "
+                             "cases of this results JSON (shapes-unet) into crossattn/assets/diagnosis.json")
     args = parser.parse_args()
+    if args.write_calibration:
+        write_calibration(Path(args.write_calibration))
+        return
     if args.report:
         print(tables(list(json.loads(Path(args.report).read_text()).values())))
         return

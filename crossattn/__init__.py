@@ -10,7 +10,7 @@
 
 from importlib.metadata import version
 
-from .causal import effects, repair
+from .causal import diagnose_causally, effects, repair
 from .diagnosis import diagnose
 from .errors import InputError, UnknownWordError
 from .explain import explain
@@ -21,7 +21,8 @@ from .placement import check, objects, placements, relations, segmentation, trac
 from .saved import load_heat_maps
 from .tracing import Trace, trace
 
-__all__ = ["HeatMaps", "InputError", "Trace", "UnknownWordError", "WordHeatMap", "check", "diagnose", "effects",
+__all__ = ["HeatMaps", "InputError", "Trace", "UnknownWordError", "WordHeatMap", "check", "diagnose",
+           "diagnose_causally", "effects",
            "explain", "intervene", "load_heat_maps", "load_pipeline", "objects", "placements", "relations", "repair",
            "segmentation", "trace", "track"]
 __version__ = version("crossattn")  # one place: pyproject.toml

@@ -25,12 +25,15 @@ from __future__ import annotations
 import math
 import re
 
+from PIL import Image
+
 from . import placement
-from .diagnosis import diagnose
+from .diagnosis import Calibration, Diagnosis, diagnose
 from .effects import Effect, Effects, Repair, change_map, pearson
 from .errors import InputError
 from .families import family_of
 from .generation import generate
+from .heatmaps import HeatMaps
 from .intervention import AFTER, END, intervene
 from .words import word_ref
 
@@ -141,6 +144,54 @@ def effects(pipe, prompt: str, words: list[str] | None = None, *, how: str = "pr
         out.words[word] = Effect(str(word), other, change, None if attention is None else pearson(attention, change),
                                  edited)
     return out
+
+
+def diagnose_causally(pipe, image: Image.Image, maps: HeatMaps, objects: list[str] | None = None) -> Diagnosis:
+    """`crossattn.diagnose` with a causal neglect verdict: one more generation per object, its words' attention
+    removed (`intervene`, scale 0, all steps, same seed); an object whose removal changes its own attention region
+    little, relative to the prompt's other objects, was neglected.
+
+    Score (``o.causal_neglect``): 1 − (mean pixel change inside the object's attention region when its words are
+    ablated) / (the largest such change among the prompt's objects). On benchmarks/causal_eval.py's failure-prone
+    shapes-world generations (300 objects, 42 missing) its neglect ROC AUC is 0.927 against the attention score's
+    0.782; ``o.missing`` is its verdict at the shipped threshold (`Calibration`: the lowest right at least half the
+    time on those same cases), ``o.confidence["neglect"]`` the share of real failures at its score. Leakage,
+    merging and relations are the attention diagnosis's. `image` and `maps` are a generation of `pipe` by
+    `crossattn.generation.generate` (its settings, in ``maps.info``, are repeated with each object removed). Costs
+    len(objects) more generations.
+
+        >>> import crossattn
+        >>> from crossattn.generation import generate
+        >>> pipe = crossattn.load_pipeline()
+        >>> image, maps = generate(pipe, "a red circle left of a blue square", seed=0, steps=8)
+        >>> d = crossattn.diagnose_causally(pipe, image, maps)
+        >>> [round(o.causal_neglect, 2) >= 0 for o in d.objects]
+        [True, True]
+    """
+    images_only(pipe, "diagnose_causally")
+    info = maps.info
+    if info.seed is None or info.size is None or info.explained:
+        raise InputError("diagnose_causally needs the maps of a generation made by crossattn.generation.generate "
+                         "(its seed and settings repeat it with each object removed)")
+    options = dict(seed=info.seed, steps=info.steps, guidance=info.guidance_scale, size=tuple(info.size),
+                   negative_prompt=info.negative_prompt)
+    calibration = Calibration.load()
+    d = diagnose(maps, objects, calibration=calibration)
+    regions = []
+    for o in d.objects:
+        with intervene(pipe, {o.name: 0.0}):
+            ablated, _ = generate(pipe, info.prompt, **options)
+        change = change_map(image, ablated)
+        regions.append(float(change[o.mask].mean()) if o.mask is not None and o.mask.any() else 0.0)
+    largest = max(regions, default=0.0)
+    threshold = calibration.thresholds.get("causal_neglect", math.inf)
+    for o, region in zip(d.objects, regions):
+        o.causal_neglect = 1 - region / max(largest, 1e-9)
+        o.missing = o.causal_neglect >= threshold
+        o.confidence["neglect"] = calibration.confidence("causal_neglect", o.causal_neglect)
+    d.notes.append(f"neglect from {len(d.objects)} causal checks (each object's attention removed: "
+                   f"{len(d.objects)} more generations)")
+    return d
 
 
 def repair(pipe, prompt: str, *, seed: int = 0, scale: float = REPAIR_SCALE, share: float = REPAIR_SHARE,

@@ -66,8 +66,12 @@ class Calibration:
         path = asset_path("diagnosis.json")
         data = json.loads(path.read_text())
         thresholds = {k: math.inf if v is None else v for k, v in data["thresholds"].items()}
-        return cls(thresholds, {k: [tuple(b) for b in v] for k, v in data.get("bins", {}).items()},
-                   data.get("source", str(path)))
+        bins = {k: [tuple(b) for b in v] for k, v in data.get("bins", {}).items()}
+        if "causal" in data:  # the causal neglect verdict (`crossattn.diagnose_causally`), calibrated on its own
+            causal = data["causal"]
+            thresholds["causal_neglect"] = math.inf if causal["threshold"] is None else causal["threshold"]
+            bins["causal_neglect"] = [tuple(b) for b in causal["bins"]]
+        return cls(thresholds, bins, data.get("source", str(path)))
 
 
 @dataclass
@@ -84,10 +88,14 @@ class ObjectDiagnosis:
     settled: dict[str, int | None] = field(default_factory=dict)  # verdict -> step from which it held
     confidence: dict[str, float | None] = field(default_factory=dict)
     mask: np.ndarray | None = field(default=None, repr=False)
+    # `crossattn.diagnose_causally`: 1 − how much ablating the object's words changed its region, relative to the
+    # prompt's other objects (then `missing` is that score's verdict); None from the maps alone
+    causal_neglect: float | None = None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "head": self.head, "attributes": self.attributes,
                 "neglect": round(self.neglect, 4), "missing": self.missing,
+                "causal_neglect": None if self.causal_neglect is None else round(self.causal_neglect, 4),
                 "leakage": {k: round(v, 4) for k, v in self.leakage.items()}, "wrong_attribute": self.wrong_attribute,
                 "settled": self.settled, "confidence": self.confidence}
 
@@ -125,7 +133,10 @@ class Diagnosis:
         """Plain-language verdict lines, failures first."""
         lines = []
         for o in self.objects:
-            if o.missing:
+            if o.missing and o.causal_neglect is not None:  # the verdict of the causal check
+                lines.append(f"'{o.name}' was probably neglected: removing its attention barely changed its region "
+                             f"(causal neglect {o.causal_neglect:.2f}{_conf(o.confidence.get('neglect'))})")
+            elif o.missing:
                 lines.append(f"'{o.name}' was probably neglected (neglect {o.neglect:.2f}"
                              f"{_conf(o.confidence.get('neglect'))}){_when(o, 'missing')}")
             for attribute, share in o.leakage.items():

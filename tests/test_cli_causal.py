@@ -89,3 +89,15 @@ def test_a_sweep_refuses_bad_settings_before_loading_the_model(tmp_path, monkeyp
     prompts.write_text("a red circle\n")
     assert main(["sweep", str(prompts), "--out", str(tmp_path / "s"), "--steps", "0"]) == 2
     assert "steps must be between 1 and" in capsys.readouterr().err
+
+
+def test_diagnose_causal_writes_the_causal_scores_and_exits_by_the_verdicts(tmp_path, capsys):
+    out = tmp_path / "c"
+    code = main(["diagnose", PROMPT, "--causal", "--steps", "6", "--out", str(out)])
+    data = json.loads((out / "diagnosis.json").read_text())
+    assert code == (3 if data["failed"] else 0)
+    scores = [o["causal_neglect"] for o in data["objects"]]
+    assert len(scores) == 2 and min(scores) == 0.0 and all(0 <= s <= 1 for s in scores)
+    assert any("causal checks" in n for n in data["notes"]) and "object" in capsys.readouterr().out
+    assert main(["diagnose", PROMPT, "--causal", "--repair", "--out", str(tmp_path / "r")]) == 2
+    assert "leave out --objects and --causal" in capsys.readouterr().err

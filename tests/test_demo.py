@@ -112,7 +112,10 @@ def test_binds_localhost_only_and_serves_no_arbitrary_path(server):
 
 def test_only_models_on_disk_are_offered():
     models = Models(None, allow_any=False)
-    assert models.choices == [n for n in ("shapes-unet", "shapes-mmdit") if (ROOT / "crossattn/assets" / n).exists()]
+    assets = ROOT / "crossattn/assets"  # shapes-video is built from shapes-unet's folder at load time
+    assert models.choices == [n for n, folder in (("shapes-unet", "shapes-unet"), ("shapes-mmdit", "shapes-mmdit"),
+                                                  ("shapes-video", "shapes-unet")) if (assets / folder).exists()]
+    assert "shapes-video" not in models.image_choices  # the Explain tab reads images
     with pytest.raises(InputError, match="--allow-any-model"):
         models.get("/etc")
 
@@ -244,7 +247,7 @@ def raw_generate(server: str, **inputs) -> tuple[int, str]:
     (status, body) of the request, or of the result's event stream once queued."""
     values = {"prompt": "a red circle", "negative": "", "seed": 0, "steps": 1, "guidance": 5.0, "size": "",
               "model": "shapes-unet", "other_model": "", "words": "", "expect": "", "keep_heads": False,
-              "concepts": "", "concept_method": "model's default"} | inputs
+              "concepts": "", "concept_method": "model's default", "frames": None} | inputs
     request = urllib.request.Request(server + "gradio_api/call/generate", json.dumps({"data": list(values.values())})
                                      .encode(), {"Content-Type": "application/json"})
     try:

@@ -1,5 +1,6 @@
-"""The demo's causal panels and its Explain tab in a real browser (Playwright + chromium), driven as
-tests/test_demo.py drives the generation page: the "What if" panel, the Repair button, "Explain an image".
+"""The demo's causal panels, its Explain tab and its video views in a real browser (Playwright + chromium), driven
+as tests/test_demo.py drives the generation page: the "What if" panel, the Repair button, "Explain an image", a
+video model's frames (the Frames field, the frame slider every view follows).
 
 The server, browser and page fixtures are test_demo's (one server for this module, the embedded UNet).
 """
@@ -8,14 +9,23 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from crossattn.causal import REPAIR_SCALE
+from crossattn.generation import DEFAULT_GUIDANCE, run
 
 pytest.importorskip("gradio_client")
 
+from crossattn.app import Models  # noqa: E402
+from crossattn.app.checks import CONCEPT_METHODS, check_generation, check_view  # noqa: E402
+from crossattn.app.store import Result  # noqa: E402
+from crossattn.app.video import image_label  # noqa: E402
+from crossattn.app.views import View, gallery_items, write_zip  # noqa: E402
+from crossattn.app.whatif import check_question  # noqa: E402
 from tests import test_demo  # noqa: E402
 from tests.test_demo import PROMPT, STEM, User, errors_shown, expect, generate_in_page  # noqa: E402
 
@@ -159,4 +169,122 @@ def test_browser_the_generated_image_is_sent_to_the_explain_tab(page):
     page.get_by_role("button", name="Explain", exact=True).click()
     expect(page.locator("#explain-gallery .caption-label")).to_have_count(8, timeout=60_000)
     expect(page.locator("#explain-concept-gallery .caption-label")).to_have_text(["sky"])
+    assert errors_shown(page) == []
+
+
+# ---- videos ---------------------------------------------------------------------------------------------------
+VIDEO_STEPS, VIDEO_FRAMES = 3, 4
+
+
+def video_job(models: Models, frames: object, model: str = "shapes-video"):
+    """The page's request for SCENE at seed 0 (its defaults otherwise) with these frames: (job, checks)."""
+    return check_generation(models, SCENE, 0, VIDEO_STEPS, DEFAULT_GUIDANCE, "", model, "", "", "", CONCEPT_METHODS[0],
+                            frames=frames)
+
+
+@pytest.fixture(scope="module")
+def video_run() -> tuple[Models, list[Image.Image], object]:
+    """The video the browser test asks the page for (shapes-video, SCENE, seed 0, 3 steps, 4 frames), made here
+    too: a CPU generation is deterministic, so these are the maps the page draws."""
+    models = Models(None, allow_any=False)
+    job, checks = video_job(models, VIDEO_FRAMES)
+    checks.refuse()
+    frames, maps = run(job.request)
+    return models, frames, maps
+
+
+def circle_tile(result: Result, frame: int) -> np.ndarray:
+    """The word gallery's "circle" tile of a frame, as the page draws it (its display defaults, every step)."""
+    shot = result.at(frame)
+    view = View(last_step=VIDEO_STEPS, step=VIDEO_STEPS, frame=frame)
+    path = gallery_items(shot, view.filtered(shot.maps), ["circle"], view)[0][0]
+    return np.asarray(Image.open(path).convert("RGB"), np.float32)
+
+
+@pytest.mark.slow
+def test_a_videos_frames_are_checked_first_and_each_drawn_as_an_image(video_run):
+    models, frames, maps = video_run
+    assert len(frames) == VIDEO_FRAMES and maps.frames == VIDEO_FRAMES
+    for value, message in [(40, "frames must be a whole number from 1 to 16, got 40"),
+                           ("abc", "frames must be a whole number from 1 to 16, got 'abc'"),
+                           (2.5, "frames must be a whole number from 1 to 16, got 2.5")]:
+        assert video_job(models, value)[1].errors == {"frames": message}
+    assert video_job(models, None)[0].request.frames == 8  # empty: the model's 16, capped for the demo
+    assert video_job(models, 40, model="shapes-unet")[0].request.frames is None  # an image model ignores it
+
+    result = Result.new(frames, maps)
+    assert result.image is frames[0] and result.frames == frames  # every frame kept
+    shot = result.at(2)
+    assert shot.image is frames[2] and shot.frames is None and shot.stem == f"{result.stem}_frame2"
+    assert np.array_equal(shot.maps.word("circle").array, maps.frame(2).word("circle").array)
+    assert result.at(99).stem.endswith("_frame3")  # clamped to the frames there are
+    tiles = [circle_tile(result, k) for k in range(VIDEO_FRAMES)]
+    assert max(np.abs(tiles[0] - tile).mean() for tile in tiles[1:]) > 1  # each frame its own map
+    assert image_label(result, 2) == "Video frame 2 (of 0–3)"
+    assert check_view(result, View(frame=4), "frame").errors == {"frame": "frame must be a whole number from 0 to 3, "
+                                                                          "got 4"}
+    assert check_question(result, "circle", "prompt", 0, ":")[1].errors == {
+        "word": "What if compares images; this generation is a video: generate with an image model to ask"}
+
+    names = zipfile.ZipFile(write_zip(result, View(last_step=VIDEO_STEPS, frame=2, words="circle"))).namelist()
+    for part in ("frame2_image.png", "frame2_overlay_00_circle.png", "frame2_segmentation.png", "video.gif",
+                 "video_overlay_00_circle.gif", "frames_grid.png", "maps/maps.safetensors"):
+        assert f"{result.stem}_{part}" in names
+    video = Image.open(io.BytesIO(zipfile.ZipFile(write_zip(result, View())).read(f"{result.stem}_video.gif")))
+    assert video.n_frames == VIDEO_FRAMES
+
+
+def fetched(page, image) -> np.ndarray:
+    """The picture an <img> shows, as the browser fetched it."""
+    body = page.request.get(image.get_attribute("src")).body()
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), np.float32)
+
+
+def pick_model(page, name: str) -> None:
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name=name).click()
+
+
+@pytest.mark.slow
+def test_browser_a_video_shows_the_frame_picked_in_every_view(page, video_run):
+    _, frames, maps = video_run
+    result = Result.new(frames, maps)
+    field, slider = page.locator("#frames"), page.locator("#frame-slider")
+    expect(field).to_be_hidden()  # the default model makes images
+    pick_model(page, "shapes-video")
+    expect(field.locator("input")).to_have_value("8")  # the model's 16, capped for the demo
+    expect(field).to_contain_text("empty = 8; at most 16 here")
+    field.locator("input").fill("40")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(field).to_contain_text("frames must be a whole number from 1 to 16, got 40")  # refused before compute
+    field.locator("input").fill(str(VIDEO_FRAMES))
+    generate_in_page(page, prompt=SCENE, steps=VIDEO_STEPS)
+    expect(page.locator("#status")).to_contain_text(f"{VIDEO_STEPS} steps, {VIDEO_FRAMES} frames, shapes-video")
+    expect(page.locator("#generated-video img")).to_have_attribute("src", re.compile(f"{STEM}_video.gif"))
+    expect(page.locator("#generated-image")).to_contain_text("Video frame 0 (of 0–3)")
+    expect(slider).to_be_visible()
+    tile = page.locator("#word-gallery button.thumbnail-item").nth(2).locator("img")  # "circle"
+    expect(tile).to_have_attribute("src", re.compile(f"{STEM}_frame0_map02_circle"))
+    first = fetched(page, tile)
+    assert np.abs(first - circle_tile(result, 0)).mean() < 0.5
+
+    slider.locator("input[type='range']").fill("3")
+    expect(tile).to_have_attribute("src", re.compile(f"{STEM}_frame3_map02_circle"), timeout=60_000)
+    last = fetched(page, tile)
+    assert np.abs(last - circle_tile(result, 3)).mean() < 0.5  # that frame's map, as the views draw it
+    assert np.abs(last - first).mean() > 1
+    expect(page.locator("#generated-image img")).to_have_attribute("src", re.compile(f"{STEM}_frame3_image"))
+    assert np.abs(fetched(page, page.locator("#generated-image img")) - np.asarray(frames[3], np.float32)).max() < 1
+    expect(page.locator("#generated-image")).to_contain_text("Video frame 3 (of 0–3)")
+    for view in ("#selected-map", "#segmentation", "#diagnosis-picture", "#time-frame"):  # every view follows
+        expect(page.locator(f"{view} img")).to_have_attribute("src", re.compile(f"{STEM}_frame3_"))
+    assert errors_shown(page) == []
+
+    pick_model(page, "shapes-unet")  # an image model: the video's controls go away
+    expect(field).to_be_hidden()
+    generate_in_page(page, prompt=SCENE, steps=1)
+    expect(slider).to_be_hidden()
+    expect(page.locator("#generated-video")).to_be_hidden()
+    expect(page.locator("#generated-image")).to_contain_text("Generated image")
+    expect(tile).to_have_attribute("src", re.compile(f"{STEM}_map02_circle"))
     assert errors_shown(page) == []

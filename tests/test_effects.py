@@ -118,3 +118,31 @@ def test_attention_effects_of_positions_that_are_not_words(pipe):
     assert eff["<end>"].change.max() > 0 and eff["<end>"].agreement is None  # no word map to compare with
     with pytest.raises(crossattn.InputError, match="names text positions, not words"):
         crossattn.effects(pipe, PROMPT, ["<end>"], num_inference_steps=4)
+
+
+def test_causal_diagnosis_scores_each_objects_ablation_and_gives_its_verdict(pipe):
+    """The causal neglect score recomputed by hand: each object's words ablated (scale 0, all steps, same seed), the
+    change inside its attention region, relative to the largest; the verdict is the shipped threshold's."""
+    prompt = "a red circle left of a blue square and a green triangle"
+    image, maps = fx.generate(pipe, prompt, seed=3, steps=STEPS, guidance=5.0)
+    d = crossattn.diagnose_causally(pipe, image, maps)
+    plain = crossattn.diagnose(maps)
+    regions = []
+    for o in plain.objects:
+        with crossattn.intervene(pipe, {o.name: 0.0}):
+            ablated, _ = fx.generate(pipe, prompt, seed=3, steps=STEPS, guidance=5.0)
+        regions.append(float(fx.change_map(image, ablated)[o.mask].mean()))
+    expected = [1 - r / max(regions) for r in regions]
+    assert [o.name for o in d.objects] == ["red circle", "blue square", "green triangle"]
+    np.testing.assert_allclose([o.causal_neglect for o in d.objects], expected, rtol=1e-6)
+    assert min(o.causal_neglect for o in d.objects) == 0.0  # the object whose ablation changed most
+    threshold = fx.Calibration.load().thresholds["causal_neglect"]
+    assert [o.missing for o in d.objects] == [s >= threshold for s in expected]
+    assert [o.neglect for o in d.objects] == [o.neglect for o in plain.objects]  # the attention score is kept
+    assert any("3 more generations" in n for n in d.notes) and d.to_dict()["objects"][0]["causal_neglect"] is not None
+    if any(o.missing for o in d.objects):
+        assert any("removing its attention barely changed its region" in v for v in d.verdicts())
+    with crossattn.trace(pipe) as tr:  # maps of a call crossattn did not make: no seed to repeat it with
+        pipe(prompt, num_inference_steps=2)
+    with pytest.raises(crossattn.InputError, match="needs the maps of a generation made by"):
+        crossattn.diagnose_causally(pipe, image, tr.heat_maps())

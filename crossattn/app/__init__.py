@@ -10,6 +10,12 @@ view (the selected word per layer and head, with "Keep every layer and head"); d
 only when asked for). Every view is drawn from the maps kept for the browser session (a gr.State), so any
 display or filter change redraws every view without generating again.
 
+Videos: with a video model (the embedded "shapes-video", or one typed in) a "Frames" field says how many frames to
+make, and a frame slider among the filters picks which frame of the maps every view shows: each frame is drawn as an
+image (its maps over the first decoded frame they cover), beside the whole video as a GIF. The session keeps every
+frame; the zip adds the video, each shown word's map over it and a frames × words grid. What if and Repair compare
+images: they are refused for a video.
+
 Serving: generations run one at a time (one shared pipeline per model, whose processors a trace swaps while
 it runs: ``concurrency_limit=1`` plus a lock per pipeline) and only within limits the device can serve in
 reasonable time (`limits_for`); Gradio's queue shows each waiting user their place and holds at most
@@ -31,8 +37,8 @@ offered unless started with ``--allow-any-model`` (and then tells a remote user 
 paths exist); serves only files it wrote itself; accepts no upload over `MAX_UPLOAD` (the Explain tab's image).
 
 Modules: `limits` (models and request limits), `guard` (errors, stopping), `store` (a session's files), `checks`
-(input checks), `views` (pictures and tables, no Gradio), `page` (the generation page), `whatif` (What if,
-Repair), `explaining` (the Explain tab), `server` (launch). None imports the CLI.
+(input checks), `views` (pictures and tables, no Gradio), `video` (a video's controls), `page` (the generation
+page), `whatif` (What if, Repair), `explaining` (the Explain tab), `server` (launch). None imports the CLI.
 """
 
 from .guard import INTERNAL_ERROR

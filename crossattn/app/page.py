@@ -13,13 +13,12 @@ from ..errors import InputError
 from ..generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, run
 from ..heatmaps import HeatMaps
 from ..words import slug
+from . import video
 from .checks import CONCEPT_METHODS, NO_RESULT, check_generation, check_view, size_info
 from .explaining import ExplainTab
 from .guard import Stopped, abandoned, friendly, lenient
 from .limits import FILES_TTL_S, GUIDANCE_RANGE, SESSION_TTL_S, Models
 from .store import Result
-from .video import frame_slider, frame_slider_update, frames_field, frames_text, frames_update, image_update, \
-    video_panel, video_update
 from .views import (
     BIG,
     BIG_LABEL,
@@ -125,7 +124,7 @@ class DemoApp:
                 with gr.Row():  # a video: the frame every view shows, beside the whole video
                     self.image = gr.Image(label="Generated image", type="filepath", height=420,
                                           elem_id="generated-image", elem_classes="pixels")
-                    self.video = video_panel()
+                    self.video = video.video_panel()
                 self.notes = gr.Markdown(label="Notes", elem_id="notes")
                 self.send = gr.Button("Explain this image in the “Explain an image” tab", size="sm",
                                       elem_id="send-to-explain")
@@ -145,7 +144,7 @@ class DemoApp:
         with gr.Row():
             self.size = gr.Textbox(label="Image size (WIDTHxHEIGHT)", value="", elem_id="size",
                                    info=size_info(self.default))
-            self.frames = frames_field(self.default)  # shown for video models only
+            self.frames = video.frames_field(self.default)  # shown for video models only
         with gr.Row():
             self.model = gr.Dropdown(self.models.choices, value=self.models.default, label="Model", elem_id="model")
             self.other_model = gr.Textbox(label="Other model (hub id or folder)", value="", elem_id="other-model",
@@ -161,7 +160,7 @@ class DemoApp:
                 self.first_step = gr.Slider(1, DEFAULT_STEPS, value=1, step=1, label="First step", elem_id="first-step")
                 self.last_step = gr.Slider(1, DEFAULT_STEPS, value=DEFAULT_STEPS, step=1, label="Last step",
                                            elem_id="last-step")
-                self.frame_slider = frame_slider()
+                self.frame_slider = video.frame_slider()
 
     def words_section(self) -> None:
         gr.Markdown("## Words — click one to select it")
@@ -317,10 +316,10 @@ class DemoApp:
         steps = request.steps
         return {
             self.state: result,
-            self.image: image_update(result, 0),
+            self.image: video.generated_image(result),
             self.notes: notes_text(maps),
             self.status: f"Showing {brief(prompt)} (seed {request.seed}, {steps} step{'s' * (steps != 1)}"
-                          f"{frames_text(result)}, {maps.info.model}).",
+                          f"{video.frames_text(result)}, {maps.info.model}).",
             self.resolutions: gr.update(choices=resolutions, value=resolutions,
                                         visible=maps.info.resolution_sites),
             self.blocks: gr.update(choices=maps.blocks, value=maps.blocks),
@@ -330,8 +329,8 @@ class DemoApp:
             self.model_view: gr.update(visible=maps.data.per_head),
             self.grid: gr.update(columns=maps.data.heads),
             self.concept_gallery: gr.update(visible=maps.concepts is not None),
-            self.video: video_update(result),
-            self.frame_slider: frame_slider_update(result),
+            self.video: video.video_update(result),
+            self.frame_slider: video.frame_slider_update(result),
         } | self.causal.updates(result)
 
     def on_send(self, result: Result | None, frame: float = 0) -> tuple:
@@ -344,7 +343,7 @@ class DemoApp:
     def on_model(self, model: str) -> tuple:
         """Another model picked: the size hint names the sizes that one can make; Frames is shown for a video."""
         loaded = self.models.get(model)
-        return gr.update(info=size_info(loaded)), frames_update(loaded)
+        return gr.update(info=size_info(loaded)), video.frames_update(loaded)
 
     def on_stop(self, result: Result | None, prompt: str) -> str:
         """Stop pressed: say that nothing new was made and which prompt the views still show."""
@@ -364,7 +363,7 @@ class DemoApp:
         view = View(**view)
         shot = result.at(view.frame)  # the result itself for an image
         maps = view.filtered(shot.maps)
-        shown_frame = {} if result.frames is None else {self.image: image_update(result, view.frame)}
+        shown_frame = {self.image: video.shown_frame(result, view.frame)}  # a video: the frame picked
         if not maps.words:
             return {self.state: replace(result, shown=[], cells=[]), self.selected: gr.update(choices=[], value=None),
                     self.gallery: [], self.big: None, self.frame: None, self.animation: None, self.grid: [],

@@ -17,7 +17,8 @@ from .page import DemoApp
 # Small images (the shapes models draw 64x64) are shown enlarged with crisp pixels; the data stays as generated.
 # Galleries grow with their tiles (Gradio caps them at 550 px with a scroll bar, which hides model-view rows).
 CSS = (".pixels img { image-rendering: pixelated; }\n"
-       "#generated-image img, #explain-image img { width: 100%; height: 100%; object-fit: contain; }\n"
+       "#generated-image img, #generated-video img, #explain-image img { width: 100%; height: 100%; "
+       "object-fit: contain; }\n"
        ".pixels .grid-wrap { max-height: none !important; height: auto !important; }")
 
 

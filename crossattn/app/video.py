@@ -12,7 +12,7 @@ from ..pictures import save_gif
 from .limits import DEMO_FRAMES, Loaded
 from .store import Result
 
-GIF_FPS = 8  # AnimateDiff's own rate; a GIF needs one, and every frame is worth seeing at 64 px
+GIF_FPS = 8  # AnimateDiff's own rate: the GIF plays the video at about its speed
 
 
 def is_video(loaded: Loaded) -> bool:
@@ -77,20 +77,30 @@ def video_update(result: Result) -> dict:
 
 
 def image_label(result: Result, frame: float) -> str:
-    """What the image area shows: the image, or which frame of the video (and which decoded frames its maps
-    cover, when the model compresses time)."""
+    """What the image area shows: the image, or which frame of the video, counted from 0 as the slider counts
+    (and the decoded frames its maps cover, when the model compresses time). Short: it heads a half-width panel."""
     if result.frames is None:
         return "Generated image"
     k, n = result.frame_index(frame), result.maps.frames
     covers = result.covers(k)
     if len(covers) == 1:
-        return f"Generated video: frame {k} of {n} (0 = first)"
-    return (f"Generated video: maps' frame {k} of {n}, covering decoded frames {covers[0]}–{covers[-1]} (the "
-            "first shown)")
+        return f"Video frame {k} (of 0–{n - 1})"
+    return f"Video frames {covers[0]}–{covers[-1]}: map {k} (of 0–{n - 1}), first shown"
 
 
-def image_update(result: Result, frame: float) -> dict:
-    """The image area at the frame picked (an image: the image)."""
+def generated_image(result: Result) -> str | dict:
+    """The image area after a generation: an image's path as it always was (what API clients read), a video's
+    first frame with a label saying so."""
+    if result.frames is None:
+        return result.save(result.image, "image")
+    return shown_frame(result, 0)
+
+
+def shown_frame(result: Result, frame: float) -> dict:
+    """The image area at the frame picked; for an image only its label (back from a video's: the image is
+    already shown)."""
+    if result.frames is None:
+        return gr.update(label=image_label(result, frame))
     shot = result.at(frame)
     return gr.update(value=shot.save(shot.image, "image"), label=image_label(result, frame))
 

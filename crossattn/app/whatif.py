@@ -96,7 +96,8 @@ def check_question(result: Result | None, word: str, how: str, scale: object,
     if result is None:
         checks.errors["word"] = NO_RESULT
         return None, checks
-    if checks("word", refuse_video, result, "What if") is None and "word" in checks.errors:
+    checks("word", refuse_video, result, "What if")
+    if checks.errors:
         return None, checks
     how = checks("how", check_how, how)
     word = checks("word", check_word, result, word, how)

@@ -114,7 +114,7 @@ def _request(args, words: list[str] | None = None, concepts: list[str] | None = 
 
 
 def _generate(args, words: list[str] | None = None, **request_options):
-    """Load, validate (before any compute), generate under a tqdm bar; returns (image, maps). Each note for
+    """Load, validate (before any compute), generate under a tqdm bar; returns (image, maps, pipeline). Each note for
     the user (stderr, one line) is printed once: the input's before the compute, the trace's after it."""
     from tqdm import tqdm
 
@@ -124,7 +124,7 @@ def _generate(args, words: list[str] | None = None, **request_options):
     for note in maps.info.notes:
         if note not in request.notes:
             _note(note)
-    return image, maps
+    return image, maps, request.pipe
 
 
 def _pipe_and_options(args) -> tuple:

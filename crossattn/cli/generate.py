@@ -28,7 +28,7 @@ def add(sub) -> None:
 def run(args) -> None:
     words = split_list(args.words) or None
     out = _output_folder(args)
-    image, maps = _generate(args, words, concepts=split_list(args.concepts) or None,
+    image, maps, _ = _generate(args, words, concepts=split_list(args.concepts) or None,
                             concept_method=args.concept_method)
     _clear(out, args)
     if isinstance(image, list):  # a video pipeline: its frames

@@ -25,7 +25,7 @@ def run(args) -> None:
 
     named = [w for s in args.expect for w in placement.statement_words(s)]  # unreadable statements fail here
     out = _output_folder(args)
-    image, maps = _generate(args, named)
+    image, maps, _ = _generate(args, named)
     data = placement.report(maps, args.expect, from_prompt=args.from_prompt, method=args.method, tau=args.tau)
     data |= {"seed": args.seed, "model": maps.info.model, "steps": args.steps}
     _clear(out, args)
