@@ -177,7 +177,9 @@ def test_video_pipelines_not_done_are_refused_clearly():
     pipe = object.__new__(MochiPipeline)
     with pytest.raises(crossattn.InputError, match="MochiPipeline is not supported yet: among video pipelines "
                                                    "crossattn traces WanPipeline, CogVideoXPipeline, "
-                                                   "AnimateDiffPipeline, HunyuanVideoPipeline, LTXPipeline"):
+                                                   "AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline, "
+                                                   "AnimateDiffControlNetPipeline, HunyuanVideoPipeline, "
+                                                   "LTXPipeline"):
         crossattn.trace(pipe)
 
 

@@ -134,11 +134,11 @@ def test_video_variants_not_done_are_refused_with_what_is_supported(wan):
     with pytest.raises(crossattn.InputError, match="among video pipelines crossattn traces WanPipeline, "
                                                    "CogVideoXPipeline"):
         family_of(WanImageToVideoPipeline())
-    class AnimateDiffVideoToVideoPipeline:
+    class AnimateDiffSDXLPipeline:
         pass
 
-    with pytest.raises(crossattn.InputError, match="AnimateDiffVideoToVideoPipeline is not supported yet"):
-        family_of(AnimateDiffVideoToVideoPipeline())
+    with pytest.raises(crossattn.InputError, match="AnimateDiffSDXLPipeline is not supported yet"):
+        family_of(AnimateDiffSDXLPipeline())
     original = wan.transformer_2
     wan.transformer_2 = torch.nn.Linear(1, 1)  # Wan 2.2's second expert
     try:

@@ -1,4 +1,6 @@
-"""AnimateDiff (`AnimateDiffPipeline`): a Stable Diffusion UNet turned into a `UNetMotionModel` by motion modules.
+"""AnimateDiff (`AnimateDiffPipeline`, its video-to-video and ControlNet variants): a Stable Diffusion UNet turned
+into a `UNetMotionModel` by motion modules. (The SDXL variant gives the UNet one text row per video, not per frame,
+and is not covered.)
 
 Layers: the UNet's own text cross-attention (``attn2`` of its spatial transformer blocks), as in `unet.py`; the
 motion modules' ``attn1``/``attn2`` attend across frames (batch B·H·W, sequence = frames), never to the text, and
@@ -17,7 +19,7 @@ from .unet import UNetFamily
 
 class AnimateDiffFamily(UNetFamily):
     name = "AnimateDiff"
-    pipelines = ("AnimateDiffPipeline",)
+    pipelines = ("AnimateDiffPipeline", "AnimateDiffVideoToVideoPipeline", "AnimateDiffControlNetPipeline")
     video = True
     frames_in_batch = True
 

@@ -131,7 +131,11 @@ class Family:
 
     def default_frames(self, pipe) -> int:
         """How many frames the pipeline makes when not told."""
-        return inspect.signature(type(pipe).__call__).parameters["num_frames"].default
+        frames = inspect.signature(type(pipe).__call__).parameters.get("num_frames")
+        if frames is None:  # video-to-video: as many frames as the video it is given
+            raise InputError(f"{type(pipe).__name__} makes as many frames as the video it is given: call it yourself "
+                             "inside `with crossattn.trace(pipe):` (the maps are the same)")
+        return frames.default
 
     def temporal_factor(self, pipe) -> int:
         """Decoded frames per latent frame: how much the VAE compresses time (1: a frame is a frame)."""

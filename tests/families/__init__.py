@@ -163,6 +163,10 @@ FAMILIES = {
     # video: frames as rows of the batch (AnimateDiff), or (F, H, W) patch tokens in the sequence
     "animatediff": Family(video.build_tiny_animatediff, video_call("animatediff"), cross, NEGATIVES_FIRST, ("clip",),
                           output="frames"),
+    "animatediff_v2v": Family(video.build_tiny_animatediff_v2v, video_call("animatediff_v2v"), cross,
+                              NEGATIVES_FIRST, ("clip",), output="frames"),
+    "animatediff_controlnet": Family(video.build_tiny_animatediff_controlnet, video_call("animatediff_controlnet"),
+                                     cross, NEGATIVES_FIRST, ("clip",), output="frames"),
     "wan": Family(video.build_tiny_wan, video_call("wan"), cross, CALLS, ("t5",), output="frames"),
     "cogvideox": Family(video.build_tiny_cogvideox, video_call("cogvideox"), text_first, NEGATIVES_FIRST, ("t5",),
                         output="frames"),

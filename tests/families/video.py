@@ -16,13 +16,16 @@ import time
 
 import torch
 from diffusers import (
+    AnimateDiffControlNetPipeline,
     AnimateDiffPipeline,
+    AnimateDiffVideoToVideoPipeline,
     AutoencoderKLCogVideoX,
     AutoencoderKLHunyuanVideo,
     AutoencoderKLLTXVideo,
     AutoencoderKLWan,
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
+    ControlNetModel,
     DDIMScheduler,
     FlowMatchEulerDiscreteScheduler,
     HunyuanVideoPipeline,
@@ -34,6 +37,7 @@ from diffusers import (
     WanTransformer3DModel,
 )
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+from PIL import Image
 from transformers import CLIPTextModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast
 
 from .pipelines import build_tiny_sd, perturbed, quiet
@@ -54,6 +58,32 @@ def build_tiny_animatediff(seed: int = 0) -> AnimateDiffPipeline:
                             motion_norm_num_groups=8, motion_num_attention_heads=2, motion_max_seq_length=16)
     return quiet(AnimateDiffPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
                                      motion_adapter=adapter, scheduler=sd.scheduler))
+
+
+ANIMATEDIFF_PARTS = ("vae", "text_encoder", "tokenizer", "unet", "motion_adapter", "scheduler")
+
+
+def build_tiny_animatediff_v2v(seed: int = 0) -> AnimateDiffVideoToVideoPipeline:
+    """AnimateDiff video-to-video: `build_tiny_animatediff`'s parts; the input video is encoded and noised, the
+    denoiser's batch and text are laid out as text-to-video's."""
+    parts = build_tiny_animatediff(seed).components
+    return quiet(AnimateDiffVideoToVideoPipeline(**{k: parts[k] for k in ANIMATEDIFF_PARTS}))
+
+
+def build_tiny_animatediff_controlnet(seed: int = 0) -> AnimateDiffControlNetPipeline:
+    """AnimateDiff with a ControlNet of random weights: its residuals enter the UNet, whose text attention is
+    traced; the ControlNet's own attention is not the picture's and is not."""
+    parts = build_tiny_animatediff(seed).components
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel(block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=32,
+                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), attention_head_dim=(2, 4),
+                                 conditioning_embedding_out_channels=(8, 16), norm_num_groups=32)
+    return quiet(AnimateDiffControlNetPipeline(controlnet=controlnet, **{k: parts[k] for k in ANIMATEDIFF_PARTS}))
+
+
+def input_frames(n: int = 4, size: int = 32) -> list:
+    """A small input video (or conditioning frames): flat colours changing from frame to frame."""
+    return [Image.new("RGB", (size, size), (40 * k, 110, 160)) for k in range(n)]
 
 
 # ---- video diffusion transformers: (frames, h, w) patches in the token sequence ---------------------------------
@@ -155,6 +185,8 @@ def build_tiny_ltx(seed: int = 0) -> LTXPipeline:
 
 BUILDERS = {
     "animatediff": build_tiny_animatediff,
+    "animatediff_v2v": build_tiny_animatediff_v2v,
+    "animatediff_controlnet": build_tiny_animatediff_controlnet,
     "wan": build_tiny_wan,
     "cogvideox": build_tiny_cogvideox,
     "hunyuanvideo": build_tiny_hunyuanvideo,
@@ -164,6 +196,11 @@ BUILDERS = {
 # family's negative prompt: one CFG batch or, for Wan, a second call)
 CALLS = {
     "animatediff": dict(num_frames=4, height=32, width=32, guidance_scale=5.0, negative=True),
+    # strength 1: every step runs (the contract counts them), the input video only sets the frame count
+    "animatediff_v2v": dict(video=input_frames(), strength=1.0, height=32, width=32, guidance_scale=5.0,
+                            negative=True),
+    "animatediff_controlnet": dict(conditioning_frames=input_frames(), num_frames=4, height=32, width=32,
+                                   guidance_scale=5.0, negative=True),
     "wan": dict(num_frames=5, height=64, width=64, guidance_scale=5.0, max_sequence_length=TEXT_LENGTH,
                 negative=True),
     "cogvideox": dict(num_frames=9, height=64, width=64, guidance_scale=6.0, max_sequence_length=TEXT_LENGTH,
