@@ -18,16 +18,5 @@ class CogVideoXFamily(VideoFamily):
 
     layer_rules = {r"transformer_blocks\.(\d+)\.attn1": ("joint", "text_first")}
 
-    def patches(self, denoiser) -> tuple[int, int, int]:
-        p = denoiser.config.patch_size
-        return denoiser.config.patch_size_t or 1, p, p
-
-    def refused(self, pipe) -> str | None:
-        if (pipe.transformer.config.patch_size_t or 1) > 1:
-            return ("CogVideoX 1.5 patches time (patch_size_t) over latent frames the pipeline pads at the front, "
-                    "and crossattn does not yet say which decoded frames those maps cover; CogVideoX 1.0 (2B, 5B) "
-                    "is supported")
-        return None
-
 
 COGVIDEOX = CogVideoXFamily()

@@ -38,15 +38,6 @@ class HunyuanVideoFamily(VideoFamily):
     layer_rules = {r"transformer_blocks\.(\d+)\.attn": ("double", "text_last"),
                    r"single_transformer_blocks\.(\d+)\.attn": ("single", "text_last")}
 
-    def patches(self, denoiser) -> tuple[int, int, int]:
-        p = denoiser.config.patch_size
-        return denoiser.config.patch_size_t or 1, p, p
-
-    def refused(self, pipe) -> str | None:
-        if (pipe.transformer.config.patch_size_t or 1) > 1:
-            return ("this HunyuanVideo transformer patches time (patch_size_t), and crossattn does not yet say which "
-                    "decoded frames those maps cover; HunyuanVideo with time patch 1 (the released model) is supported")
-        return None
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         ids = list(calls["text_encoder"][call][prompt])

@@ -30,7 +30,15 @@ class VideoFamily(Family):
     latent_frames_axis = 2  # (B, C, F, H, W); CogVideoX: (B, F, C, H, W)
 
     def patches(self, denoiser: torch.nn.Module) -> tuple[int, int, int]:
-        raise NotImplementedError
+        """(time, height, width) latent pixels per token; default: a square ``patch_size`` and ``patch_size_t``."""
+        p = denoiser.config.patch_size
+        return denoiser.config.patch_size_t or 1, p, p
+
+    def refused(self, pipe) -> str | None:
+        if self.patches(getattr(pipe, self.denoiser))[0] > 1:
+            return (f"this {self.name} transformer patches time (patch_size_t), and crossattn does not yet say which "
+                    "decoded frames its maps cover; the family's models with time patch 1 are supported")
+        return None
 
     def patch(self, denoiser: torch.nn.Module) -> int:
         return self.patches(denoiser)[1]
