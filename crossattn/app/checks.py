@@ -121,7 +121,8 @@ def check_generation(models: Models, prompt: str, seed: object, steps: object, g
         return None, checks
     steps = checks("steps", number, steps, "steps", 1, loaded.limits.max_steps, whole=True)
     method = None if concept_method in (None, CONCEPT_METHODS[0]) else as_text(concept_method)
-    frames = checks("frames", requested_frames, loaded, frames)
+    # the Frames field follows the Model dropdown: a video model typed in makes its default count here
+    frames = checks("frames", requested_frames, loaded, None if other_model.strip() else frames)
     alone = {"prompt": prompt, "size": size, "concept_method": method}
     if frames is not None:  # a video's count, once it is a number: the model's own rules (e.g. 4·k + 1)
         alone["frames"] = frames
