@@ -1,14 +1,17 @@
 """What does capture cost? Time and memory: plain vs crossattn vs attention-map-diffusers, side by side in one run.
 
-    .venv/bin/python benchmarks/overhead.py            # ≈ 15 min on a quiet 2-core CPU; table + results/overhead.json
+    .venv/bin/python benchmarks/overhead.py            # ≈ 18 min on a quiet 2-core CPU; table + results/overhead.json
     .venv/bin/python benchmarks/overhead.py --quick    # every row at tiny sizes, 1 repeat (≈ 1 min): checks the script
                                                        # (writes results/overhead_quick.json)
     .venv/bin/python benchmarks/overhead.py --only embedded --threads 1   # one model's rows (its 12 timed repeats;
                                                        # writes results/overhead_embedded.json)
+    .venv/bin/python benchmarks/overhead.py --video --threads 1 --repeats 8   # the two video rows, (e) and (f)
+                                                       # (≈ 3 min; writes results/overhead_video.json)
 
-The 15 minutes are an estimate from per-step times (the JSON records each model's seconds): about 5 for the
+The 18 minutes are an estimate from per-step times (the JSON records each model's seconds): about 5 for the
 UNet rows (as before: timing, 10/50-step memory, 512 px memory, overlays, two fresh-process RSS probes), 3 for
-the SD3.5-width rows and 7 for the Flux-width ones, most of it their 50-step memory generations.
+the SD3.5-width rows and 7 for the Flux-width ones, most of it their 50-step memory generations, and about 3 for
+the two video rows.
 
 Models (random weights except the first; weights do not change the cost):
 
@@ -21,9 +24,23 @@ Models (random weights except the first; weights do not change the cost):
     text = 77 CLIP + 256 T5 positions; guidance 5 (batch of 2), 2 steps;
 (d) a Flux.1-width transformer (hidden 3072 = 24 heads × 128, joint_attention_dim 4096, guidance embedding as
     in dev): two double-stream and two single-stream blocks, 256 px → 16×16 packed tokens, 256 T5 positions
-    (schnell's length; dev's 512 makes the text half of the sequence bigger still), 2 steps.
+    (schnell's length; dev's 512 makes the text half of the sequence bigger still), 2 steps;
+(e) a Wan 2.1 1.3B-width video transformer (hidden 1536 = 12 heads × 128, FFN 8960, text_dim 4096 → 512 zero-padded
+    UMT5 positions, patch 1×2×2, RMS q/k norm across heads) with 2 of its 30 blocks; the Wan VAE's factors (8×
+    space, 4× time): 128 px, 9 frames → 3 latent frames × 8×8 tokens; CFG as Wan does it, two calls per step
+    (guidance 5); 2 steps;
+(f) a CogVideoX-2B-width transformer (hidden 1920 = 30 heads × 64, time embedding 512, text 4096 wide, exactly 226
+    T5 positions, sincos positions, patch 2) with 2 of its 30 blocks, joint attention over [text, video]; VAE 8×
+    space, 4× time: 128 px, 9 frames → 3 latent frames × 8×8 tokens; CFG as one batch of 2 (guidance 6); 2 steps.
 
-In (c) and (d) the text encoders are tiny stand-ins (they run once per call, outside the denoising loop); the
+Rows (e) and (f) are in the default set and alone with ``--video``. For them the peer is given
+``relations=["video->text"]``: its default relation, image->text, is absent from a video layout, so by default it
+would keep nothing. Their memory is read at 2 and 3 latent frames (5 and 9 frames), after steps 1 and 2 of one
+generation each, and each row states crossattn's accumulator bytes per latent frame (a video's accumulators hold
+every frame's map: frames × one frame's pixels × kept tokens × 4 bytes per time bin and site) and the increase from
+2 to 3 frames, the measured cost of one more frame.
+
+In (c) to (f) the text encoders are tiny stand-ins (they run once per call, outside the denoising loop); the
 T5 stand-in has the real width 4096, so the denoiser gets text states of the real shape.
 
 Time: the pipeline call with ``output_type="latent"`` (text encoding + denoising loop, no VAE decoding, so the
@@ -44,7 +61,7 @@ coarse map per step). Peer: the bytes of the distinct tensor storages its record
 call's query and key (with offload to the CPU on a CPU these are the model's own tensors, not copies, but they
 stay allocated), both CFG halves, text and image positions: for all steps, and for the last step alone (what
 its default holds); then the bytes of its maps after ``compute()`` (computed on a copy of the record list, so
-the generation goes on undisturbed).
+the generation goes on undisturbed). The video rows' memory generations are 2 steps long, not 50 (see above).
 """
 
 from __future__ import annotations
@@ -86,7 +103,8 @@ class Bench:
     pipe: object
     size: int  # image side in pixels
     steps: int  # denoising steps of the timed runs
-    call: dict = field(default_factory=dict)  # further pipeline options (guidance, text length)
+    call: dict = field(default_factory=dict)  # further pipeline options (guidance, text length, frames)
+    peer: dict = field(default_factory=dict)  # the peer's options beyond its defaults (video: its relation)
 
 
 # ---- pipelines -----------------------------------------------------------------------------------------------
@@ -177,10 +195,50 @@ def flux_width_pipeline(tiny: bool = False):
         text_encoder_2=tiny_t5(text_width), tokenizer_2=t5_tokenizer(), transformer=transformer))
 
 
+def wan_width_pipeline(tiny: bool = False):
+    """Wan 2.1 1.3B width, 2 blocks (see the module docstring); `tiny`: 2 heads × 12, text 32 wide. The VAE,
+    tokenizer and scheduler are the tiny test pipeline's (the VAE's factors are Wan's; it never runs here)."""
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    from tests.families import video
+    from tests.families.text import tiny_t5
+
+    torch.manual_seed(0)
+    heads, head_dim, ffn, text_width = (2, 12, 32, 32) if tiny else (12, 128, 8960, 4096)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim,
+                                        in_channels=16, out_channels=16, text_dim=text_width, freq_dim=256,
+                                        ffn_dim=ffn, num_layers=2, cross_attn_norm=True,
+                                        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+    small = video.build_tiny_wan()
+    return quiet(WanPipeline(tokenizer=small.tokenizer, text_encoder=tiny_t5(text_width), vae=small.vae,
+                             transformer=transformer, scheduler=small.scheduler))
+
+
+def cogvideox_width_pipeline(tiny: bool = False, text_length: int = 226):
+    """CogVideoX-2B width, 2 blocks (see the module docstring); `tiny`: 4 heads × 8, text 32 wide. The VAE (8×
+    space, 4× time), tokenizer and scheduler are the tiny test pipeline's."""
+    from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    from tests.families import video
+    from tests.families.text import tiny_t5
+
+    torch.manual_seed(0)
+    heads, head_dim, time_dim, text_width = (4, 8, 8, 32) if tiny else (30, 64, 512, 4096)
+    transformer = CogVideoXTransformer3DModel(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16,
+                                              out_channels=16, time_embed_dim=time_dim, text_embed_dim=text_width,
+                                              num_layers=2, sample_width=90, sample_height=60, sample_frames=49,
+                                              patch_size=2, temporal_compression_ratio=4,
+                                              max_text_seq_length=text_length, spatial_interpolation_scale=1.875)
+    small = video.build_tiny_cogvideox()
+    return quiet(CogVideoXPipeline(tokenizer=small.tokenizer, text_encoder=tiny_t5(text_width), vae=small.vae,
+                                   transformer=transformer, scheduler=small.scheduler))
+
+
 # ---- one call, with or without a tool -------------------------------------------------------------------------
-def run(pipe, steps: int, size: int, tool: str = "plain", output_type: str = "latent", **call):
+def run(pipe, steps: int, size: int, tool: str = "plain", output_type: str = "latent", peer: dict | None = None,
+        **call):
     """(seconds, pipeline output, the tool's handle) of one call; the tool is installed and removed inside the
-    timed span."""
+    timed span. `peer`: the peer's options beyond its defaults."""
     kw = dict(num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(0),
               output_type=output_type, **({"guidance_scale": 7.5} | call))
     if tool == "plain":
@@ -192,7 +250,8 @@ def run(pipe, steps: int, size: int, tool: str = "plain", output_type: str = "la
     else:
         from attention_map_diffusers import AttentionCapture
 
-        handle = AttentionCapture(pipe)  # its defaults: image->text, last step, mean over heads, fast mode
+        # its defaults: image->text (video rows: video->text), last step, mean over heads, fast mode
+        handle = AttentionCapture(pipe, **(peer or {}))
     start = time.perf_counter()
     with handle:
         out = pipe(PROMPT, **kw)
@@ -202,14 +261,16 @@ def run(pipe, steps: int, size: int, tool: str = "plain", output_type: str = "la
 def overhead(b: Bench, repeats: int) -> dict:
     """Plain vs each tool, interleaved (order reversed every other repeat), min and median after a warm-up."""
     for tool in TOOLS:
-        run(b.pipe, b.steps, b.size, tool, **b.call)  # warm-up
+        run(b.pipe, b.steps, b.size, tool, peer=b.peer, **b.call)  # warm-up
     times = {tool: [] for tool in TOOLS}
     handles = {}
     for r in range(repeats):
         for tool in TOOLS if r % 2 == 0 else reversed(TOOLS):
-            seconds, _, handles[tool] = run(b.pipe, b.steps, b.size, tool, **b.call)
+            seconds, _, handles[tool] = run(b.pipe, b.steps, b.size, tool, peer=b.peer, **b.call)
             times[tool].append(seconds)
     out = {"steps": b.steps, "size": b.size, "repeats": repeats, "tools": list(TOOLS)}
+    if "num_frames" in b.call:
+        out["frames"] = b.call["num_frames"]
     for tool, values in times.items():
         out[f"{tool}_min_s"], out[f"{tool}_median_s"] = min(values), statistics.median(values)
     for tool in TOOLS[1:]:
@@ -258,18 +319,28 @@ def peer_memory(capture) -> dict:
 def crossattn_memory(tr) -> dict:
     rec = tr.recorder
     tokens = next(iter(rec.sums.values())).shape[-1]
+    # a video's site resolution is its stacked grid, (frames·h, w): these pixels count every frame
     pixels_per_resolution = {s.resolution[0] * s.resolution[1] for s in rec.sites.values()}
-    return {
+    out = {
         "accumulator_bytes": rec.accumulator_bytes, "trace_bytes": rec.step_bytes, "tokens_kept": tokens,
         "time_bins": rec.time_bins, "sites": sorted(rec.sites),
         # the issue's budget: 4 bytes x tokens x sum over captured resolutions of latent pixels (77-token context)
         "budget_bytes_77_tokens": 4 * 77 * sum(pixels_per_resolution),
         "budget_bytes_kept_tokens": 4 * tokens * sum(pixels_per_resolution),
     }
+    frames = rec.step.frames
+    if frames > 1:  # a video: every frame has its own map in the accumulators (and in the per-step trace)
+        bins = min(rec.time_bins, rec.step.total)
+        out |= {"latent_frames": frames, "accumulator_bytes_per_frame": rec.accumulator_bytes / frames,
+                # what the accumulators should hold: bins x sites x frames x one frame's pixels x tokens x 4 bytes
+                "expected_accumulator_bytes": 4 * bins * tokens * sum(
+                    s.resolution[0] * s.resolution[1] for s in rec.sites.values())}
+    return out
 
 
-def memory(b: Bench, size: int, snapshots: tuple[int, ...]) -> list[dict]:
-    """One generation of max(snapshots) steps with both tools attached; what each holds after each snapshot step."""
+def memory(b: Bench, size: int, snapshots: tuple[int, ...], **override) -> list[dict]:
+    """One generation of max(snapshots) steps with both tools attached; what each holds after each snapshot step.
+    `override`: call options that replace the row's (a video's `num_frames`)."""
     rows = []
 
     def read(pipe, i, t, kwargs):
@@ -281,13 +352,13 @@ def memory(b: Bench, size: int, snapshots: tuple[int, ...]) -> list[dict]:
         return kwargs
 
     kw = dict(num_inference_steps=max(snapshots), height=size, width=size, generator=torch.Generator().manual_seed(0),
-              output_type="latent", callback_on_step_end=read, **({"guidance_scale": 7.5} | b.call))
+              output_type="latent", callback_on_step_end=read, **({"guidance_scale": 7.5} | b.call | override))
     cap = None
     with crossattn.trace(b.pipe) as tr:
         if HAS_PEER:
             from attention_map_diffusers import AttentionCapture
 
-            with AttentionCapture(b.pipe, timesteps="all", max_capture_bytes=None) as cap:
+            with AttentionCapture(b.pipe, timesteps="all", max_capture_bytes=None, **b.peer) as cap:
                 b.pipe(PROMPT, **kw)
         else:
             b.pipe(PROMPT, **kw)
@@ -307,6 +378,25 @@ def render_cost(pipe, steps: int, size: int, repeats: int = 5) -> dict:
             "all_overlays_median_s": statistics.median(times)}
 
 
+def per_frame_cost(rows: list[dict]) -> dict:
+    """crossattn's accumulators per latent frame, from the last snapshot at each frame count, and the increase from
+    the fewest to the most frames divided by the frames added (the peer's held bytes alongside)."""
+    last = {}
+    for m in rows:  # the later snapshot of each frame count wins
+        last[m["latent_frames"]] = m
+    few, many = last[min(last)], last[max(last)]
+    added = many["latent_frames"] - few["latent_frames"]
+    out = {"accumulator_bytes_per_frame": {f: m["accumulator_bytes_per_frame"] for f, m in sorted(last.items())},
+           "accumulator_bytes_added_per_frame": (many["accumulator_bytes"] - few["accumulator_bytes"]) / added,
+           "trace_bytes_added_per_frame": (many["trace_bytes"] - few["trace_bytes"]) / added,
+           "accumulators_as_expected": all(m["accumulator_bytes"] == m["expected_accumulator_bytes"]
+                                           for m in rows)}
+    if "peer_held_bytes_last_step" in many:
+        for k in ("peer_held_bytes_last_step", "peer_held_bytes_all_steps", "peer_maps_bytes_all_steps"):
+            out[k.replace("peer_", "peer_added_per_frame_", 1)] = (many[k] - few[k]) / added
+    return out
+
+
 def peak_rss_probe(tool: str, size: int, steps: int) -> int:
     """Peak RSS (KiB) of a fresh process that builds SD 1.5 and generates once, plain or traced."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import overhead as o, resource; "
@@ -317,7 +407,8 @@ def peak_rss_probe(tool: str, size: int, steps: int) -> int:
 
 
 # ---- the run --------------------------------------------------------------------------------------------------
-MODELS = ("embedded", "sd15", "sd35_width", "flux_width")
+MODELS = ("embedded", "sd15", "sd35_width", "flux_width", "wan_width", "cogvideox_width")
+VIDEO = ("wan_width", "cogvideox_width")
 
 
 def main() -> None:
@@ -331,15 +422,20 @@ def main() -> None:
                              "waiting for each other), and 1 gives steadier, different figures")
     parser.add_argument("--only", nargs="+", choices=MODELS, default=MODELS,
                         help="these models' rows only (e.g. `--only embedded --repeats 3`: its 12 timed repeats)")
+    parser.add_argument("--video", action="store_true",
+                        help="the video rows only (= --only wan_width cogvideox_width; writes overhead_video.json)")
     parser.add_argument("--json", default=None, help="default: benchmarks/results/overhead.json "
                                                      "(overhead_quick.json with --quick, overhead_<models>.json "
                                                      "with --only, so a check never overwrites the real figures)")
     args = parser.parse_args()
+    video_only = args.video
+    if video_only:
+        args.only = VIDEO
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.json is None:
         name = "overhead_quick" if args.quick else "overhead" if set(args.only) == set(MODELS) else \
-            "overhead_" + "_".join(args.only)
+            "overhead_video" if video_only else "overhead_" + "_".join(args.only)
         args.json = str(ROOT / "benchmarks" / "results" / f"{name}.json")
     torch.set_flush_denormal(True)
     _quiet_libraries()
@@ -400,6 +496,26 @@ def main() -> None:
         done(key, since)
         del b
 
+    videos = (  # 9 frames -> 3 latent frames (both VAEs compress time 4x: (9 - 1) / 4 + 1)
+        ("wan_width", "Wan 2.1 1.3B width, 2 blocks", wan_width_pipeline,
+         dict(guidance_scale=5.0, max_sequence_length=16 if quick else 512)),
+        ("cogvideox_width", "CogVideoX-2B width, 2 blocks", cogvideox_width_pipeline,
+         dict(guidance_scale=6.0, max_sequence_length=226)),
+    )
+    for key, title, build, call in videos:
+        if key not in args.only:
+            continue
+        since = time.perf_counter()
+        video_size = 64 if quick else 128
+        b = Bench(key, title + tiny, build(quick), video_size, 2, call | {"num_frames": 9},
+                  peer={"relations": ["video->text"]})
+        # memory at 2 and 3 latent frames, 2 steps each: what one more frame costs
+        rows = [m for frames in (5, 9) for m in memory(b, video_size, (1, 2), num_frames=frames)]
+        result[key] = {"model": b.title, "time": overhead(b, repeats), "memory": rows,
+                       "per_frame": per_frame_cost(rows)}
+        done(key, since)
+        del b
+
     result["rss_this_process_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result["wall_s"] = time.perf_counter() - started
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -418,7 +534,8 @@ def print_table(r: dict) -> None:
     for key in [m for m in MODELS if m in r]:
         t = r[key]["time"]
         for tool in t["tools"][1:]:
-            print(f"| {r[key]['model']} | {t['size']} px | {t['steps']} | {tool} | {t['plain_min_s']:.3f} / "
+            size = f"{t['size']} px" + (f" × {t['frames']} frames" if "frames" in t else "")
+            print(f"| {r[key]['model']} | {size} | {t['steps']} | {tool} | {t['plain_min_s']:.3f} / "
                   f"{t['plain_median_s']:.3f} | {t[f'{tool}_min_s']:.3f} / {t[f'{tool}_median_s']:.3f} | "
                   f"{t[f'ratio_{tool}_min']:.3f} | {t[f'ratio_{tool}_median']:.3f} | {t['maps_ready_s'][tool]:.4f} |")
     print("\n| model | size | steps | crossattn accumulators (B) | crossattn trace (B) | tokens kept | "
@@ -428,11 +545,30 @@ def print_table(r: dict) -> None:
         for m in r[key]["memory"]:
             held = [f"{m[k]:,}" if k in m else "—" for k in ("peer_held_bytes_last_step", "peer_held_bytes_all_steps",
                                                              "peer_maps_bytes_all_steps")]
-            print(f"| {r[key]['model']} | {m['size']} px | {m['steps']} | {m['accumulator_bytes']:,} | "
+            size = f"{m['size']} px" + (f" × {m['latent_frames']} latent frames" if "latent_frames" in m else "")
+            print(f"| {r[key]['model']} | {size} | {m['steps']} | {m['accumulator_bytes']:,} | "
                   f"{m['trace_bytes']:,} | {m['tokens_kept']} | {' | '.join(held)} |")
-    print("\n| model | size | words | all overlays min / median (s) |")
-    print("|---|---|---|---|")
-    for key in [m for m in ("embedded", "sd15") if m in r]:
+    video = [key for key in VIDEO if key in r]
+    if video:
+        print("\nPer latent frame (video rows): crossattn's accumulators per frame at each frame count, and what one "
+              "more frame adds (from 2 to 3 latent frames, after 2 steps):")
+        print("\n| model | crossattn accumulators per frame (B) | crossattn + 1 frame: accumulators / trace (B) | "
+              "as bins × sites × frames × pixels × tokens × 4 | peer + 1 frame: last step / all steps / maps (B) |")
+        print("|---|---|---|---|---|")
+        for key in video:
+            c = r[key]["per_frame"]
+            each = ", ".join(f"{v:,.0f} ({f} frames)" for f, v in c["accumulator_bytes_per_frame"].items())
+            peer = " / ".join(f"{c[k]:,.0f}" for k in ("peer_added_per_frame_held_bytes_last_step",
+                                                      "peer_added_per_frame_held_bytes_all_steps",
+                                                      "peer_added_per_frame_maps_bytes_all_steps") if k in c) or "—"
+            print(f"| {r[key]['model']} | {each} | {c['accumulator_bytes_added_per_frame']:,.0f} / "
+                  f"{c['trace_bytes_added_per_frame']:,.0f} | {'yes' if c['accumulators_as_expected'] else 'no'} | "
+                  f"{peer} |")
+    rendered = [m for m in ("embedded", "sd15") if m in r]
+    if rendered:
+        print("\n| model | size | words | all overlays min / median (s) |")
+        print("|---|---|---|---|")
+    for key in rendered:
         c = r[key]["render"]
         print(f"| {r[key]['model']} | {c['size']} px | {c['words']} | {c['all_overlays_min_s']:.4f} / "
               f"{c['all_overlays_median_s']:.4f} |")

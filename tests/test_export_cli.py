@@ -173,8 +173,8 @@ def test_cli_missing_model_via_console_script(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2  # and nothing but that line: no torchvision / accelerate notices
     assert proc.stderr.strip().splitlines() == [f"crossattn: error: model not found: '{tmp_path / 'nope'}' is not "
-                                                "an embedded model (shapes-unet, shapes-mmdit), a local pipeline "
-                                                "folder or a hub id (org/name)"]
+                                                "an embedded model (shapes-unet, shapes-mmdit, shapes-video), a local "
+                                                "pipeline folder or a hub id (org/name)"]
     proc = subprocess.run([sys.executable, "-m", "crossattn", "--help"], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode == 0 and proc.stderr == ""
