@@ -178,8 +178,8 @@ def test_video_pipelines_not_done_are_refused_clearly():
     with pytest.raises(crossattn.InputError, match="MochiPipeline is not supported yet: among video pipelines "
                                                    "crossattn traces WanPipeline, CogVideoXPipeline, "
                                                    "AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline, "
-                                                   "AnimateDiffControlNetPipeline, HunyuanVideoPipeline, "
-                                                   "LTXPipeline"):
+                                                   "AnimateDiffControlNetPipeline, AnimateDiffSDXLPipeline, "
+                                                   "HunyuanVideoPipeline, LTXPipeline"):
         crossattn.trace(pipe)
 
 

@@ -134,11 +134,11 @@ def test_video_variants_not_done_are_refused_with_what_is_supported(wan):
     with pytest.raises(crossattn.InputError, match="among video pipelines crossattn traces WanPipeline, "
                                                    "CogVideoXPipeline"):
         family_of(WanImageToVideoPipeline())
-    class AnimateDiffSDXLPipeline:
+    class AnimateDiffSparseControlNetPipeline:
         pass
 
-    with pytest.raises(crossattn.InputError, match="AnimateDiffSDXLPipeline is not supported yet"):
-        family_of(AnimateDiffSDXLPipeline())
+    with pytest.raises(crossattn.InputError, match="AnimateDiffSparseControlNetPipeline is not supported yet"):
+        family_of(AnimateDiffSparseControlNetPipeline())
     original = wan.transformer_2
     wan.transformer_2 = torch.nn.Linear(1, 1)  # Wan 2.2's second expert
     try:

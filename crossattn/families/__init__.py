@@ -68,9 +68,8 @@ def family_of(pipe) -> Family:
                     raise InputError(f"{name} is not supported yet: {why}")
     if video:
         supported = ", ".join(p for f in REGISTRY if f.video for p in f.pipelines)
-        raise InputError(f"{name} is not supported yet: among video pipelines crossattn traces {supported} "
-                         "(text-to-video); image-to-video, video-to-video and the other video families are not "
-                         "done yet")
+        raise InputError(f"{name} is not supported yet: among video pipelines crossattn traces {supported}; "
+                         "image-to-video pipelines and the other video variants are not done yet")
     if getattr(pipe, "unet", None) is not None and type(pipe.unet).__name__ == "UNet2DConditionModel":
         return UNET  # any other pipeline built around a Stable Diffusion UNet
     raise InputError(f"{name} is not supported: crossattn.trace works with {supported_list()}")

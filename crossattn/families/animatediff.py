@@ -1,6 +1,5 @@
-"""AnimateDiff (`AnimateDiffPipeline`, its video-to-video and ControlNet variants): a Stable Diffusion UNet turned
-into a `UNetMotionModel` by motion modules. (The SDXL variant gives the UNet one text row per video, not per frame,
-and is not covered.)
+"""AnimateDiff (`AnimateDiffPipeline`, its video-to-video, ControlNet and SDXL variants): a Stable Diffusion UNet
+turned into a `UNetMotionModel` by motion modules.
 
 Layers: the UNet's own text cross-attention (``attn2`` of its spatial transformer blocks), as in `unet.py`; the
 motion modules' ``attn1``/``attn2`` attend across frames (batch B·H·W, sequence = frames), never to the text, and
@@ -19,7 +18,8 @@ from .unet import UNetFamily
 
 class AnimateDiffFamily(UNetFamily):
     name = "AnimateDiff"
-    pipelines = ("AnimateDiffPipeline", "AnimateDiffVideoToVideoPipeline", "AnimateDiffControlNetPipeline")
+    pipelines = ("AnimateDiffPipeline", "AnimateDiffVideoToVideoPipeline", "AnimateDiffControlNetPipeline",
+                 "AnimateDiffSDXLPipeline")
     video = True
     frames_in_batch = True
 
@@ -28,6 +28,14 @@ class AnimateDiffFamily(UNetFamily):
 
     def first_input(self, args, kwargs):
         return self._sample(args, kwargs).transpose(1, 2).flatten(0, 1)  # (B·F, C, H, W): a row per frame
+
+    def text_input(self, args, kwargs):
+        """One text row per frame, as the batch has: the SDXL pipeline gives one per video (its UNet repeats it per
+        frame inside), the others already one per frame."""
+        text, sample = super().text_input(args, kwargs), self._sample(args, kwargs)
+        if text is not None and text.shape[0] == sample.shape[0] and sample.shape[2] > 1:
+            return text.repeat_interleave(sample.shape[2], dim=0)
+        return text
 
     def frames(self, denoiser, args, kwargs) -> int:
         return self._sample(args, kwargs).shape[2]

@@ -167,6 +167,8 @@ FAMILIES = {
                               NEGATIVES_FIRST, ("clip",), output="frames"),
     "animatediff_controlnet": Family(video.build_tiny_animatediff_controlnet, video_call("animatediff_controlnet"),
                                      cross, NEGATIVES_FIRST, ("clip",), output="frames"),
+    "animatediff_sdxl": Family(video.build_tiny_animatediff_sdxl, video_call("animatediff_sdxl"), cross,
+                               NEGATIVES_FIRST, ("clip",), output="frames"),
     "wan": Family(video.build_tiny_wan, video_call("wan"), cross, CALLS, ("t5",), output="frames"),
     "cogvideox": Family(video.build_tiny_cogvideox, video_call("cogvideox"), text_first, NEGATIVES_FIRST, ("t5",),
                         output="frames"),

@@ -18,6 +18,7 @@ import torch
 from diffusers import (
     AnimateDiffControlNetPipeline,
     AnimateDiffPipeline,
+    AnimateDiffSDXLPipeline,
     AnimateDiffVideoToVideoPipeline,
     AutoencoderKLCogVideoX,
     AutoencoderKLHunyuanVideo,
@@ -40,7 +41,7 @@ from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PRO
 from PIL import Image
 from transformers import CLIPTextModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast
 
-from .pipelines import build_tiny_sd, perturbed, quiet
+from .pipelines import build_tiny_sd, build_tiny_sdxl, perturbed, quiet
 from .text import _byte_level, clip_tokenizer, t5_tokenizer, text_config, tiny_t5
 
 TEXT_LENGTH = 24  # max_sequence_length of the T5 / Llama families (CogVideoX's transformer is built for it)
@@ -79,6 +80,19 @@ def build_tiny_animatediff_controlnet(seed: int = 0) -> AnimateDiffControlNetPip
                                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), attention_head_dim=(2, 4),
                                  conditioning_embedding_out_channels=(8, 16), norm_num_groups=32)
     return quiet(AnimateDiffControlNetPipeline(controlnet=controlnet, **{k: parts[k] for k in ANIMATEDIFF_PARTS}))
+
+
+def build_tiny_animatediff_sdxl(seed: int = 0) -> AnimateDiffSDXLPipeline:
+    """AnimateDiff SDXL: `build_tiny_sdxl`'s parts (two CLIP encoders, text_time conditioning) with a random
+    MotionAdapter; the pipeline gives the UNet one text row per video, which it repeats per frame inside."""
+    sd = build_tiny_sdxl()
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(block_out_channels=sd.unet.config.block_out_channels, motion_layers_per_block=2,
+                            motion_norm_num_groups=8, motion_num_attention_heads=2, motion_max_seq_length=16,
+                            use_motion_mid_block=False)
+    return quiet(AnimateDiffSDXLPipeline(vae=sd.vae, text_encoder=sd.text_encoder, text_encoder_2=sd.text_encoder_2,
+                                         tokenizer=sd.tokenizer, tokenizer_2=sd.tokenizer_2, unet=sd.unet,
+                                         motion_adapter=adapter, scheduler=sd.scheduler))
 
 
 def input_frames(n: int = 4, size: int = 32) -> list:
@@ -187,6 +201,7 @@ BUILDERS = {
     "animatediff": build_tiny_animatediff,
     "animatediff_v2v": build_tiny_animatediff_v2v,
     "animatediff_controlnet": build_tiny_animatediff_controlnet,
+    "animatediff_sdxl": build_tiny_animatediff_sdxl,
     "wan": build_tiny_wan,
     "cogvideox": build_tiny_cogvideox,
     "hunyuanvideo": build_tiny_hunyuanvideo,
@@ -201,6 +216,7 @@ CALLS = {
                             negative=True),
     "animatediff_controlnet": dict(conditioning_frames=input_frames(), num_frames=4, height=32, width=32,
                                    guidance_scale=5.0, negative=True),
+    "animatediff_sdxl": dict(num_frames=4, height=32, width=32, guidance_scale=5.0, negative=True),
     "wan": dict(num_frames=5, height=64, width=64, guidance_scale=5.0, max_sequence_length=TEXT_LENGTH,
                 negative=True),
     "cogvideox": dict(num_frames=9, height=64, width=64, guidance_scale=6.0, max_sequence_length=TEXT_LENGTH,
