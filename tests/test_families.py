@@ -14,6 +14,7 @@ one family's particulars are in `test_families_specific.py`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import pytest
@@ -66,9 +67,13 @@ def traced(request) -> Traced:
     plain = run(pipe, family)
     own_hooks = hooks(pipe)
     tracer = crossattn.trace(pipe, time_bins=1, capture_uncond=True)
-    with record_attention(model, list(tracer.layers)) as calls, tracer:
-        kept = processors(model) == before  # the very same objects (processors compare by identity)
-        out = run(pipe, family)
+    experts = [getattr(pipe, name) for name in family_of(pipe).experts(pipe)]  # Wan 2.2: a low-noise transformer
+    with contextlib.ExitStack() as stack:
+        recorded = [stack.enter_context(record_attention(m, list(tracer.layers))) for m in [model, *experts]]
+        with tracer:
+            kept = processors(model) == before  # the very same objects (processors compare by identity)
+            out = run(pipe, family)
+    calls = [p for each in recorded for p in each]  # each expert's calls in their order: whole steps each
     return Traced(family, pipe, plain, out, tracer, calls, kept and hooks(pipe) == own_hooks, own_hooks)
 
 

@@ -139,13 +139,20 @@ def test_video_variants_not_done_are_refused_with_what_is_supported(wan):
 
     with pytest.raises(crossattn.InputError, match="AnimateDiffSparseControlNetPipeline is not supported yet"):
         family_of(AnimateDiffSparseControlNetPipeline())
-    original = wan.transformer_2
-    wan.transformer_2 = torch.nn.Linear(1, 1)  # Wan 2.2's second expert
-    try:
-        with pytest.raises(crossattn.InputError, match="second transformer"):
-            crossattn.trace(wan)
-    finally:
-        wan.transformer_2 = original
+
+
+def test_wan22_experts_are_traced_alike_into_the_same_sites():
+    """Wan 2.2 A14B: the low-noise transformer runs the last step here; its layers are recorded as the first's."""
+    pipe = video.build_tiny_wan(experts=True)
+    ran = []
+    for k, model in enumerate((pipe.transformer, pipe.transformer_2)):
+        model.register_forward_pre_hook(lambda m, a, k=k: ran.append(k))
+    with crossattn.trace(pipe, time_bins=2) as tr:
+        video.run_video(pipe, "wan")
+    assert ran == [0, 0, 1, 1]  # per step: the prompt's call, the negative's
+    maps = tr.heat_maps()
+    assert tr.coverage()["recorded_calls"] == {"blocks.0": 2, "blocks.1": 2} and maps.steps == [0, 1]
+    assert maps.filter(steps=[1]).word("square").raw.sum() > 0  # the second expert's step has maps
 
 
 def test_shapes_video_frames_and_maps_are_the_image_models_own():

@@ -150,6 +150,11 @@ class Family:
             raise InputError(f"frames must be {allowed}; the pipeline's default is {self.default_frames(pipe)}; got "
                              f"{frames!r}")
 
+    def experts(self, pipe) -> list[str]:
+        """Pipeline attributes of further denoisers that run some of the steps with the same layers (Wan 2.2's
+        low-noise expert); traced like the first."""
+        return []
+
     def refused(self, pipe) -> str | None:
         """Why this pipeline of the family cannot be traced (a variant the family does not describe); None: it can."""
         return None

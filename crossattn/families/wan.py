@@ -1,5 +1,5 @@
-"""Wan 2.1 text-to-video (`WanPipeline`; Wan 2.2's two-expert pipelines are refused: their second transformer
-runs the low-noise steps and is not traced).
+"""Wan 2.1 and 2.2 text-to-video (`WanPipeline`): Wan 2.2 A14B runs its low-noise steps on a second transformer
+(``transformer_2``, same layers), traced alike into the same sites.
 
 Layers: each block's cross-attention ``blocks.N.attn2``: queries = the video's (F, H, W) patch tokens (patch
 1×2×2), keys = the UMT5 positions, zero-padded to ``max_sequence_length`` and not masked. Site "blocks".
@@ -12,7 +12,7 @@ from .video import VideoFamily
 
 
 class WanFamily(VideoFamily):
-    name = "Wan 2.1 (text-to-video)"
+    name = "Wan 2.1 / 2.2 (text-to-video)"
     pipelines = ("WanPipeline",)
 
     layer_rules = {r"blocks\.(\d+)\.attn2": ("blocks", "cross")}
@@ -20,11 +20,8 @@ class WanFamily(VideoFamily):
     def patches(self, denoiser) -> tuple[int, int, int]:
         return tuple(denoiser.config.patch_size)
 
-    def refused(self, pipe) -> str | None:
-        if getattr(pipe, "transformer_2", None) is not None:
-            return ("this Wan 2.2 pipeline runs a second transformer (transformer_2) for the low-noise steps, which "
-                    "crossattn does not trace yet; Wan 2.1 pipelines (one transformer) are supported")
-        return None
+    def experts(self, pipe) -> list[str]:
+        return ["transformer_2"] if getattr(pipe, "transformer_2", None) is not None else []
 
 
 WAN = WanFamily()

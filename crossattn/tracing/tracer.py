@@ -47,8 +47,15 @@ class Trace:
         if refused:
             raise InputError(f"{type(pipe).__name__} is not supported yet: {refused}")
         self.denoiser = getattr(pipe, self.family.denoiser)
-        config.check_traceable(self.denoiser)
+        # Experts that take over some steps (Wan 2.2's low-noise transformer): the same layers, traced alike, into
+        # the same sites: the maps cover every step, whichever expert ran it.
+        self._denoisers = [self.denoiser] + [getattr(pipe, name) for name in self.family.experts(pipe)]
+        for denoiser in self._denoisers:
+            config.check_traceable(denoiser)
         self.layers = self.family.layers(self.denoiser)
+        if any(self.family.layers(expert).keys() != self.layers.keys() for expert in self._denoisers[1:]):
+            raise InputError(f"the experts of {type(pipe).__name__} have different attention layers: crossattn "
+                             "traces experts of one architecture")
         if not self.layers:
             raise InputError(f"{type(self.denoiser).__name__} of {type(pipe).__name__} has no layers that attend to "
                              "the prompt")
@@ -76,7 +83,7 @@ class Trace:
         self._batch_frames = 1  # frames of one video that sit in the batch as rows of their own (AnimateDiff)
         self._checked_observable = False
         # while started: processor path -> the processor a PlainSDPAProcessor stands in for; None otherwise
-        self._swapped: dict | None = None
+        self._swapped: list | None = None  # while started: (denoiser, the processors swapped out of it)
         self._hooks: list = []
         self._observers: list[AttentionObserver] = []
 
@@ -97,33 +104,41 @@ class Trace:
     def start(self) -> None:
         if self._swapped is not None:
             raise RuntimeError("this trace is already active")
-        current = config.processors(self.denoiser)
-        swap = config.plain_sdpa_swaps(current, self.layers)
-        self._swapped = {name: current[name] for name in swap}
+        self._swapped = []
         try:
             if self.concepts:  # encoded before the hooks exist, so the prompt capture never sees them
                 engine = concept_maps.engine(self.family, self.pipe, self.denoiser, self.layers, self.concept_recorder,
                                             self.concepts, self.concept_method)
                 self.recorder.listener = engine
                 self._hooks.extend(engine.hooks())
-            if swap:
-                self.denoiser.set_attn_processor({**current, **swap})
-            self._setup_notes += config.use_sdpa_backend(self.denoiser, self.layers, self._backends)
-            self._setup_notes += config.run_compiled_blocks_eagerly(self.denoiser, self.layers, self._compiled)
-            for path, layer in self.layers.items():
-                module = self.denoiser.get_submodule(path)
-                observer = AttentionObserver(self.recorder, layer)
-                self._observers.append(observer)
-                # modes are a stack: the one switched on last is asked first and must be switched off first
-                self._hooks.append(module.register_forward_pre_hook(observer.switch_on, prepend=not self.on_top))
-                self._hooks.append(module.register_forward_hook(observer.switch_off, always_call=True,
-                                                                prepend=self.on_top))
-            self._hooks.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
-            self._hooks.append(self.denoiser.register_forward_hook(self._after_denoiser))
+            for denoiser in self._denoisers:
+                self._watch(denoiser)
+            self._setup_notes = list(dict.fromkeys(self._setup_notes))  # experts switched alike: said once
             self._prompts.watch(self._hooks)
         except BaseException:
             self.stop()
             raise
+
+    def _watch(self, denoiser: torch.nn.Module) -> None:
+        """Put one denoiser's traced layers under observation (processors, backends and compiled blocks made
+        observable first), and its call under the step hooks."""
+        current = config.processors(denoiser)
+        swap = config.plain_sdpa_swaps(current, self.layers)
+        self._swapped.append((denoiser, {name: current[name] for name in swap}))
+        if swap:
+            denoiser.set_attn_processor({**current, **swap})
+        self._setup_notes += config.use_sdpa_backend(denoiser, self.layers, self._backends)
+        self._setup_notes += config.run_compiled_blocks_eagerly(denoiser, self.layers, self._compiled)
+        for path, layer in self.layers.items():
+            module = denoiser.get_submodule(path)
+            observer = AttentionObserver(self.recorder, layer)
+            self._observers.append(observer)
+            # modes are a stack: the one switched on last is asked first and must be switched off first
+            self._hooks.append(module.register_forward_pre_hook(observer.switch_on, prepend=not self.on_top))
+            self._hooks.append(module.register_forward_hook(observer.switch_off, always_call=True,
+                                                            prepend=self.on_top))
+        self._hooks.append(denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
+        self._hooks.append(denoiser.register_forward_hook(self._after_denoiser))
 
     def stop(self) -> None:
         """Remove the hooks, switch off an observer a KeyboardInterrupt left on, and put back any swapped
@@ -138,8 +153,9 @@ class Trace:
         self._prompts.stop()
         config.give_back_backends(self._backends)
         config.give_back_compiled(self._compiled)
-        if self._swapped:
-            self.denoiser.set_attn_processor({**config.processors(self.denoiser), **self._swapped})
+        for denoiser, swapped in self._swapped or []:
+            if swapped:
+                denoiser.set_attn_processor({**config.processors(denoiser), **swapped})
         self._swapped = None
 
     # ---- hooks (read-only on the inputs) ------------------------------------------------------------

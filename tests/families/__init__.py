@@ -6,6 +6,7 @@ Used by the tests and the benchmarks.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,6 +171,9 @@ FAMILIES = {
     "animatediff_sdxl": Family(video.build_tiny_animatediff_sdxl, video_call("animatediff_sdxl"), cross,
                                NEGATIVES_FIRST, ("clip",), output="frames"),
     "wan": Family(video.build_tiny_wan, video_call("wan"), cross, CALLS, ("t5",), output="frames"),
+    # Wan 2.2 A14B: a second transformer takes the low-noise step
+    "wan22": Family(functools.partial(video.build_tiny_wan, experts=True), video_call("wan"), cross, CALLS, ("t5",),
+                    output="frames"),
     "cogvideox": Family(video.build_tiny_cogvideox, video_call("cogvideox"), text_first, NEGATIVES_FIRST, ("t5",),
                         output="frames"),
     "hunyuanvideo": Family(video.build_tiny_hunyuanvideo, video_call("hunyuanvideo") | dict(

@@ -101,20 +101,26 @@ def input_frames(n: int = 4, size: int = 32) -> list:
 
 
 # ---- video diffusion transformers: (frames, h, w) patches in the token sequence ---------------------------------
-def build_tiny_wan(seed: int = 0) -> WanPipeline:
-    """Wan 2.1 text-to-video: per block, `blocks.N.attn2` cross-attends from the (F, H, W) patch tokens (patch 1×2×2)
-    to the T5 positions, zero-padded to max_sequence_length and not masked; CFG as two calls (prompt, then negative).
-    VAE: 8× space, 4× time (5 frames → 2 latent frames; 64 px → 8×8 latent → 4×4 tokens a frame).
-    Real Wan reads UMT5; T5 stands in (same tokenizer style, one more relative-bias table)."""
-    transformer = perturbed(WanTransformer3DModel, seed,
+def wan_transformer(seed: int) -> WanTransformer3DModel:
+    return perturbed(WanTransformer3DModel, seed,
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
         text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32)
+
+
+def build_tiny_wan(seed: int = 0, experts: bool = False) -> WanPipeline:
+    """Wan 2.1 text-to-video: per block, `blocks.N.attn2` cross-attends from the (F, H, W) patch tokens (patch 1×2×2)
+    to the T5 positions, zero-padded to max_sequence_length and not masked; CFG as two calls (prompt, then negative).
+    VAE: 8× space, 4× time (5 frames → 2 latent frames; 64 px → 8×8 latent → 4×4 tokens a frame).
+    Real Wan reads UMT5; T5 stands in (same tokenizer style, one more relative-bias table). With `experts`, Wan 2.2
+    A14B's layout: a second transformer (other weights) runs the steps below half the noise (`boundary_ratio`)."""
+    transformer = wan_transformer(seed)
+    second = dict(transformer_2=wan_transformer(seed + 1), boundary_ratio=0.5) if experts else {}
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
     return quiet(WanPipeline(tokenizer=t5_tokenizer(), text_encoder=tiny_t5(32), vae=vae, transformer=transformer,
-                             scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)))
+                             scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), **second))
 
 
 def build_tiny_cogvideox(seed: int = 0) -> CogVideoXPipeline:
@@ -229,8 +235,8 @@ CALLS = {
 
 
 def run_video(pipe, name: str, prompt: str | None = None, **kw) -> torch.Tensor:
-    """`pipe` (built by `BUILDERS[name]`) called on `CALLS[name]` for 2 steps; the latents it returns (LTX: packed,
-    (B, tokens, C))."""
+    """`pipe` (built by `BUILDERS[name]`) called on `CALLS[name]` for 2 steps (`kw` overrides any option); the latents
+    it returns (LTX: packed, (B, tokens, C))."""
     from ..helpers import seeded
     from . import NEGATIVE, PROMPT, STEPS  # here, not at the top: tests.families may import this module
 
@@ -239,8 +245,8 @@ def run_video(pipe, name: str, prompt: str | None = None, **kw) -> torch.Tensor:
         options["negative_prompt"] = NEGATIVE
     if name == "hunyuanvideo":
         options["prompt_template"] = hunyuan_template()
-    options = dict(output_type="latent") | options | kw
-    return pipe(prompt=prompt or PROMPT, num_inference_steps=STEPS, generator=seeded(), **options).frames
+    options = dict(output_type="latent", num_inference_steps=STEPS) | options | kw
+    return pipe(prompt=prompt or PROMPT, generator=seeded(), **options).frames
 
 
 def main() -> None:
