@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     _quiet_libraries()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/cuda.py: no CUDA device here (torch sees none); it measures the CUDA path: run it "
+                         "where a GPU is, or `--device cpu --quick` to check the script itself")
     quick = args.quick
     dtype = torch.float32 if quick else torch.bfloat16
     size, steps, repeats = (64, 2, 1) if quick else (1024, args.steps, args.repeats)

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 import crossattn
-from crossattn.placement import relation_gap
+from crossattn.geometry import relation_gap
 from crossattn.shapes.evaluate import centroid, colour_masks, largest_blob
-from crossattn.shapes.train import reference_batch, scene_batch, to_tensor
+from crossattn.shapes.train import reference_batch, to_tensor
 from crossattn.shapes.world import COLOURS, HELD_OUT_SEED, parse_caption, sample_scene
 
 SWAPS = {  # (caption, the same caption with one word swapped)
@@ -136,7 +136,9 @@ def layout_step_relation(pipe, n: int = 40, noises: int = 3, layouts: int = 5, g
 
 def pure_noise_loss(pipe, n: int = 128) -> dict[str, float]:
     """At t = 999 on n held-out scenes: the model's v loss, and that of predicting the scenes' mean image."""
-    images, captions, _ = scene_batch(2_000_000_000, n)  # above every training and evaluation seed
+    # seeds above every training and evaluation seed (drawn directly: the training sampler refuses held-out seeds)
+    scenes = [sample_scene(2_000_000_000 + i) for i in range(n)]
+    images, captions = to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes]
     latents = pipe.vae.encode(images.to(pipe.device, pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)).to(latents)
     a = pipe.scheduler.alphas_cumprod[999].to(latents)
