@@ -22,7 +22,6 @@ def add(sub) -> None:
 
 
 def run(args) -> None:
-
     named = [w for s in args.expect for w in placement.statement_words(s)]  # unreadable statements fail here
     out = _output_folder(args)
     image, maps, _ = _generate(args, named)
