@@ -240,7 +240,8 @@ class DemoApp:
                      self.last_step, self.step, self.model_view, self.grid, self.concept_gallery, self.video,
                      self.frame_slider, *self.causal.outputs],
             api_name="generate", concurrency_limit=1, concurrency_id=MODEL_LOCK, show_progress="full",
-            validator=self.validate_generation, preprocess=False,
+            # the progress (and a stopped run's end) on the picture, not on the status line that Stop writes to
+            show_progress_on=[self.image], validator=self.validate_generation, preprocess=False,
         )
         everything = [*self.selection_outputs, self.gallery, self.segmentation, self.table, self.checks, self.paths,
                       self.concept_gallery, self.diagnosis_picture, self.verdicts, self.causal.repair, self.image]
