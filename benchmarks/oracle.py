@@ -363,7 +363,7 @@ def print_image_table(rows: list[dict]) -> None:
         if "error" in r:
             print(f"| {r['title']} | — | — | — | — | — | — | {r['error']} |")
             continue
-        same = "yes" if all(r["outputs_identical_to_plain"].values()) else "no (joint run)"
+        same = _identical(r)
         notes = []
         if r["only_crossattn"]:
             other = r["all_crossattn_layers_vs_peer"]
@@ -381,6 +381,10 @@ def print_image_table(rows: list[dict]) -> None:
               f"{'; '.join(notes)} |")
 
 
+def _identical(r: dict) -> str:
+    return "yes" if all(r["outputs_identical_to_plain"].values()) else "no (joint run)"
+
+
 def _frame_cells(a: dict) -> str:
     return f"{close_to_one(a['min_r'])} | {close_to_one(a['mean_r'])} | {a['max_abs_diff']:.1e}"
 
@@ -394,7 +398,7 @@ def print_video_tables(rows: list[dict]) -> None:
         if "error" in r or "per_frame" not in r:
             print(f"| {r['title']} | — | — | — | — | — | — | {r.get('error', 'no layer in common')} |")
             continue
-        same = "yes" if all(r["outputs_identical_to_plain"].values()) else "no (joint run)"
+        same = _identical(r)
         for i, f in enumerate(r["per_frame"]):
             print(f"| {r['title']} | {i} of {r['frames']} | {r['layers_compared']} of {r['layers_crossattn']} "
                   f"(peer {r['layers_peer']}) | {close_to_one(f['min_r'])} | {close_to_one(f['mean_r'])} | "

@@ -36,10 +36,6 @@ NO_WORDS = "The prompt has no words to map (no letters or digits): here is the i
 TRUNCATED = "The prompt is longer than the"
 
 
-def denoiser(pipe) -> torch.nn.Module:
-    return getattr(pipe, family_of(pipe).denoiser)
-
-
 def size_multiple(pipe, family: Family | None = None) -> int:
     """Image sides must be multiples of this: VAE factor × the UNet's total downsampling (or × the patch)."""
     family = family or family_of(pipe)

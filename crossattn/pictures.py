@@ -139,10 +139,15 @@ def repair_picture(r: Repair, tile: int = 256) -> Image.Image:
 
 
 # ---- videos -------------------------------------------------------------------------------------------------
+def frame_covers(maps: HeatMaps) -> list[list[int]]:
+    """Per frame of the maps, the decoded frames it covers (`info.output_frames`; one each where none is said)."""
+    return maps.info.output_frames or [[k] for k in range(maps.frames)]
+
+
 def latent_frame_of(maps: HeatMaps, frame: int) -> int:
     """The maps' frame that covers decoded frame `frame` (a latent frame covers several when the model compresses
     time: its map is shown on each of them, repeated, never interpolated)."""
-    covers = maps.info.output_frames or [[k] for k in range(maps.frames)]
+    covers = frame_covers(maps)
     return next((k for k, decoded in enumerate(covers) if frame in decoded), len(covers) - 1)
 
 
@@ -159,7 +164,7 @@ def frames_grid(frames: list[Image.Image], maps: HeatMaps, words: list[str] | No
     """Frames × words: one column per frame of the maps (over the first decoded frame it covers), one row per word
     (all the prompt's words by default), the frames themselves on top."""
     words = words or maps.names
-    covers = maps.info.output_frames or [[k] for k in range(maps.frames)]
+    covers = frame_covers(maps)
     shown = [frames[min(c[0], len(frames) - 1)] for c in covers]
     top = [render.labelled(f, f"frame {c[0]}" if len(c) == 1 else f"frames {c[0]}-{c[-1]}", tile)
            for f, c in zip(shown, covers)]

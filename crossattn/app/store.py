@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..heatmaps import HeatMaps
+from ..pictures import frame_covers
 from ..words import slug
 from .limits import FILES_TTL_S
 
@@ -49,8 +50,7 @@ class Result:
 
     def covers(self, frame: int) -> list[int]:
         """The decoded frames the maps' frame `frame` covers (several when the model compresses time)."""
-        covers = self.maps.info.output_frames or [[k] for k in range(self.maps.frames)]
-        return covers[frame]
+        return frame_covers(self.maps)[frame]
 
     def frame_index(self, frame: float) -> int:
         """A frame of the maps, `frame` clamped to those there are (0 for an image)."""

@@ -97,15 +97,15 @@ def _note(text: str) -> None:
 
 
 def _request(args, words: list[str] | None = None, concepts: list[str] | None = None,
-             concept_method: str | None = None) -> Request:
+             concept_method: str | None = None, videos: bool = False) -> Request:
     """The pipeline loaded and the request validated, before any compute; its notes for the user are printed
-    (stderr, one line each)."""
+    (stderr, one line each). A video pipeline is refused unless the command writes `videos`."""
     pipe = _load(args)
     request = Request.make(pipe, args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                            size=parse_size(args.size) if args.size else None, negative_prompt=args.negative,
                            words=words, model=args.model or DEFAULT_MODEL, concepts=concepts,
                            concept_method=concept_method, frames=args.frames)
-    if request.frames is not None and args.command != "generate":
+    if request.frames is not None and not videos:
         raise InputError(f"crossattn {args.command} works on images; {type(pipe).__name__} makes videos: crossattn "
                          "generate writes their maps frame by frame (crossattn.placements(maps.frame(i)) in Python)")
     for note in request.notes:

@@ -29,7 +29,7 @@ def run(args) -> None:
     words = split_list(args.words) or None
     out = _output_folder(args)
     image, maps, _ = _generate(args, words, concepts=split_list(args.concepts) or None,
-                               concept_method=args.concept_method)
+                               concept_method=args.concept_method, videos=True)
     _clear(out, args)
     if isinstance(image, list):  # a video pipeline: its frames
         written = write_video(out, image, maps, args, words)
