@@ -26,6 +26,9 @@ cd "$WORK"  # nothing of the checkout is importable from here
 test -s out/heatmaps.json && test -s out/grid.png && test -s out/diagnosis.json
 "$WORK/venv/bin/crossattn" generate "a red circle left of a blue square" --model shapes-mmdit --steps 4 --out mmdit
 test -s mmdit/heatmaps.json && test -s mmdit/grid.png
+"$WORK/venv/bin/crossattn" generate "a red circle left of a blue square" --model shapes-video --frames 4 --steps 4 \
+  --out video
+test -s video/video.gif && test -s video/grid.png && test -s video/heatmaps.json
 status=0
 "$WORK/venv/bin/crossattn" diagnose "a red circle left of a blue square" --steps 4 --out diag >/dev/null || status=$?
 [ "$status" = 0 ] || [ "$status" = 3 ] || { echo "diagnose exited with $status" >&2; exit 1; }
