@@ -16,7 +16,8 @@ On failure-prone generations (the diagnosis eval's prompts, seeds and (steps, gu
 
 5. where an object is missing by the pixels: boosting its words' attention over a grid of (scale, share of the
    steps), `repair()` as shipped, a new seed, and boosting every object's words blindly;
-6. neglect AUC of the attention score (`diagnose`) vs effect scores from ablating each object's words.
+6. neglect AUC of the attention score (`diagnose`) vs effect scores from ablating each object's words (leakage:
+   `causal_leakage.py`; more repair boosts: `repair_variants.py`).
 
 Each run adds its model to the JSON; ``--report`` prints the tables of every model there and the repair choice.
 
@@ -119,7 +120,10 @@ def counterfactuals(run: Runner) -> list[dict]:
     rows = []
     for pair, obj in drawn_objects(run):
         attention = run.maps.word(obj).raw
-        row = {"object": obj, "prompt": run.outcome(run.image_of(delete_word(run.prompt, obj)), pair, attention)}
+        # the only object deleted leaves just its article, "a" (`delete_word` refuses to leave no object to users;
+        # here it is the counterfactual, and the shapes-unet run's single-object prompts were measured so)
+        edited = "a" if len(run.truth.pairs) == 1 else delete_word(run.prompt, obj)
+        row = {"object": obj, "prompt": run.outcome(run.image_of(edited), pair, attention)}
         for name, scales in ABLATIONS.items():
             row[name] = run.outcome(run.image_of(scales=scales(obj)), pair, attention)
         rows.append(row)

@@ -155,8 +155,9 @@ def diagnose_causally(pipe, image: Image.Image, maps: HeatMaps, objects: list[st
     ablated) / (the largest such change among the prompt's objects). On benchmarks/causal_eval.py's failure-prone
     shapes-world generations (300 objects, 42 missing) its neglect ROC AUC is 0.927 against the attention score's
     0.782; ``o.missing`` is its verdict at the shipped threshold (`Calibration`: the lowest right at least half the
-    time on those same cases), ``o.confidence["neglect"]`` the share of real failures at its score. Leakage,
-    merging and relations are the attention diagnosis's. `image` and `maps` are a generation of `pipe` by
+    time on those same cases), ``o.confidence["neglect"]`` the share of real failures at its score. Leakage
+    (where a causal score did worse: ROC AUC 0.53 against 0.76, benchmarks/causal_leakage.py), merging and
+    relations are the attention diagnosis's. `image` and `maps` are a generation of `pipe` by
     `crossattn.generation.generate` (its settings, in ``maps.info``, are repeated with each object removed). Costs
     len(objects) more generations.
 

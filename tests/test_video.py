@@ -156,8 +156,10 @@ def test_wan22_experts_are_traced_alike_into_the_same_sites():
 
 
 def test_shapes_video_frames_and_maps_are_the_image_models_own():
-    """The embedded video model adds exactly nothing to its image model: each frame, and each frame's maps, are what
-    the image pipeline makes of that frame's noise (the ground truth of benchmarks/video_eval.py rests on it)."""
+    """The embedded video model adds nothing to its image model: each frame, and each frame's maps, are what the
+    image pipeline makes of that frame's noise (the ground truth of benchmarks/video_eval.py rests on it) — up to
+    the float noise of batching: on some CPUs the kernels sum a batch of 3 frames in another order than one image
+    (measured up to 2.4e-5 on latents of unit scale)."""
     clip_pipe, image_pipe = crossattn.load_pipeline("shapes-video"), crossattn.load_pipeline()
     prompt = "a red circle left of a blue square"
     latents = torch.randn(1, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -169,9 +171,9 @@ def test_shapes_video_frames_and_maps_are_the_image_models_own():
     for f in range(3):
         with crossattn.trace(image_pipe) as one:
             image = image_pipe(prompt, latents=latents[:, :, f], **options).images
-        assert torch.equal(clip[:, :, f], image)
-        torch.testing.assert_close(maps.frame(f).data.token_maps(), one.heat_maps().data.token_maps(), rtol=1e-5,
-                                   atol=1e-7)
+        torch.testing.assert_close(clip[:, :, f], image, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(maps.frame(f).data.token_maps(), one.heat_maps().data.token_maps(), rtol=1e-4,
+                                   atol=1e-6)
 
 
 def test_an_objects_track_across_frames_follows_each_frames_map(wan_maps):

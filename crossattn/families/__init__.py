@@ -42,18 +42,25 @@ NOT_YET = {"StableDiffusionPanorama": "its denoiser sees one view window of the 
                                      "not yet place the views' maps on the panorama",
            "Flux2": "among Flux.2 pipelines only Flux2Pipeline and Flux2KleinPipeline are supported (the KV, edit "
                     "and inpaint variants put reference-image tokens into the sequence)"}
+# Modular pipelines whose text encoder step calls its own `encode_prompt` (which the trace watches), each with the
+# classic pipeline whose family it is: their guiders run each pass as its own denoiser call, and the prompt's is
+# told by its text, as with classic pipelines.
+MODULAR = {"StableDiffusionXLModularPipeline": "StableDiffusionXLPipeline", "FluxModularPipeline": "FluxPipeline",
+           "ZImageModularPipeline": "ZImagePipeline"}
 
-__all__ = ["REGISTRY", "Family", "family_of", "supported_list"]
+__all__ = ["MODULAR", "REGISTRY", "Family", "family_of", "supported_list"]
 
 
 def family_of(pipe) -> Family:
     """The family of a pipeline, by its class; a clear error for video and unknown transformer pipelines."""
     names = [cls.__name__ for cls in type(pipe).__mro__]
     name = names[0]
-    if "ModularPipeline" in names:  # blocks and guiders run the denoiser in their own passes
-        raise InputError(f"{name} is a modular pipeline, which crossattn does not support yet (its guiders batch "
-                         "and order the passes themselves); use the pipeline's classic class, e.g. "
-                         "StableDiffusionXLPipeline / FluxPipeline")
+    if "ModularPipeline" in names:
+        if name not in MODULAR:
+            raise InputError(f"{name} is a modular pipeline that crossattn does not support yet: it traces "
+                             f"{', '.join(MODULAR)} (whose text encoder steps it can watch), and every family's "
+                             "classic pipeline class")
+        names = [MODULAR[name]]  # its family is its classic pipeline's
     video = any(word in name for word in VIDEO_WORDS)
     for exact in (True, False):  # an exact class name wins over a prefix ("Flux2Pipeline" over Flux.1's "Flux*")
         for family in REGISTRY:

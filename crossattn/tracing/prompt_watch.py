@@ -3,11 +3,14 @@ the pipeline's `encode_prompt` is given, and the embeddings it returns.
 
 The ids name the maps' words (`crossattn.words`); the embeddings are what `crossattn.rows` matches the denoiser's
 text input against to find the prompt's batch rows. Both are only read: the text encoders get a read-only forward
-pre-hook, and `encode_prompt` a wrapper that passes its arguments and results through untouched.
+pre-hook, and `encode_prompt` a wrapper that passes its arguments and results through untouched. A modular
+pipeline has no `encode_prompt` of its own: its text encoder step has one, which the step calls as
+``self.encode_prompt(components, prompt=...)`` — that one is wrapped, on the step.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 
@@ -23,8 +26,9 @@ class PromptWatch:
         self.calls: dict[str, list[list[list[int]]]] = {name: [] for name in encoders}
         self.encoded: list = []  # what the pipeline's encode_prompt returned in this generation
         self.typed: str | list[str] | None = None  # the prompt(s) encode_prompt was given
-        # (the pipeline's encode_prompt, whether it was an instance attribute) once wrapped; watching until stop()
-        self.original: tuple | None = None
+        # (owner, its encode_prompt, whether that was an instance attribute) for each owner wrapped (the pipeline,
+        # or a modular pipeline's text encoder steps); watching until stop()
+        self.originals: list[tuple] = []
         self.watching = False
 
     def clear(self) -> None:
@@ -46,21 +50,21 @@ class PromptWatch:
                 hooks.append(hook)
 
     def stop(self) -> None:
-        """Give the pipeline its `encode_prompt` back (the text encoders' hooks are in the trace's list)."""
+        """Give `encode_prompt` back (the text encoders' hooks are in the trace's list)."""
         if not self.watching:
             return
-        original, own = self.original
         self.watching = False
-        current = vars(self.pipe).get("encode_prompt")
-        if getattr(current, "crossattn_owner", None) is not self:
-            return  # another trace wrapped ours and is still active: ours is now inert, theirs restores past it
-        # skip wrappers of traces that already ended out of order (inert), back to the pipeline's own
-        while (owner := getattr(original, "crossattn_owner", None)) is not None and not owner.watching:
-            original, own = owner.original
-        if own:
-            self.pipe.encode_prompt = original
-        else:
-            vars(self.pipe).pop("encode_prompt", None)
+        for owner, original, own in self.originals:
+            current = vars(owner).get("encode_prompt")
+            if getattr(current, "crossattn_owner", None) is not self:
+                continue  # another trace wrapped ours and is still active: ours is now inert, theirs restores past it
+            # skip wrappers of traces that already ended out of order (inert), back to the owner's own
+            while (watch := getattr(original, "crossattn_owner", None)) is not None and not watch.watching:
+                original, own = next((o, w) for t, o, w in watch.originals if t is owner)
+            if own:
+                owner.encode_prompt = original
+            else:
+                vars(owner).pop("encode_prompt", None)
 
     def _on_text_encoder(self, name: str, args, kwargs) -> None:
         self.before_encoding()
@@ -68,13 +72,32 @@ class PromptWatch:
         if ids is not None:
             self.calls[name].append(ids.tolist())
 
+    def _owners(self) -> list:
+        """What holds the `encode_prompt` a generation calls: the pipeline, or a modular pipeline's text encoder
+        steps (found among its blocks, depth first)."""
+        if getattr(self.pipe, "encode_prompt", None) is not None:
+            return [self.pipe]
+        # `_blocks`: the blocks the pipeline runs (its public `blocks` is a deep copy, made anew on each access)
+        owners, stack = [], [getattr(self.pipe, "_blocks", None)]
+        while stack:
+            block = stack.pop()
+            if block is None:
+                continue
+            if getattr(block, "encode_prompt", None) is not None:
+                owners.append(block)
+            stack.extend(reversed(list(getattr(block, "sub_blocks", {}).values())))
+        return owners
+
     def _wrap_encode_prompt(self) -> None:
-        """Watch what the pipeline's `encode_prompt` returns (an instance attribute over the class's method)."""
-        original = getattr(self.pipe, "encode_prompt", None)
-        if original is None:
-            return
-        self.original = (original, "encode_prompt" in vars(self.pipe))
-        self.watching = True
+        """Watch what each `encode_prompt` returns (an instance attribute over the class's method)."""
+        for owner in self._owners():
+            original = owner.encode_prompt
+            self.originals.append((owner, original, "encode_prompt" in vars(owner)))
+            owner.encode_prompt = self._wrapper(original)
+        self.watching = bool(self.originals)
+
+    def _wrapper(self, original: Callable) -> Callable:
+        signature = inspect.signature(original)
 
         def encode_prompt(*args, **kwargs):
             if self.watching:  # (a wrapper left under another trace's after stop() is inert)
@@ -82,9 +105,10 @@ class PromptWatch:
             returned = original(*args, **kwargs)
             if self.watching:
                 if not self.encoded:  # the prompt as typed (the first call encodes prompts, later ones negatives)
-                    self.typed = kwargs.get("prompt", args[0] if args else None)
+                    self.typed = signature.bind_partial(*args, **kwargs).arguments.get("prompt")
                 self.encoded.append(returned)
             return returned
 
         encode_prompt.crossattn_owner = self
-        self.pipe.encode_prompt = encode_prompt
+        encode_prompt.__wrapped__ = original  # its signature (the prompt found by name under nested traces too)
+        return encode_prompt
