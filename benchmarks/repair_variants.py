@@ -4,7 +4,8 @@
 on shapes-unet, target ≥ 50 %). This tries, on the same generations (every failure case of a causal_eval.py run
 with an object missing by the pixels, regenerated and checked against that run's count), what else a forward
 boost can do: stronger boosts, the positions after the words too (where CLIP carries their meaning), and damping
-the drawn objects while the missing ones are boosted.
+the drawn objects while the missing ones are boosted; and `repair()` itself, end to end, with the shipped constants
+(the causal_eval.py run may have measured it with earlier ones).
 
     .venv/bin/python benchmarks/repair_variants.py --json benchmarks/results/repair_variants.json
 """
@@ -25,12 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from causal_eval import window_of  # noqa: E402
 
 import crossattn  # noqa: E402
+from crossattn.causal import REPAIR_SCALE, repair  # noqa: E402
 from crossattn.generation import generate  # noqa: E402
 from crossattn.intervention import intervene  # noqa: E402
 from crossattn.shapes import evaluate as ev  # noqa: E402
 
 # name -> the scales for (missing objects, every object); all in the first half of the steps, as repair() boosts
 VARIANTS = {
+    f"repair() as shipped (×{REPAIR_SCALE:g}, first half, what the diagnosis flags)": None,
     "words + after ×2": lambda missing, objects: {o: 2.0 for o in missing} | {f"<after:{o}>": 2.0 for o in missing},
     "words + after ×3": lambda missing, objects: {o: 3.0 for o in missing} | {f"<after:{o}>": 3.0 for o in missing},
     "words ×10": lambda missing, objects: {o: 10.0 for o in missing},
@@ -59,8 +62,12 @@ def main() -> None:
         missing = [o for o, pair in zip(objects, truth.pairs) if pair not in truth.blobs]
         assert len(missing) == c["missing"], f"{c['caption']!r}: not the generation causal_eval.py measured"
         for name, scales in VARIANTS.items():
-            with intervene(pipe, scales(missing, objects), steps=window_of(c["steps"], 0.5)):
-                fixed, _ = generate(pipe, c["caption"], **settings)
+            if scales is None:  # end to end: what the attention diagnosis flags, boosted with the shipped constants
+                fixed = repair(pipe, c["caption"], seed=c["seed"], num_inference_steps=c["steps"],
+                               guidance_scale=c["guidance"]).image
+            else:
+                with intervene(pipe, scales(missing, objects), steps=window_of(c["steps"], 0.5)):
+                    fixed, _ = generate(pipe, c["caption"], **settings)
             after = ev.read_pixels(fixed, c["caption"]).blobs
             t = totals[name]
             t["back"] += sum(tuple(o.split()) in after for o in missing)
