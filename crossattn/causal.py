@@ -158,9 +158,9 @@ def diagnose_causally(pipe, image: Image.Image, maps: HeatMaps, objects: list[st
     UNet (300 objects, 42 missing), but 0.732 against 0.819 with the embedded MMDiT (150 objects, 14 missing): a
     gain on that UNet, not a rule (a note says so); ``o.missing`` is its verdict at the shipped threshold
     (`Calibration`: the lowest right at least half the time on the UNet's cases), ``o.confidence["neglect"]`` the
-    share of real failures at its score. Leakage
-    (where a causal score did worse: ROC AUC 0.53 against 0.76, benchmarks/causal_leakage.py), merging and
-    relations are the attention diagnosis's. `image` and `maps` are a generation of `pipe` by
+    share of real failures at its score. Leakage (where a causal score did worse: ROC AUC 0.53 against 0.76,
+    benchmarks/causal_leakage.py), merging and relations are the attention diagnosis's. `image` and `maps` are a
+    generation of `pipe` by
     `crossattn.generation.generate` (its settings, in ``maps.info``, are repeated with each object removed). Costs
     len(objects) more generations.
 

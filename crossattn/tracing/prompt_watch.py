@@ -90,6 +90,7 @@ class PromptWatch:
 
     def _wrap_encode_prompt(self) -> None:
         """Watch what each `encode_prompt` returns (an instance attribute over the class's method)."""
+        self.originals = []  # a trace entered again wraps afresh
         for owner in self._owners():
             original = owner.encode_prompt
             self.originals.append((owner, original, "encode_prompt" in vars(owner)))
