@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import crossattn  # noqa: E402
+from crossattn.concepts import METHODS  # noqa: E402
 from crossattn.explain import DEFAULT_LEVELS, _path_of, explain  # noqa: E402
 from crossattn.families import family_of  # noqa: E402
 from crossattn.generation import generate  # noqa: E402
@@ -193,10 +194,16 @@ def score_maps(maps, objects: list[ShapeObject], masks: list[np.ndarray], scores
 
 
 def score_concepts(maps, objects: list[ShapeObject], masks: list[np.ndarray], scores: dict) -> None:
-    for obj, mask in zip(objects, masks):
-        colour, shape = maps.concept(obj.colour).raw, maps.concept(obj.shape).raw
-        for kind, heat in zip(KINDS, (colour, shape, colour + shape)):
-            scores.setdefault(kind, []).append(iou_of(heat, mask))
+    """Add each object's IoU of its colour's and shape's concept maps (and their sum), with every site and, on
+    UNets, with the finest sites alone (explain's default there)."""
+    views = {"": maps}
+    if maps.info.resolution_sites:
+        views[" (finest sites)"] = maps.filter(resolutions=[maps.resolutions[0]])
+    for suffix, view in views.items():
+        for obj, mask in zip(objects, masks):
+            colour, shape = view.concept(obj.colour).raw, view.concept(obj.shape).raw
+            for kind, heat in zip(KINDS, (colour, shape, colour + shape)):
+                scores.setdefault(kind + suffix, []).append(iou_of(heat, mask))
 
 
 def means(scores: dict) -> dict:
@@ -214,7 +221,8 @@ def timed(run: Callable, items: list) -> tuple[dict, float]:
 
 
 # ---- one model ---------------------------------------------------------------------------------------------
-def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None]) -> dict:
+def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None], concepts_only: bool = False) -> dict:
+    """Every measurement of the module doc on one model; with `concepts_only`, the concept maps alone."""
     pipe = crossattn.load_pipeline(name)
     pipe.set_progress_bar_config(disable=True)
     scenes = ev.held_out_scenes(n)  # the captions eval-shapes generates, with their drawings
@@ -227,6 +235,8 @@ def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None]) -
             (score_concepts if options.get("concepts") else score_maps)(maps, scene.objects, scene.masks, scores)
         return run
 
+    if concepts_only:
+        return {"model": name, "scenes": n, "concepts": concept_maps(pipe, scenes, explained, log)}
     grid = []
     for levels in QUICK_GRID if quick else GRID:
         scores, seconds = timed(explained(levels), scenes)
@@ -244,11 +254,7 @@ def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None]) -
             baselines.setdefault("uniform", []).append(ev.iou(np.ones_like(mask), mask))
     result["baselines"] = means(baselines)
 
-    result["concepts"] = {}
-    for method in family_of(pipe).concept_methods:
-        scores, seconds = timed(explained(concepts=ev.CONCEPTS, concept_method=method), scenes)
-        result["concepts"][method] = {"miou": scores, "seconds_per_image": seconds}
-        log(f"{name} concepts ({method}): {scores}")
+    result["concepts"] = concept_maps(pipe, scenes, explained, log)
 
     result["img2img"] = img2img_baseline(pipe, few)
     log(f"{name} img2img: {result['img2img']}")
@@ -263,6 +269,16 @@ def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None]) -
     result["cost"] = cost(pipe, scenes[0])
     log(f"{name} cost: {result['cost']}")
     return result
+
+
+def concept_maps(pipe, scenes: list[Scene], explained: Callable, log: Callable[[str], None]) -> dict:
+    """Concept maps of the world's 9 words on the same images, with each concept method the model offers."""
+    out = {}
+    for method in family_of(pipe).concept_methods:
+        scores, seconds = timed(explained(concepts=ev.CONCEPTS, concept_method=method), scenes)
+        out[method] = {"miou": scores, "seconds_per_image": seconds}
+        log(f"concepts ({method}): {scores}")
+    return out
 
 
 def img2img_baseline(pipe, scenes: list[Scene]) -> dict:
@@ -359,9 +375,10 @@ def table(results: list[dict]) -> str:
     row("generated images of the same captions, subset", lambda r: cells(r["generated"]["miou"]))
     row("generated, finest sites only (UNet), subset", lambda r: cells(r["generated"]["miou"], " (finest sites)")
         if "colour (finest sites)" in r["generated"]["miou"] else "—")
-    for method in ("attention", "outputs"):
-        row(f"concept maps ({method})", lambda r, m=method: cells(r["concepts"][m]["miou"])
-            if m in r["concepts"] else "—")
+    for method in METHODS:
+        row(f"concept maps ({method}), all sites", lambda r, m=method: cells(r["concepts"][m]["miou"]))
+        row(f"concept maps ({method}), finest sites only (UNet)", lambda r, m=method: cells(
+            r["concepts"][m]["miou"], " (finest sites)"))
     row("baseline: centred Gaussian / uniform (any word)",
         lambda r: f"{r['baselines']['gaussian']:.3f} / {r['baselines']['uniform']:.3f}")
     for kind in OOD_KINDS:
@@ -392,6 +409,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100, help="held-out scenes (default 100)")
     parser.add_argument("--quick", action="store_true", help="12 scenes and a small grid")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--concepts-only", action="store_true",
+                        help="measure the concept maps alone and replace them in the results of --json")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: small models use threads badly, worse on a shared machine)")
     args = parser.parse_args(argv)
@@ -399,8 +418,14 @@ def main(argv: list[str] | None = None) -> None:
     n = 12 if args.quick else args.n
     started = time.time()
     results = []
+    kept = {r["model"]: r for r in json.loads(args.json.read_text())["results"]} if args.concepts_only else {}
     for name in args.model or ["shapes-unet", "shapes-mmdit"]:
-        results.append(evaluate_model(name, n, args.quick, lambda text: print(text, flush=True)))
+        result = evaluate_model(name, n, args.quick, lambda text: print(text, flush=True), args.concepts_only)
+        if args.concepts_only:  # the earlier run's other sections, with these concept maps
+            if kept.get(name, {}).get("scenes") != n:
+                raise SystemExit(f"--concepts-only: {args.json} holds no {n}-scene run of {name}")
+            result = kept[name] | {"concepts": result["concepts"]}
+        results.append(result)
         if args.json:  # after each model, so a long run keeps what it has
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"results": results, "table": table(results),

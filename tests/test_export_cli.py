@@ -96,7 +96,7 @@ def test_cli_generate_end_to_end(saved_pipeline, tmp_path):
     assert json.loads((out / "diagnosis.json").read_text())["objects"][0]["name"] == "red circle"
     loaded = crossattn.load_heat_maps(out)
     assert loaded.word("circle").array.shape == (32, 32) and loaded.concept("red circle").array.shape == (32, 32)
-    assert loaded.concepts.info.concept_method == "attention"
+    assert loaded.concepts.info.concept_method == "prompt"
 
 
 # The README's bad-input table, row by row: (command after the model, the one line it prints after "error: ").
@@ -139,7 +139,8 @@ def test_a_concept_method_the_model_lacks_is_one_line_and_status_2(saved_pipelin
                  "--concept-method", "outputs"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["crossattn: error: concept method 'outputs' is not available for Stable Diffusion "
-                                 "1.x / 2.x / XL (UNet): it offers attention (methods: outputs, attention)"]
+                                 "1.x / 2.x / XL (UNet): it offers prompt, attention (methods: prompt, outputs, "
+                                 "attention)"]
     assert not (tmp_path / "image.png").exists()
 
 

@@ -45,8 +45,8 @@ EXAMPLES = [
     "a yellow square, a green circle and a blue triangle",
 ]
 
-CONCEPT_METHOD_INFO = ("outputs: ConceptAttention (transformers' default); attention: the attention the words would "
-                       "get as the prompt (the only one on UNets)")
+CONCEPT_METHOD_INFO = ("prompt (the default): each concept read as a prompt of its own; outputs: ConceptAttention "
+                       "(transformers); attention: a softmax over the concepts alone")
 
 def step_slider(steps: int, value: int) -> dict:
     """A 1-based step slider over `steps` steps; hidden for a single step (a slider needs min < max)."""

@@ -20,8 +20,8 @@ def add(sub) -> None:
     g.add_argument("--concepts", default=None, help="comma-separated words to locate whether or not the prompt says "
                                                     "them (concept maps; default: none)")
     g.add_argument("--concept-method", choices=METHODS, default=None,
-                   help="outputs (ConceptAttention) or attention (default: outputs on transformers, attention on "
-                        "UNets: their only method)")
+                   help="prompt (each concept read as a prompt of its own; the default), outputs "
+                        "(ConceptAttention; joint transformers) or attention (a softmax over the concepts alone)")
     g.set_defaults(func=run)
 
 

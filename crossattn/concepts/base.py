@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..capture import Layer, Recorder
 from ..errors import InputError
-from ..words import words_from_ids
+from ..words import words_from_segments
 
-METHODS = ("outputs", "attention")  # see the module doc
+METHODS = ("prompt", "outputs", "attention")  # see the module doc
 
 
 def resolve_method(family, method: str | None) -> str | None:
@@ -55,20 +57,63 @@ class ConceptEngine:
         self.recorder.record(layer, shares[:, None].float(), h, w)
 
 
-def encode_concepts(pipe, concepts: list[str], encode) -> torch.Tensor:
-    """One text state per concept: `encode(list of texts)` gives the pipeline's text states (concepts, tokens,
-    dim) with the first tokenizer's positions first; each concept's state is the one at its last token, which
-    has read the whole concept (CLIP is causal)."""
+class ConceptTexts(NamedTuple):
+    """The concepts, each encoded as a prompt of its own (`encode_concepts`)."""
+
+    states: torch.Tensor  # (concepts, tokens, dim): text states laid out as the denoiser's text input
+    words: torch.Tensor  # (concepts, tokens) bool: the concept's word positions in every encoder's segment
+    last: torch.Tensor  # (concepts,) long: its last word position in the first encoder's segment
+
+    def last_states(self) -> torch.Tensor:
+        """One state per concept, (concepts, dim): the one at its last word, which has read the whole concept
+        (CLIP is causal) — what the methods "attention" and "outputs" score."""
+        return self.states[torch.arange(len(self.states), device=self.states.device), self.last]
+
+
+def encode_concepts(family, pipe, concepts: list[str]) -> ConceptTexts:
+    """Each concept encoded as a prompt of its own by `family`'s text path (`Family.encode_texts`), with its word
+    positions found by the family's own rules for the prompt's words (start, end and padding tokens left out)."""
     if not concepts or any(not c.strip() for c in concepts):
         raise InputError(f"concepts must be non-empty words or phrases, got {concepts!r}")
     with torch.no_grad():
-        states = encode(concepts)
-    rows = []
+        states = family.encode_texts(pipe, concepts)
+    text_len = states.shape[1]
+    words, last = torch.zeros(states.shape[:2], dtype=torch.bool), []
     for k, concept in enumerate(concepts):
-        ids = pipe.tokenizer(concept, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True).input_ids
-        words = words_from_ids(pipe.tokenizer, ids)
-        if not words:
+        calls = {encoder: [[ids]] for encoder, ids in family.prompt_ids(pipe, concept, text_len).items()}
+        segments = family.segments(pipe, calls, 0, 0, text_len)
+        found = words_from_segments(segments, {p: p for p in range(text_len)})
+        first = [p for word in words_from_segments(segments[:1], {p: p for p in range(text_len)})
+                 for p in word.positions]
+        if not first:
             raise InputError(f"concept {concept!r} has no word the tokenizer can read")
-        rows.append(states[k, words[-1].positions[-1]])
-    return torch.stack(rows)
+        words[k, [p for word in found for p in word.positions]] = True
+        last.append(first[-1])
+    return ConceptTexts(states, words.to(states.device), torch.tensor(last, device=states.device))
+
+
+def prompt_shares(query: torch.Tensor, keys: torch.Tensor, words: torch.Tensor, scale: float,
+                  extra: torch.Tensor | None = None, budget: int = 1 << 24) -> torch.Tensor:
+    """Method "prompt": per image row and pixel, the attention probability each concept's words would get if the
+    concept's own text were the prompt, heads averaged. Queries (rows, heads, pixels, d); the concepts' keys
+    (concepts, rows or 1, heads, tokens, d), all the positions of their texts (start and padding tokens too, as
+    the prompt's); `words` (concepts, tokens) the concepts' word positions; `extra` (rows, heads, n, d): keys the
+    image also attends to in that call (a joint block's image tokens). → (rows, pixels, concepts).
+
+    Pixels are taken a chunk at a time so that the probabilities held at once stay under `budget` elements (one
+    float32 softmax per concept over its text: small models in one go, any image size in bounded memory)."""
+    query, keys = query.float(), keys.float()
+    if extra is not None:
+        keys = torch.cat([keys.expand(-1, len(query), -1, -1, -1), extra.float()[None].expand(len(keys), -1, -1, -1,
+                                                                                                -1)], 3)
+    mask = torch.zeros(len(keys), keys.shape[3], dtype=query.dtype, device=query.device)
+    mask[:, : words.shape[1]] = words.to(query.dtype)
+    mask = mask[:, None, None, None]  # (concepts, 1, 1, 1, keys)
+    rows, heads, pixels, _ = query.shape
+    chunk = max(1, budget // (len(keys) * rows * heads * keys.shape[3]))
+    out = query.new_empty(rows, pixels, len(keys))
+    for start in range(0, pixels, chunk):
+        logits = torch.matmul(query[None, :, :, start:start + chunk], keys.transpose(-1, -2)) * scale
+        on_words = (logits.softmax(-1) * mask).sum(-1).mean(2)  # (concepts, rows, chunk)
+        out[:, start:start + chunk] = on_words.permute(1, 2, 0)
+    return out

@@ -21,7 +21,7 @@ class SD3Family(Family):
     encoders = ("text_encoder", "text_encoder_3")
 
     layer_rules = {r"transformer_blocks\.(\d+)\.attn": ("joint", "text_last")}
-    concept_methods = ("outputs", "attention")
+    concept_methods = ("prompt", "outputs", "attention")
     concept_engine = "joint"
 
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:

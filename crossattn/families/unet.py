@@ -73,7 +73,7 @@ class UNetFamily(Family):
     def segments(self, pipe, calls, call, prompt, text_len) -> list[Segment]:
         return [whole("clip", pipe.tokenizer, calls["text_encoder"][call][prompt])]
 
-    concept_methods = ("attention",)
+    concept_methods = ("prompt", "attention")
 
     concept_engine = "cross"
 

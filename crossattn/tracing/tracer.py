@@ -332,9 +332,10 @@ def trace(pipe, *, time_bins: int = 4, per_head: bool = False, per_layer: bool =
             attends to image keys, so its text slice does not sum to 1; this makes it (per layer and step).
         concepts: words or phrases to locate whether or not the prompt says them (``maps.concept("sky")``);
             they follow the generation on the side and never change it (see `crossattn.concepts`).
-        concept_method: how concepts are located: ``"outputs"`` (ConceptAttention; joint-attention
-            transformers, their default) or ``"attention"`` (the attention the concepts would get as the prompt;
-            UNets, and transformers on request). None: the family's default.
+        concept_method: how concepts are located: ``"prompt"`` (each concept read as a prompt of its own: the
+            attention its words would get; the default), ``"outputs"`` (ConceptAttention; joint-attention
+            transformers) or ``"attention"`` (a softmax over the concepts' last-word keys alone). None: the
+            family's default.
 
     Example:
         >>> import torch, crossattn
