@@ -214,7 +214,7 @@ def test_bad_input_is_one_line_checked_before_generating(server, monkeypatch):
         ({"other_model": "/etc"}, "--allow-any-model"),
         ({"concepts": "sky", "concept_method": "outputs"},
          r"concept method 'outputs' is not available for Stable Diffusion 1.x / 2.x / XL \(UNet\): it offers "
-         "attention"),
+         "prompt, attention"),
     ]
     for inputs, message in cases:
         call = {"prompt": "a red circle", "steps": 3, "words": "", "expect": ""} | inputs
