@@ -418,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     n = 12 if args.quick else args.n
     started = time.time()
     results = []
-    kept = {r["model"]: r for r in json.loads(args.json.read_text())["results"]} if args.concepts_only else {}
+    earlier = json.loads(args.json.read_text()) if args.concepts_only else {}
+    kept = {r["model"]: r for r in earlier.get("results", [])}
     for name in args.model or ["shapes-unet", "shapes-mmdit"]:
         result = evaluate_model(name, n, args.quick, lambda text: print(text, flush=True), args.concepts_only)
         if args.concepts_only:  # the earlier run's other sections, with these concept maps
@@ -428,9 +429,10 @@ def main(argv: list[str] | None = None) -> None:
         results.append(result)
         if args.json:  # after each model, so a long run keeps what it has
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"results": results, "table": table(results),
-                                             "seconds": round(time.time() - started), "torch_threads":
-                                             torch.get_num_threads()}, indent=1))
+            seconds = {"concepts_only_seconds" if args.concepts_only else "seconds": round(time.time() - started)}
+            # --concepts-only keeps the earlier run's other records (its time, notes, extra checks)
+            args.json.write_text(json.dumps(earlier | {"results": results, "table": table(results),
+                                                       "torch_threads": torch.get_num_threads()} | seconds, indent=1))
     print(table(results))
 
 
