@@ -83,8 +83,7 @@ def encode_concepts(family, pipe, concepts: list[str]) -> ConceptTexts:
         calls = {encoder: [[ids]] for encoder, ids in family.prompt_ids(pipe, concept, text_len).items()}
         segments = family.segments(pipe, calls, 0, 0, text_len)
         found = words_from_segments(segments, {p: p for p in range(text_len)})
-        first = [p for word in words_from_segments(segments[:1], {p: p for p in range(text_len)})
-                 for p in word.positions]
+        first = [p for word in found for p in word.in_source(segments[0].source)]
         if not first:
             raise InputError(f"concept {concept!r} has no word the tokenizer can read")
         words[k, [p for word in found for p in word.positions]] = True
