@@ -32,8 +32,8 @@ _UNSEEN = object()  # `_VERDICTS`' "not verified yet" (None is a verdict)
 def attention_and_probabilities(query, key, value, call: dict, rows: slice, images: slice,
                                 wanted: slice | torch.Tensor, renormalise: torch.Tensor | None, *,
                                 watched: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """SDPA's output, bit for bit; the float32 probabilities (rows, heads, image queries, wanted keys); and where
-    the log-sum-exp that normalised them came from (`_output_and_lse`).
+    """SDPA's output, bit for bit; the float32 probabilities (rows, heads, image queries, wanted keys), a
+    transposed view; and where the log-sum-exp that normalised them came from (`_output_and_lse`).
 
     `renormalise`: divide by each query's total over the wanted keys (all text positions), then keep these.
     `watched`: another trace or intervention also watches this call, so it must see SDPA called, not a private op.
@@ -49,13 +49,16 @@ def attention_and_probabilities(query, key, value, call: dict, rows: slice, imag
     out, lse, source = _output_and_lse(query, key, value, call, rows, images, q, k, m, scale, watched)
     kw = k[:, :, wanted] if isinstance(wanted, slice) else k.index_select(2, wanted)
     r, h, n, d = q.shape
-    q3, k3t = q.float().reshape(r * h, n, d), kw.float().reshape(r * h, -1, d).mT
-    bias = _bias(m, call["is_causal"], images, wanted, kw.shape[2], query.device)
-    if bias is None:  # scale·q·k − lse, in one kernel
-        probs = torch.baddbmm(lse.reshape(r * h, n, 1), q3, k3t, beta=-1, alpha=scale)
+    w = kw.shape[2]
+    # keys × queries, then transposed back (a view): a product whose short side is the few wanted keys runs
+    # several times slower than the same product with the queries as its long side (BLAS packs the other way)
+    k3, q3t = kw.float().reshape(r * h, w, d), q.float().reshape(r * h, n, d).mT
+    bias = _bias(m, call["is_causal"], images, wanted, w, query.device)
+    if bias is None:  # scale·k·q − lse, in one kernel
+        probs = torch.baddbmm(lse.reshape(r * h, 1, n), k3, q3t, beta=-1, alpha=scale)
     else:
-        probs = torch.baddbmm((bias - lse[..., None]).reshape(r * h, n, -1), q3, k3t, alpha=scale)
-    probs = probs.exp_().view(r, h, n, -1)
+        probs = torch.baddbmm((bias.mT - lse[..., None, :]).reshape(r * h, w, n), k3, q3t, alpha=scale)
+    probs = probs.exp_().view(r, h, w, n).mT
     if renormalise is not None:  # share of the text attention: divide by each query's total on the text positions
         probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
         probs = probs.index_select(-1, renormalise)
@@ -192,7 +195,8 @@ def _additive(mask, dtype: torch.dtype, masked: float):
 
 
 def _cpu_flash(query, key, value, mask, causal, scale):
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+    # torch's own binding of the op (a few µs faster per call than `torch.ops.aten`'s)
+    return torch._scaled_dot_product_flash_attention_for_cpu(
         query, key, value, 0.0, causal, attn_mask=_additive(mask, query.dtype, -math.inf), scale=scale)
 
 

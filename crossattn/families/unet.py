@@ -51,8 +51,9 @@ class UNetFamily(Family):
     resolution_sites = True
 
     def layers(self, denoiser: torch.nn.Module) -> dict[str, Layer]:
+        # `vars`: a plain attribute of diffusers' `Attention`; `getattr` would raise and catch on every other module
         return unet_layers(denoiser, {n: "cross" for n, m in denoiser.named_modules()
-                                      if getattr(m, "is_cross_attention", False)})
+                                      if vars(m).get("is_cross_attention", False)})
 
     def grid(self, denoiser, args, kwargs) -> tuple[int, int]:
         return tuple(self.first_input(args, kwargs).shape[-2:])

@@ -24,14 +24,15 @@ NON_SDPA_PLAIN = {"AttnProcessor", "SlicedAttnProcessor", "XFormersAttnProcessor
 SDPA_BACKENDS = {"native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math"}
 
 
-def check_traceable(denoiser) -> None:
-    """Configurations the capture cannot follow, refused before anything runs."""
+def check_traceable(denoiser, layers) -> None:
+    """Configurations the capture cannot follow, refused before anything runs (`layers`: the traced layers' paths,
+    whose processors context parallelism would shard)."""
     if hasattr(denoiser, "_orig_mod"):  # torch.compile(model): hooks and modes inside one compiled graph
         raise InputError("a denoiser compiled whole with torch.compile cannot be traced (its attention calls run "
                          "inside one compiled graph): trace before compiling, or compile its repeated blocks "
                          "(denoiser.compile_repeated_blocks()), which crossattn traces exactly")
-    for module in denoiser.modules():
-        if getattr(getattr(module, "processor", None), "_parallel_config", None) is not None:
+    for path in layers:
+        if getattr(getattr(denoiser.get_submodule(path), "processor", None), "_parallel_config", None) is not None:
             raise InputError("context parallelism (sequences sharded over devices) is not supported: each device "
                              "sees only part of the image and text positions; trace without it")
 
@@ -45,11 +46,11 @@ def processors(denoiser) -> dict:
     return {f"{n}.processor": m.processor for n, m in denoiser.named_modules() if hasattr(m, "processor")}
 
 
-def plain_sdpa_swaps(current: dict, layers) -> dict:
+def plain_sdpa_swaps(denoiser, layers) -> dict:
     """Processor path → the `PlainSDPAProcessor` that stands in, for the traced layers (paths `layers`) whose
-    processor in `current` computes plain attention without SDPA."""
+    processor computes plain attention without SDPA."""
     return {f"{path}.processor": PlainSDPAProcessor() for path in layers
-            if type(current.get(f"{path}.processor")).__name__ in NON_SDPA_PLAIN}
+            if type(getattr(denoiser.get_submodule(path), "processor", None)).__name__ in NON_SDPA_PLAIN}
 
 
 # The two switches below fill `switched` (what to give back) as they go, not when done: a failure half-way still
@@ -87,10 +88,18 @@ def run_compiled_blocks_eagerly(denoiser, layers, switched: dict) -> list[str]:
     """Blocks compiled with `module.compile()` (diffusers' `compile_repeated_blocks`) run their traced layers
     inside a compiled graph, where hooks and the observing mode are not executed: they run eagerly (the same
     weights and processors). `switched` gets module → its compiled forward; returns the note that says so."""
-    paths = list(layers)
-    for name, module in denoiser.named_modules():
+    # only a traced layer and the blocks around it decide whether it runs compiled: the modules on its path,
+    # looked up one level at a time (a lookup from the root for each would cost more than the whole walk)
+    around = {"": denoiser}
+    for path in layers:
+        parts = path.split(".")
+        for i in range(1, len(parts) + 1):
+            name = ".".join(parts[:i])
+            if name not in around:
+                around[name] = around[".".join(parts[:i - 1])].get_submodule(parts[i - 1])
+    for module in around.values():
         compiled = getattr(module, "_compiled_call_impl", None)
-        if compiled is not None and (not name or any(p == name or p.startswith(f"{name}.") for p in paths)):
+        if compiled is not None:
             switched[module] = compiled
             module._compiled_call_impl = None
     if not switched:

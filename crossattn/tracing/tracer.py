@@ -14,6 +14,7 @@ import torch
 
 from .. import concepts as concept_maps
 from ..capture import AttentionObserver, Recorder, StepState
+from ..capture import observer as observing
 from ..concepts import resolve_method
 from ..errors import InputError
 from ..families import family_of
@@ -50,9 +51,9 @@ class Trace:
         # Experts that take over some steps (Wan 2.2's low-noise transformer): the same layers, traced alike, into
         # the same sites: the maps cover every step, whichever expert ran it.
         self._denoisers = [self.denoiser] + [getattr(pipe, name) for name in self.family.experts(pipe)]
-        for denoiser in self._denoisers:
-            config.check_traceable(denoiser)
         self.layers = self.family.layers(self.denoiser)
+        for denoiser in self._denoisers:
+            config.check_traceable(denoiser, self.layers)
         if any(self.family.layers(expert).keys() != self.layers.keys() for expert in self._denoisers[1:]):
             raise InputError(f"the experts of {type(pipe).__name__} have different attention layers: crossattn "
                              "traces experts of one architecture")
@@ -105,6 +106,7 @@ class Trace:
         if self._swapped is not None:
             raise RuntimeError("this trace is already active")
         self._swapped = []
+        observing.hold()
         try:
             if self.concepts:  # encoded before the hooks exist, so the prompt capture never sees them
                 engine = concept_maps.engine(self.family, self.pipe, self.denoiser, self.layers, self.concept_recorder,
@@ -122,8 +124,8 @@ class Trace:
     def _watch(self, denoiser: torch.nn.Module) -> None:
         """Put one denoiser's traced layers under observation (processors, backends and compiled blocks made
         observable first), and its call under the step hooks."""
-        current = config.processors(denoiser)
-        swap = config.plain_sdpa_swaps(current, self.layers)
+        swap = config.plain_sdpa_swaps(denoiser, self.layers)
+        current = config.processors(denoiser) if swap else {}  # a walk of the whole model: only when needed
         self._swapped.append((denoiser, {name: current[name] for name in swap}))
         if swap:
             denoiser.set_attn_processor({**current, **swap})
@@ -149,6 +151,8 @@ class Trace:
         for observer in reversed(self._observers):
             observer.close()
         self._observers.clear()
+        if self._swapped is not None:
+            observing.release()
         self.recorder.listener = None
         self._prompts.stop()
         config.give_back_backends(self._backends)
@@ -170,7 +174,7 @@ class Trace:
     def _restart_recording(self) -> None:
         self._checked_observable = False
         for observer in self._observers:
-            observer.calls = 0
+            observer.restart()
         self.recorder.reset()
         self.concept_recorder.reset()
         self._notes.clear()
