@@ -9,11 +9,13 @@ of its first call, many times, three ways interleaved:
   mode is active.
 Each call is a whole denoiser call with classifier-free guidance (batch 2): the step hooks, every traced layer's
 observation and recording. Min over the calls of each way; their ratio is capture's cost per denoiser call. The
-trace's setup (construct, start, stop: hooks and model walks) is timed too, min of 20, and the ratio of a 20-step
-generation's denoiser calls follows: (20 × traced call + setup) / (20 × plain call). The rest of a generation
-(text encoding, the scheduler) is left out of the denominator, so that ratio is an upper bound.
+traced layers are then timed alone the same three ways (their own inputs), which finds the host's quiet moments
+more often: the sum of their differences is the cost per call again, from steadier parts. The trace's setup
+(construct, start, stop: hooks and model walks) is timed too, min of 20, and a 20-step generation's ratio
+follows from the larger of the two per-call ratios: (20 × traced call + setup) / (20 × plain call). The rest of
+a generation (text encoding, the scheduler) is left out of the denominator, so that ratio is an upper bound.
 
-    .venv/bin/python benchmarks/denoiser_cost.py --threads 1 --json benchmarks/results/denoiser_cost.json  # ≈ 1 min
+    .venv/bin/python benchmarks/denoiser_cost.py --threads 1 --json benchmarks/results/denoiser_cost.json  # ≈ 2 min
 """
 
 from __future__ import annotations
@@ -33,38 +35,56 @@ WAYS = ("plain", "direct", "mode")
 STEPS = 20
 
 
-def denoiser_costs(pipe, calls: int) -> dict[str, float]:
-    """Min seconds of one denoiser call, each way (module docstring)."""
+def costs(pipe, calls: int, layer_calls: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Min seconds of one denoiser call each way, and of one call of each traced layer each way (module docstring),
+    all measured at the same step of one traced generation."""
     inputs: dict[str, tuple] = {}
-    times: dict[str, list[float]] = {way: [] for way in WAYS}
+    whole: dict[str, list[float]] = {way: [] for way in WAYS}
+    layers: dict[str, dict[str, list[float]]] = {}
     with crossattn.trace(pipe) as tr:
-        grab = pipe.unet.register_forward_pre_hook(
-            lambda m, args, kwargs: inputs.setdefault("first", (args, kwargs)), with_kwargs=True)
+        modules = {"denoiser": pipe.unet} | {path: pipe.unet.get_submodule(path) for path in tr.layers}
+        grabs = [m.register_forward_pre_hook(lambda m, args, kwargs, path=path: inputs.setdefault(path, (args, kwargs)),
+                                             with_kwargs=True) for path, m in modules.items()]
         hooked = [m for m in pipe.unet.modules() if m._forward_pre_hooks or m._forward_hooks]
+
+        def timed(module, args, kwargs, way: str) -> float:
+            for observer in tr._observers:
+                observer.direct = way == "direct"  # False: the mode, as switch_on decides
+            saved = [(m, m._forward_pre_hooks, m._forward_hooks) for m in hooked] if way == "plain" else []
+            for m, _, _ in saved:
+                m._forward_pre_hooks, m._forward_hooks = type(m._forward_hooks)(), type(m._forward_hooks)()
+            start = time.perf_counter()
+            module(*args, **kwargs)
+            seconds = time.perf_counter() - start
+            for m, pre, post in saved:
+                m._forward_pre_hooks, m._forward_hooks = pre, post
+            return seconds
 
         def measure(pipe_, step, timestep, kwargs):
             if step != 1:
                 return kwargs
-            args, kw = inputs["first"]
+            for grab in grabs:
+                grab.remove()
+            args, kw = inputs["denoiser"]
             with torch.no_grad():
-                for _ in range(calls):
-                    for way in WAYS:
-                        for observer in tr._observers:
-                            observer.direct = way == "direct"  # False: the mode, as switch_on decides
-                        saved = [(m, m._forward_pre_hooks, m._forward_hooks) for m in hooked] if way == "plain" else []
-                        for m, _, _ in saved:
-                            m._forward_pre_hooks, m._forward_hooks = type(m._forward_hooks)(), type(m._forward_hooks)()
-                        start = time.perf_counter()
-                        pipe.unet(*args, **kw)
-                        times[way].append(time.perf_counter() - start)
-                        for m, pre, post in saved:
-                            m._forward_pre_hooks, m._forward_hooks = pre, post
+                for k in range(calls):
+                    for j, way in enumerate(WAYS):
+                        # each call a little later in the schedule: the trace takes it for the next step and records
+                        # it (at one timestep, a further call with the prompt's text is a pass it skips)
+                        later = (args[0], args[1] - 1e-3 * (len(WAYS) * k + j + 1), *args[2:])
+                        whole[way].append(timed(pipe.unet, later, kw, way))
+                # the layers are called in the state the last traced call left: recording the prompt's row
+                for _ in range(layer_calls):
+                    for path in tr.layers:
+                        for way in WAYS:
+                            layers.setdefault(path, {w: [] for w in WAYS})[way].append(
+                                timed(modules[path], *inputs[path], way))
             return kwargs
 
         pipe(PROMPT, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="latent",
              callback_on_step_end=measure)
-        grab.remove()
-    return {way: min(values) for way, values in times.items()}
+    return {way: min(v) for way, v in whole.items()}, \
+        {path: {way: min(v) for way, v in ways.items()} for path, ways in layers.items()}
 
 
 def setup_cost(pipe, repeats: int) -> float:
@@ -81,28 +101,40 @@ def setup_cost(pipe, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--calls", type=int, default=150, help="timed denoiser calls per way")
+    parser.add_argument("--calls", type=int, default=100, help="timed denoiser calls per way")
+    parser.add_argument("--layer-calls", type=int, default=300, help="timed calls per traced layer and way")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = crossattn.load_pipeline(device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    calls = denoiser_costs(pipe, args.calls)
+    calls, layers = costs(pipe, args.calls, args.layer_calls)
     setup = setup_cost(pipe, 20)
-    ratio = {way: calls[way] / calls["plain"] for way in WAYS[1:]}
-    generation = {way: (STEPS * calls[way] + setup) / (STEPS * calls["plain"]) for way in WAYS[1:]}
+    plain = calls["plain"]
+    ratio = {way: calls[way] / plain for way in WAYS[1:]}
+    # the same from the layers' minima: a layer call (~0.5 ms) finds the host's quiet moments far more often than
+    # a whole denoiser call (~45 ms), so these are steadier; the step hooks are in neither sum, so they are added
+    # from the whole-call difference only where that is larger
+    added = {way: sum(t[way] - t["plain"] for t in layers.values()) for way in WAYS[1:]}
+    from_layers = {way: (plain + added[way]) / plain for way in added}
+    generation = {way: (STEPS * plain * max(ratio[way], from_layers[way]) + setup) / (STEPS * plain) for way in added}
     result = {"date": date.today().isoformat(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "calls_per_way": args.calls, "denoiser_call_min_s": calls, "trace_setup_min_s": setup,
-              "ratio_per_call": ratio, "steps": STEPS, "ratio_generation_upper_bound": generation}
+              "calls_per_way": args.calls, "layer_calls_per_way": args.layer_calls, "denoiser_call_min_s": calls,
+              "layers_min_s": layers, "trace_setup_min_s": setup, "ratio_per_call": ratio,
+              "ratio_per_call_from_layers": from_layers, "steps": STEPS,
+              "ratio_generation_upper_bound": generation}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    print(f"embedded UNet, 64 px, CFG: min of {args.calls} interleaved denoiser calls per way, "
-          f"{result['threads']} thread(s); trace setup {setup * 1e3:.1f} ms (min of 20)")
-    print(f"\n| way | denoiser call (ms) | ratio per call | {STEPS} calls + setup, ratio (upper bound) |")
-    print("|---|---|---|---|")
+    print(f"embedded UNet, 64 px, CFG: min of {args.calls} interleaved denoiser calls and of {args.layer_calls} calls "
+          f"of each of its {len(layers)} traced layers, per way; {result['threads']} thread(s); trace setup "
+          f"{setup * 1e3:.1f} ms (min of 20)")
+    print(f"\n| way | denoiser call (ms) | ratio per call | added by the traced layers (µs) | ratio from the layers "
+          f"| {STEPS} calls + setup (upper bound) |")
+    print("|---|---|---|---|---|---|")
     for way in WAYS:
-        tail = f"×{ratio[way]:.3f} | ×{generation[way]:.3f}" if way in ratio else "— | —"
+        tail = f"×{ratio[way]:.3f} | {added[way] * 1e6:.0f} | ×{from_layers[way]:.3f} | ×{generation[way]:.3f}" \
+            if way in ratio else "— | — | — | —"
         print(f"| {way} | {calls[way] * 1e3:.2f} | {tail} |")
 
 

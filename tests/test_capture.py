@@ -334,3 +334,15 @@ def test_non_sdpa_processors_with_their_own_scale_are_traced_exactly():
     with crossattn.trace(pipe) as sliced:
         assert ((latents(pipe, steps=2) - plain).abs().max() / plain.abs().max()).item() < 1e-5
     assert torch.allclose(sliced.heat_maps().data.token_maps(), tr.heat_maps().data.token_maps(), atol=1e-5)
+
+
+def test_more_denoiser_calls_than_the_pipeline_said_keep_the_bins_they_started_with(tiny_sd):
+    """A generation that runs more steps than expected (here: told 2, runs 3, below the 4 time bins) spreads the
+    later ones over the bins its sums were allocated with, instead of indexing past them."""
+    with crossattn.trace(tiny_sd) as tr:
+        tr.expected_steps = 2
+        latents(tiny_sd, steps=3)
+    maps = tr.heat_maps()
+    assert maps.data.sums[next(iter(maps.data.sums))].shape[0] == 2  # 2 bins, from the 2 steps said
+    assert len(tr.recorder.timesteps) == 3 and sum(sum(c) for c in tr.recorder.counts.values()) > 0
+    assert len(maps.over_steps("circle")) == 3

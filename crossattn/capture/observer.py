@@ -165,4 +165,4 @@ class AttentionObserver(TorchFunctionMode):
 def others_watching() -> bool:
     """Whether another observer (a second trace's, or an intervention's) watches the attention call being handled:
     torch takes the mode handling a call off the mode stack while it runs, so any observer left there is another."""
-    return any(isinstance(mode, AttentionObserver) for mode in _get_current_function_mode_stack())
+    return _modes() > 0 and any(isinstance(mode, AttentionObserver) for mode in _get_current_function_mode_stack())
