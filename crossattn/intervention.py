@@ -4,7 +4,7 @@ A scale ``s`` on a word multiplies the attention probability of every image quer
 positions by ``s`` and renormalises over all keys: the same as adding ``log s`` to those logits (``s = 0``
 removes them). It applies to the prompt's rows only (found as the trace finds them, `crossattn.rows`), in steps
 ``[start, stop)`` and in the named layers. The model keeps its processors and its SDPA kernel: the intervention
-is a bias added to the attention call's mask, seen by the same `TorchFunctionMode` hook as capture. A scale of 1
+is a bias added to the attention call's mask, seen by the same observer as capture (`capture/observer.py`). A scale of 1
 leaves the call untouched, so the output is bit-identical to no intervention.
 
 Combined with a trace (in either order), the trace records the attention as the intervention made it:
