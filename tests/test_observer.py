@@ -5,6 +5,7 @@ inside the layer, a processor that binds SDPA itself) sees or does what it would
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch.overrides import TorchFunctionMode
 import crossattn
 from crossattn.capture import observer
 from crossattn.capture.kernels import SDPA
+from tests.families.pipelines import build_tiny_sd
 from tests.helpers import seeded
 
 PROMPT = "a red circle left of a cyan square"
@@ -66,7 +68,7 @@ def test_layers_go_direct_and_record_what_the_mode_records_bit_for_bit(tiny_sd, 
         assert {o.direct for o in tr._observers} == {True}
     assert torch.equal(out, plain) and torch.equal(by_mode[1], plain)
     assert same_recording(tr.recorder, by_mode[0])
-    assert F.scaled_dot_product_attention is SDPA and observer._current is None
+    assert F.scaled_dot_product_attention is SDPA and getattr(observer._running, "observer", None) is None
 
 
 def test_a_processor_that_binds_sdpa_itself_keeps_the_mode(tiny_sd, by_mode):
@@ -167,5 +169,35 @@ def test_an_interrupt_inside_a_direct_layer_leaves_torch_as_it_was(tiny_sd):
             run(tiny_sd)
     finally:
         hook.remove()
-    assert F.scaled_dot_product_attention is SDPA and observer._current is None and observer._active == 0
+    assert F.scaled_dot_product_attention is SDPA and getattr(observer._running, "observer", None) is None
+    assert observer._active == 0
     assert torch._C._len_torch_function_stack() == 0
+
+
+def test_a_direct_trace_in_one_thread_leaves_another_threads_attention_alone(tiny_sd):
+    """While one thread's traced layer has `_dispatch` in place, another thread's model calls the same function:
+    its calls pass through untouched, and the trace records its own generation only, as it would alone."""
+    other = build_tiny_sd()
+    with crossattn.trace(tiny_sd) as tr:
+        run(tiny_sd, steps=6)
+    alone, plain = tr.recorder, run(other, steps=6)
+    out, errors = {}, []
+
+    def work(name, pipe, traced):
+        try:
+            with crossattn.trace(pipe) if traced else contextlib.nullcontext() as t:
+                out[name] = [run(pipe, steps=6) for _ in range(1 if traced else 3)][-1]
+            out[name + " trace"] = t
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=item) for item in (("a", tiny_sd, True), ("b", other, False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert torch.equal(out["b"], plain)
+    together = out["a trace"].recorder
+    assert together.coverage == alone.coverage and together.counts == alone.counts
+    assert all(torch.allclose(together.sums[k], alone.sums[k], atol=1e-6) for k in alone.sums)

@@ -18,10 +18,14 @@ Two ways to see the call, chosen per layer:
   saw came through `_dispatch`, with only one trace active, no other mode on the stack and nobody else's wrapper in
 `torch.nn.functional`. A mode entered inside
   the layer later (layer skipping switched on for some passes) still sees the call first, as it would without us.
+  The function is process-wide while a layer runs: another thread's calls find `_dispatch` and pass through it
+  (`_running` is per thread), but a mode in another thread that compares calls with the attribute (diffusers'
+  layer skipping) would not recognise them during that time; run such guidance in the traced thread.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -35,7 +39,9 @@ if TYPE_CHECKING:
     from .recorder import Layer, Recorder
 
 _active = 0  # started traces (and interventions): with more than one, every layer keeps the mode
-_current: AttentionObserver | None = None  # the observer of the layer running now through `_dispatch`, if any
+# `.observer`: the observer of the layer this thread runs now through `_dispatch`, if any. Per thread: while one
+# thread's layer has `_dispatch` in place, another thread's calls (a second trace there keeps the mode) pass through.
+_running = threading.local()
 _modes = torch._C._len_torch_function_stack  # how many torch function modes are active (0: none)
 
 
@@ -52,8 +58,7 @@ def release() -> None:
 
 def _dispatch(query, key, value, *args, **kwargs):
     """`F.scaled_dot_product_attention` while a layer runs direct (or is probed): the call goes to its observer."""
-    global _current
-    observer = _current
+    observer = getattr(_running, "observer", None)
     if observer is None:
         return SDPA(query, key, value, *args, **kwargs)
     if observer.probing or _modes():
@@ -66,11 +71,11 @@ def _dispatch(query, key, value, *args, **kwargs):
             observer.direct = False
         with _builtin(), _at_bottom(None if observer.probing else observer):
             return SDPA(query, key, value, *args, **kwargs)
-    _current = None  # whatever the recorder calls runs as it would outside the layer
+    _running.observer = None  # whatever the recorder calls runs as it would outside the layer
     try:
         return observer.recorder.observe(observer.layer, query, key, value, *args, **kwargs)
     finally:
-        _current = observer
+        _running.observer = observer
 
 
 @contextmanager
@@ -120,11 +125,11 @@ class AttentionObserver(TorchFunctionMode):
         self.calls, self.direct = 0, None
 
     def switch_on(self, module, args) -> None:  # forward pre-hook of the layer (returns None: inputs untouched)
-        global _current
         self.calls += 1
-        if _active == 1 and _current is None and self.direct is not False and not _modes() and \
-                F.scaled_dot_product_attention is SDPA:  # not wrapped by someone else (they keep their wrapper)
-            _current, self.window = self, True
+        alone = _active == 1 and not _modes() and getattr(_running, "observer", None) is None
+        # `is SDPA`: not wrapped by someone else (they keep their wrapper, and we the mode)
+        if alone and self.direct is not False and F.scaled_dot_product_attention is SDPA:
+            _running.observer, self.window = self, True
             F.scaled_dot_product_attention = _dispatch
             self.probing = self.direct is None
             if not self.probing:
@@ -145,13 +150,12 @@ class AttentionObserver(TorchFunctionMode):
     def close(self) -> None:
         """Switch off, if on. The trace's exit calls this too: torch runs ``always_call`` hooks after an
         `Exception`, not after a KeyboardInterrupt, which would leave the mode on for the rest of the process."""
-        global _current
         if self.on:
             self.on = False
             self.__exit__(None, None, None)
         if self.window:
             self.window = self.probing = False
-            _current = None
+            _running.observer = None
             F.scaled_dot_product_attention = SDPA
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
