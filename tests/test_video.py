@@ -3,6 +3,8 @@ float64 reference per frame, is in test_families.py), the maps' frame API, savin
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -153,6 +155,18 @@ def test_wan22_experts_are_traced_alike_into_the_same_sites():
     maps = tr.heat_maps()
     assert tr.coverage()["recorded_calls"] == {"blocks.0": 2, "blocks.1": 2} and maps.steps == [0, 1]
     assert maps.filter(steps=[1]).word("square").raw.sum() > 0  # the second expert's step has maps
+
+
+def test_wan22_experts_of_different_architectures_are_refused_clearly():
+    """An expert with more layers than the first transformer: refused by name, not an AttributeError from looking
+    up a layer one of them lacks."""
+    pipe = video.build_tiny_wan(experts=True)
+    pipe.transformer_2.blocks.append(copy.deepcopy(pipe.transformer_2.blocks[-1]))
+    with pytest.raises(crossattn.InputError, match="have different attention layers"):
+        crossattn.trace(pipe)
+    pipe.transformer, pipe.transformer_2 = pipe.transformer_2, pipe.transformer  # the larger one first
+    with pytest.raises(crossattn.InputError, match="have different attention layers"):
+        crossattn.trace(pipe)
 
 
 def test_shapes_video_frames_and_maps_are_the_image_models_own():

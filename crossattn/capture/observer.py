@@ -15,9 +15,9 @@ Two ways to see the call, chosen per layer:
   the call to the observer; nothing else is intercepted. This is only right when the processor looks the function
   up on `torch.nn.functional` at call time (diffusers' do) and no other mode watches. So the first call of each
   layer in each generation runs under both (a probe), and the layer goes direct only when every SDPA call the mode
-  saw came through `_dispatch`, with only one trace active, no other mode on the stack and nobody else's wrapper in
-`torch.nn.functional`. A mode entered inside
-  the layer later (layer skipping switched on for some passes) still sees the call first, as it would without us.
+  saw came through `_dispatch`, with only one trace active, no other mode on the stack and nobody else's wrapper
+  in `torch.nn.functional`. A mode entered inside the layer later (layer skipping switched on for some passes)
+  still sees the call first, as it would without us.
   The function is process-wide while a layer runs: another thread's calls find `_dispatch` and pass through it
   (`_running` is per thread), but a mode in another thread that compares calls with the attribute (diffusers'
   layer skipping) would not recognise them during that time; run such guidance in the traced thread.

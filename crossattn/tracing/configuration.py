@@ -46,25 +46,25 @@ def processors(denoiser) -> dict:
     return {f"{n}.processor": m.processor for n, m in denoiser.named_modules() if hasattr(m, "processor")}
 
 
-def plain_sdpa_swaps(denoiser, layers) -> dict:
-    """Processor path → the `PlainSDPAProcessor` that stands in, for the traced layers (paths `layers`) whose
-    processor computes plain attention without SDPA."""
-    return {f"{path}.processor": PlainSDPAProcessor() for path in layers
-            if type(getattr(denoiser.get_submodule(path), "processor", None)).__name__ in NON_SDPA_PLAIN}
+def plain_sdpa_swaps(modules: dict) -> dict:
+    """Processor path → the `PlainSDPAProcessor` that stands in, for the traced layers (`modules`: path → module)
+    whose processor computes plain attention without SDPA."""
+    return {f"{path}.processor": PlainSDPAProcessor() for path, module in modules.items()
+            if type(getattr(module, "processor", None)).__name__ in NON_SDPA_PLAIN}
 
 
 # The two switches below fill `switched` (what to give back) as they go, not when done: a failure half-way still
 # leaves the trace able to give back what was already switched.
 
-def use_sdpa_backend(denoiser, layers, switched: dict) -> list[str]:
-    """Traced layers whose diffusers attention backend would bypass torch's SDPA run through SDPA ("native"):
-    `switched` gets processor → its own backend; returns the notes that say so."""
+def use_sdpa_backend(modules: dict, switched: dict) -> list[str]:
+    """Traced layers (`modules`: path → module) whose diffusers attention backend would bypass torch's SDPA run
+    through SDPA ("native"): `switched` gets processor → its own backend; returns the notes that say so."""
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry  # only where diffusers is used
 
     default = str(getattr(_AttentionBackendRegistry._active_backend, "value", "native"))
     counts: dict[str, int] = {}
-    for path in layers:
-        processor = getattr(denoiser.get_submodule(path), "processor", None)
+    for module in modules.values():
+        processor = getattr(module, "processor", None)
         if processor is None or not hasattr(processor, "_attention_backend"):
             continue
         own = processor._attention_backend

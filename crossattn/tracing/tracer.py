@@ -52,9 +52,10 @@ class Trace:
         # the same sites: the maps cover every step, whichever expert ran it.
         self._denoisers = [self.denoiser] + [getattr(pipe, name) for name in self.family.experts(pipe)]
         self.layers = self.family.layers(self.denoiser)
-        for denoiser in self._denoisers:
-            config.check_traceable(denoiser, self.layers)
-        if any(self.family.layers(expert).keys() != self.layers.keys() for expert in self._denoisers[1:]):
+        expert_layers = [self.family.layers(expert) for expert in self._denoisers[1:]]
+        for denoiser, layers in zip(self._denoisers, [self.layers, *expert_layers], strict=True):
+            config.check_traceable(denoiser, layers)
+        if any(layers.keys() != self.layers.keys() for layers in expert_layers):
             raise InputError(f"the experts of {type(pipe).__name__} have different attention layers: crossattn "
                              "traces experts of one architecture")
         if not self.layers:
@@ -124,15 +125,16 @@ class Trace:
     def _watch(self, denoiser: torch.nn.Module) -> None:
         """Put one denoiser's traced layers under observation (processors, backends and compiled blocks made
         observable first), and its call under the step hooks."""
-        swap = config.plain_sdpa_swaps(denoiser, self.layers)
+        modules = {path: denoiser.get_submodule(path) for path in self.layers}
+        swap = config.plain_sdpa_swaps(modules)
         current = config.processors(denoiser) if swap else {}  # a walk of the whole model: only when needed
         self._swapped.append((denoiser, {name: current[name] for name in swap}))
-        if swap:
+        if swap:  # new processors in the same modules
             denoiser.set_attn_processor({**current, **swap})
-        self._setup_notes += config.use_sdpa_backend(denoiser, self.layers, self._backends)
+        self._setup_notes += config.use_sdpa_backend(modules, self._backends)
         self._setup_notes += config.run_compiled_blocks_eagerly(denoiser, self.layers, self._compiled)
         for path, layer in self.layers.items():
-            module = denoiser.get_submodule(path)
+            module = modules[path]
             observer = AttentionObserver(self.recorder, layer)
             self._observers.append(observer)
             # modes are a stack: the one switched on last is asked first and must be switched off first
