@@ -13,13 +13,21 @@ objects. Beside explain's maps, on the same scenes or captions:
 - generated images of the same captions (20 steps, guidance 5; objects found in the pixels as `eval-shapes`
   finds them): how much reading a given image loses or gains against reading one's own generation;
 - concept maps (`explain(..., concepts=[the world's 9 words])`) of the same images (ConceptAttention's use);
-- a grid of noise levels × number of levels with the time per image, from which the default was chosen.
+- a grid of noise levels × number of levels with the time per image, from which the default was chosen;
+- a same-colour control: the held-out two-object scenes of two different shapes, drawn as they are and again with
+  both objects in the first one's colour (training never puts two objects of one colour in a scene), captioned
+  alike. Per object, its shape word's map and its shape's concept map (each method): the IoU, and the
+  *share* of the map's mass that lies on the object, beside the other object's shape word's share on it. A map
+  that knows the shape puts most of its mass on its own object whatever the colours; one that finds its object
+  by colour splits its mass between two objects of one colour. In one colour, also the word maps under the
+  caption said without colours, and under a caption naming one shape alone ("a circle"), as a concept does.
 
 UNet rows also give the maps of the finest cross-attention sites alone (`maps.filter(resolutions=[16])`: what
 `explain` returns by default; the script asks for `sites="all"` and filters itself, so both are measured).
 
     .venv/bin/python benchmarks/explain_eval.py --n 100 --json benchmarks/results/explain_eval.json
     .venv/bin/python benchmarks/explain_eval.py --quick        # 12 scenes, a small grid: a minute or two
+    .venv/bin/python benchmarks/explain_eval.py --n 100 --only same-colour --json benchmarks/results/explain_eval.json
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import crossattn  # noqa: E402
 from crossattn.concepts import METHODS  # noqa: E402
-from crossattn.explain import DEFAULT_LEVELS, _path_of, explain  # noqa: E402
+from crossattn.explain import DEFAULT_LEVELS, _encode_image, _path_of, explain  # noqa: E402
 from crossattn.families import family_of  # noqa: E402
 from crossattn.generation import generate  # noqa: E402
 from crossattn.shapes import evaluate as ev  # noqa: E402
@@ -50,6 +58,8 @@ from crossattn.shapes.world import (  # noqa: E402
     SHAPES,
     Scene,
     ShapeObject,
+    in_one_colour,
+    without_colours,
 )
 
 TAU = 0.4
@@ -59,6 +69,7 @@ GRID = [(0.1,), (0.2,), (0.3,), (0.4,), (0.5,), (0.7,), (0.9,), (0.3, 0.1), (0.5
         (0.7, 0.5, 0.3, 0.1)]
 QUICK_GRID = [(0.1,), (0.3,), (0.5,), (0.3, 0.1), (0.5, 0.3, 0.1)]
 IMG2IMG = dict(strength=0.3, num_inference_steps=20, guidance_scale=5.0)
+SECTIONS = ("concepts", "same_colour", "cost")  # what --only can re-measure alone
 OOD_KINDS = ("in distribution, PIL renderer", "more objects (4-5)", "textured background", "anti-aliased edges",
              "touching objects")
 
@@ -221,8 +232,8 @@ def timed(run: Callable, items: list) -> tuple[dict, float]:
 
 
 # ---- one model ---------------------------------------------------------------------------------------------
-def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None], concepts_only: bool = False) -> dict:
-    """Every measurement of the module doc on one model; with `concepts_only`, the concept maps alone."""
+def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None], only: str | None = None) -> dict:
+    """Every measurement of the module doc on one model; with `only` (one of SECTIONS), that section alone."""
     pipe = crossattn.load_pipeline(name)
     pipe.set_progress_bar_config(disable=True)
     scenes = ev.held_out_scenes(n)  # the captions eval-shapes generates, with their drawings
@@ -235,8 +246,10 @@ def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None], c
             (score_concepts if options.get("concepts") else score_maps)(maps, scene.objects, scene.masks, scores)
         return run
 
-    if concepts_only:
-        return {"model": name, "scenes": n, "concepts": concept_maps(pipe, scenes, explained, log)}
+    sections = {"concepts": lambda: concept_maps(pipe, scenes, explained, log),
+                "same_colour": lambda: same_colour(pipe, scenes, log), "cost": lambda: cost(pipe, scenes[0], log)}
+    if only is not None:
+        return {"model": name, "scenes": n, only: sections[only]()}
     grid = []
     for levels in QUICK_GRID if quick else GRID:
         scores, seconds = timed(explained(levels), scenes)
@@ -254,7 +267,8 @@ def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None], c
             baselines.setdefault("uniform", []).append(ev.iou(np.ones_like(mask), mask))
     result["baselines"] = means(baselines)
 
-    result["concepts"] = concept_maps(pipe, scenes, explained, log)
+    for section in ("concepts", "same_colour"):
+        result[section] = sections[section]()
 
     result["img2img"] = img2img_baseline(pipe, few)
     log(f"{name} img2img: {result['img2img']}")
@@ -266,8 +280,7 @@ def evaluate_model(name: str, n: int, quick: bool, log: Callable[[str], None], c
         drawn = ood_scenes(kind, few)
         result["out_of_distribution"][kind], _ = timed(explained(), drawn)
         log(f"{name} {kind}: {result['out_of_distribution'][kind]}")
-    result["cost"] = cost(pipe, scenes[0])
-    log(f"{name} cost: {result['cost']}")
+    result["cost"] = sections["cost"]()
     return result
 
 
@@ -278,6 +291,42 @@ def concept_maps(pipe, scenes: list[Scene], explained: Callable, log: Callable[[
         scores, seconds = timed(explained(concepts=ev.CONCEPTS, concept_method=method), scenes)
         out[method] = {"miou": scores, "seconds_per_image": seconds}
         log(f"concepts ({method}): {scores}")
+    return out
+
+
+def same_colour(pipe, scenes: list[Scene], log: Callable[[str], None]) -> dict:
+    """The same-colour control of the module doc, on the scenes of two objects of different shapes: each
+    scene as drawn and in one colour, its shape words' maps and its shapes' concept maps; in one colour, also
+    the word maps under the caption said without colours, and under a caption naming one shape ("a circle")."""
+    out: dict = {}
+
+    def add(key: str, own: np.ndarray, theirs: np.ndarray, mask: np.ndarray) -> None:
+        scores = out.setdefault(key, {})
+        scores.setdefault("iou", []).append(iou_of(own, mask))
+        scores.setdefault("share on its object", []).append(float(own[mask].sum() / own.sum()))
+        scores.setdefault("other shape's share on it", []).append(float(theirs[mask].sum() / theirs.sum()))
+
+    for scene in scenes:
+        if len(scene.objects) != 2 or scene.objects[0].shape == scene.objects[1].shape:
+            continue
+        for kind, drawn in (("as drawn", scene), ("same colour", in_one_colour(scene))):
+            shapes = [obj.shape for obj in drawn.objects]
+            for n, method in enumerate(family_of(pipe).concept_methods):
+                maps = explain(pipe, drawn.image, drawn.caption, concepts=list(SHAPES), concept_method=method)
+                for k, mask in enumerate(drawn.masks):
+                    if n == 0:  # the word maps are the same whatever the concepts' method
+                        add(f"{kind}: word", maps.word(shapes[k]).array, maps.word(shapes[1 - k]).array, mask)
+                    add(f"{kind}: concept ({method})", maps.concept(shapes[k]).raw, maps.concept(shapes[1 - k]).raw,
+                        mask)
+            if kind == "same colour":
+                plain = explain(pipe, drawn.image, without_colours(drawn).caption)
+                alone = [explain(pipe, drawn.image, f"a {shape}").word(shape).array for shape in shapes]
+                for k, mask in enumerate(drawn.masks):
+                    add(f"{kind}: word, caption without colours", plain.word(shapes[k]).array,
+                        plain.word(shapes[1 - k]).array, mask)
+                    add(f"{kind}: word, caption naming one shape", alone[k], alone[1 - k], mask)
+    out = {key: means(scores) for key, scores in out.items()}
+    log(f"same colour: {out}")
     return out
 
 
@@ -319,32 +368,54 @@ def generated(pipe, scenes: list[Scene]) -> dict:
     return {"miou": scores, "seconds_per_image": seconds, "steps": 20, "guidance": 5.0}
 
 
-def cost(pipe, scene: Scene, repeats: int = 3) -> dict:
-    """Seconds (median): explain with the default levels, one bare denoiser call, a 20-step generation."""
-    def median(run):
-        run()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return round(statistics.median(times), 4)
-
-    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+def cost(pipe, scene: Scene, log: Callable[[str], None], rounds: int = 20) -> dict:
+    """Milliseconds, min and median over `rounds` interleaved rounds (on a shared host the min is the steadier
+    figure): explain with the default levels; its parts outside the denoiser that it cannot skip (the VAE's
+    encoding of the image, the caption's encoding); one bare denoiser call as explain makes it, untraced; and
+    (median of 3) a 20-step guided generation. With explain's time in bare calls, whole and without the encoders;
+    a traced call's time (what the second level adds) and the rest (explain less its calls and encoders)."""
+    path, denoiser = _path_of(pipe), getattr(pipe, family_of(pipe).denoiser)
+    picture = Image.fromarray(scene.image)
     calls = []
     hook = denoiser.register_forward_hook(lambda *args: calls.append(1))
     try:
-        explain_s = median(lambda: explain(pipe, scene.image, scene.caption))
+        explain(pipe, scene.image, scene.caption)
     finally:
         hook.remove()
-    path = _path_of(pipe)  # the very call explain makes, untraced
     with torch.no_grad():
-        encoded = path.encode(pipe, scene.caption, pipe.device)
-        latent = torch.randn(1, denoiser.config.in_channels, 16, 16)
-        call_s = median(lambda: path.call(pipe, latent, 300.0, encoded))
-    generate_s = median(lambda: generate(pipe, scene.caption, seed=0))
-    return {"explain_default_s": explain_s, "denoiser_calls_per_explain": len(calls) // (repeats + 1),
-            "one_denoiser_call_s": call_s, "generate_20_steps_guidance_5_s": generate_s}
+        device = pipe._execution_device
+        encoded, latent = path.encode(pipe, scene.caption, device), _encode_image(pipe, picture, device)
+        parts = {"explain": lambda: explain(pipe, scene.image, scene.caption),
+                 "explain_one_level": lambda: explain(pipe, scene.image, scene.caption, noise_levels=[0.3]),
+                 "vae_encode": lambda: _encode_image(pipe, picture, device),
+                 "text_encode": lambda: path.encode(pipe, scene.caption, device),
+                 "execution_device": lambda: pipe._execution_device,
+                 "denoiser_call": lambda: path.call(pipe, latent, 300.0, encoded)}
+        times: dict[str, list[float]] = {name: [] for name in parts}
+        for _ in range(rounds + 1):  # the first round warms up
+            for name, run in parts.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(1000 * (time.perf_counter() - start))
+    least = {name: min(t[1:]) for name, t in times.items()}
+    traced_call = least["explain"] - least["explain_one_level"]  # what the second level (a traced call) adds
+    generations = []
+    for _ in range(3):
+        start = time.perf_counter()
+        generate(pipe, scene.caption, seed=0)
+        generations.append(time.perf_counter() - start)
+    out = {"denoiser_calls_per_explain": len(calls), "rounds": rounds,
+            "ms": {name: {"min": round(least[name], 2), "median": round(statistics.median(t[1:]), 2)}
+                   for name, t in times.items()},
+            "traced_call_ms": round(traced_call, 2),
+            # all but the traced calls and the encoders: the trace's setup and maps, the checks, device lookup
+            "rest_ms": round(least["explain"] - 2 * traced_call - least["vae_encode"] - least["text_encode"], 2),
+            "explain_in_calls": round(least["explain"] / least["denoiser_call"], 2),
+            "explain_without_encoders_in_calls": round(
+                (least["explain"] - least["vae_encode"] - least["text_encode"]) / least["denoiser_call"], 2),
+            "generate_20_steps_guidance_5_s": round(statistics.median(generations), 3)}
+    log(f"cost: {out}")
+    return out
 
 
 # ---- report ------------------------------------------------------------------------------------------------
@@ -379,13 +450,20 @@ def table(results: list[dict]) -> str:
         row(f"concept maps ({method}), all sites", lambda r, m=method: cells(r["concepts"][m]["miou"]))
         row(f"concept maps ({method}), finest sites only (UNet)", lambda r, m=method: cells(
             r["concepts"][m]["miou"], " (finest sites)"))
+    keys = ["as drawn: word", "same colour: word", "same colour: word, caption without colours",
+            "same colour: word, caption naming one shape"]
+    keys += [f"{kind}: concept ({method})" for method in METHODS for kind in ("as drawn", "same colour")]
+    for key in keys:
+        row(f"{key}: shape maps' IoU / share on its object / other shape's share on it",
+            lambda r, key=key: " / ".join(f"{r['same_colour'][key][k]:.3f}" for k in (
+                "iou", "share on its object", "other shape's share on it")))
     row("baseline: centred Gaussian / uniform (any word)",
         lambda r: f"{r['baselines']['gaussian']:.3f} / {r['baselines']['uniform']:.3f}")
     for kind in OOD_KINDS:
         row(f"out of distribution: {kind}, subset", lambda r, k=kind: cells(r["out_of_distribution"][k]))
     heads = " | ".join(f"{r['model']}: mIoU c+s (finest) / s per image with scoring" for r in results)
     lines += ["", f"| noise levels | calls | {heads} |", "|---|---|" + "---|" * len(results)]
-    for entry in results[0]["noise_grid"]:
+    for entry in next((r["noise_grid"] for r in results if "noise_grid" in r), []):
         def grid_cell(r, levels=entry["levels"]):
             g = next((g for g in r["noise_grid"] if g["levels"] == levels), None)
             if g is None:
@@ -395,9 +473,13 @@ def table(results: list[dict]) -> str:
                 f" / {g['seconds_per_image']:.3f}"
         lines.append(f"| {', '.join(f'{v:g}' for v in entry['levels'])} | {entry['calls']} | "
                      + " | ".join(grid_cell(r) for r in results) + " |")
-    lines += ["", "| cost (s, median) | " + " | ".join(r["model"] for r in results) + " |", "|---|" + "---|" * len(
+    lines += ["", "| cost | " + " | ".join(r["model"] for r in results) + " |", "|---|" + "---|" * len(
         results)]
-    for key in ("explain_default_s", "denoiser_calls_per_explain", "one_denoiser_call_s",
+    for key in ("explain", "explain_one_level", "vae_encode", "text_encode", "execution_device", "denoiser_call"):
+        row(f"{key} (ms, min / median)", lambda r, k=key: " / ".join(str(r["cost"]["ms"][k][m]) for m in ("min",
+                                                                                                        "median")))
+    for key in ("denoiser_calls_per_explain", "traced_call_ms", "rest_ms", "explain_in_calls",
+                "explain_without_encoders_in_calls",
                 "generate_20_steps_guidance_5_s"):
         row(key, lambda r, k=key: str(r["cost"][k]))
     return "\n".join(lines)
@@ -409,8 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100, help="held-out scenes (default 100)")
     parser.add_argument("--quick", action="store_true", help="12 scenes and a small grid")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--concepts-only", action="store_true",
-                        help="measure the concept maps alone and replace them in the results of --json")
+    parser.add_argument("--only", choices=[s.replace("_", "-") for s in SECTIONS],
+                        help="measure this section alone; with --json, replace it in that file's results")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: small models use threads badly, worse on a shared machine)")
     args = parser.parse_args(argv)
@@ -418,22 +500,26 @@ def main(argv: list[str] | None = None) -> None:
     n = 12 if args.quick else args.n
     started = time.time()
     results = []
-    earlier = json.loads(args.json.read_text()) if args.concepts_only else {}
+    only = args.only and args.only.replace("-", "_")
+    earlier = json.loads(args.json.read_text()) if only and args.json and args.json.exists() else {}
     kept = {r["model"]: r for r in earlier.get("results", [])}
     for name in args.model or ["shapes-unet", "shapes-mmdit"]:
-        result = evaluate_model(name, n, args.quick, lambda text: print(text, flush=True), args.concepts_only)
-        if args.concepts_only:  # the earlier run's other sections, with these concept maps
-            if kept.get(name, {}).get("scenes") != n:
-                raise SystemExit(f"--concepts-only: {args.json} holds no {n}-scene run of {name}")
-            result = kept[name] | {"concepts": result["concepts"]}
+        result = evaluate_model(name, n, args.quick, lambda text: print(text, flush=True), only)
+        if name in kept:  # --only: the earlier run's other sections, with this one new
+            if kept[name].get("scenes") != n:
+                raise SystemExit(f"--only {args.only}: {args.json} holds a {kept[name].get('scenes')}-scene run of "
+                                 f"{name}, not {n}")
+            result = kept[name] | {only: result[only]}
         results.append(result)
+        kept[name] = result
+        every = list(kept.values()) if only else results  # --only: the models not run this time stay as they were
         if args.json:  # after each model, so a long run keeps what it has
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            seconds = {"concepts_only_seconds" if args.concepts_only else "seconds": round(time.time() - started)}
-            # --concepts-only keeps the earlier run's other records (its time, notes, extra checks)
-            args.json.write_text(json.dumps(earlier | {"results": results, "table": table(results),
+            seconds = {f"{only}_only_seconds" if only else "seconds": round(time.time() - started)}
+            # --only keeps the earlier run's other records (its time, notes, extra checks)
+            args.json.write_text(json.dumps(earlier | {"results": every, "table": table(every),
                                                        "torch_threads": torch.get_num_threads()} | seconds, indent=1))
-    print(table(results))
+    print(table(every))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,21 @@ import torch
 
 import crossattn
 from crossattn.shapes import evaluate as ev
-from crossattn.shapes.model import ARCHITECTURES, MODEL_DIR
+from crossattn.shapes import grounding
+from crossattn.shapes.model import ARCHITECTURES, MODEL_DIR, load_tokenizer
 from crossattn.shapes.recipe import ARCH_NAMES, add_recipe_arguments, recipe_from_args
 from crossattn.shapes.train import Recipe, Trainer, scene_batch
-from crossattn.shapes.world import BACKGROUND, COLOURS, SIZES, parse_caption, resample_layout, sample_scene
+from crossattn.shapes.world import (
+    BACKGROUND,
+    COLOURS,
+    SIZES,
+    in_one_colour,
+    parse_caption,
+    resample_layout,
+    sample_scene,
+    without_colours,
+)
+from crossattn.words import words_from_ids
 
 
 def test_scenes_are_deterministic_and_masks_match_pixels():
@@ -78,6 +89,53 @@ def test_placing_share_draws_captions_that_place_objects():
     share = lambda scenes: np.mean([places_objects(s) for s in scenes])  # noqa: E731
     assert share(plain) < 0.75 and share(focused) > 0.85  # ≈ 0.63 + 0.37 × 0.8
     assert [s.caption for s in scene_batch(0, 200, placing_share=0.8)[2]] == [s.caption for s in focused]
+
+
+def test_scenes_in_one_colour_keep_their_layout_and_name_the_one_colour():
+    scene = next(s for s in map(sample_scene, range(100)) if len(s.objects) == 2 and s.relation)
+    one = in_one_colour(scene)
+    colour = scene.objects[0].colour
+    assert [(o.shape, o.cx, o.cy, o.r) for o in one.objects] == [(o.shape, o.cx, o.cy, o.r) for o in scene.objects]
+    assert {o.colour for o in one.objects} == {colour} and one.relation == scene.relation
+    assert parse_caption(one.caption) == ([(colour, o.shape) for o in scene.objects], scene.relation)
+    for mask, drawn in zip(one.masks, scene.masks):
+        assert np.array_equal(mask, drawn) and (one.image[mask] == COLOURS[colour]).all()
+    assert in_one_colour(one).caption == one.caption  # one colour already: nothing changes
+
+
+def test_same_colour_share_recolours_only_its_own_draws():
+    plain, mixed = scene_batch(0, 200)[2], scene_batch(0, 200, placing_share=0.0, same_colour_share=0.5)[2]
+    several = [k for k, s in enumerate(plain) if len(s.objects) > 1]
+    recoloured = [k for k in several if len({o.colour for o in mixed[k].objects}) == 1]
+    assert 0.35 < len(recoloured) / len(several) < 0.65
+    for k, (a, b) in enumerate(zip(plain, mixed)):  # the same scenes, some in one colour
+        assert b.caption == (in_one_colour(a).caption if k in recoloured else a.caption)
+    with pytest.raises(ValueError, match="same_colour_share"):
+        Recipe(same_colour_share=1.5)
+
+
+def test_colourless_share_drops_the_colour_words_of_its_own_draws():
+    plain, mixed = scene_batch(0, 200)[2], scene_batch(0, 200, colourless_share=0.3)[2]
+    said = [k for k, s in enumerate(mixed) if not set(s.caption.split()) & set(COLOURS)]
+    assert 0.2 < len(said) / 200 < 0.4
+    for k, (a, b) in enumerate(zip(plain, mixed)):
+        assert np.array_equal(a.image, b.image)
+        assert b.caption == (without_colours(a).caption if k in said else a.caption)
+    scene = next(s for s in plain if s.relation and "small" in s.caption)
+    assert without_colours(scene).caption.split() == [w for w in scene.caption.split() if w not in COLOURS]
+    with pytest.raises(ValueError, match="reference_layouts 0"):
+        Recipe(colourless_share=0.3, reference_layouts=4)
+
+
+def test_grounding_masks_give_a_repeated_colour_to_its_objects_in_turn():
+    scene = in_one_colour(next(s for s in map(sample_scene, range(100)) if len(s.objects) == 2 and s.relation))
+    tokenizer = load_tokenizer()
+    masks = grounding.token_masks([scene], [scene.caption], tokenizer)[0]
+    words = words_from_ids(tokenizer, tokenizer(scene.caption, padding="max_length", max_length=77).input_ids)
+    colour = [w for w in words if w.text == scene.objects[0].colour]
+    assert len(colour) == 2
+    for word, mask in zip(colour, scene.masks):
+        assert all(torch.equal(masks[p], torch.from_numpy(mask).float()) for p in word.positions)
 
 
 def test_posterior_mean_target_is_the_usual_one_at_low_noise_and_the_layout_mean_at_pure_noise(tmp_path):
@@ -272,7 +330,6 @@ def test_training_resumes_and_exports_a_loadable_pipeline(tmp_path):
 
 
 def test_grounding_loss_on_hand_made_attention():
-    from crossattn.shapes import grounding
 
     # A 4x4 grid where token 1 names an object covering the left half.
     token_masks = torch.zeros(1, 77, 4, 4)
@@ -330,7 +387,6 @@ def test_training_never_draws_held_out_scenes():
 
 def test_mmdit_training_forward_equals_the_pipeline_forward():
     """Training feeds one zero row for the 256 T5 slots (logit + ln 256): the same function as the pipeline's."""
-    from crossattn.shapes import grounding
     from crossattn.shapes.model import sink_logit, untrained_pipeline
 
     pipe = untrained_pipeline(0, "mmdit")

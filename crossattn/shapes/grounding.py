@@ -125,7 +125,7 @@ def install(denoiser, sink_logit: float | None = None, rows: int | None = None) 
 def token_masks(scenes: list[Scene], captions: list[str], tokenizer) -> torch.Tensor:
     """(batch, 77, H, W) masks: token t of caption b gets the mask of the object its word names (else 0).
 
-    Objects appear in captions in scene order; a repeated shape word belongs to the objects in turn.
+    Objects appear in captions in scene order; a repeated colour or shape word belongs to the objects in turn.
     Captions dropped for classifier-free guidance ("") get no masks.
     """
     size = scenes[0].image.shape[0]
@@ -135,12 +135,12 @@ def token_masks(scenes: list[Scene], captions: list[str], tokenizer) -> torch.Te
             continue
         ids = tokenizer(caption, padding="max_length", max_length=77, truncation=True).input_ids
         words = words_from_ids(tokenizer, ids)
-        seen_shapes: dict[str, int] = {}
+        seen: dict[str, int] = {}  # word -> objects already given it
         for obj, mask in zip(scene.objects, scene.masks):
-            occurrence = seen_shapes.get(obj.shape, 0)
-            seen_shapes[obj.shape] = occurrence + 1
-            owned = [w for w in words if w.text == obj.colour]
-            owned += [w for w in words if w.text == obj.shape and w.occurrence == occurrence]
+            owned = []
+            for text in (obj.colour, obj.shape):
+                owned += [w for w in words if w.text == text and w.occurrence == seen.get(text, 0)]
+                seen[text] = seen.get(text, 0) + 1
             for word in owned:
                 out[b, list(word.positions)] = torch.from_numpy(mask).float()
     return out

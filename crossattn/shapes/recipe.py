@@ -82,6 +82,14 @@ class Recipe:
     # Only captions that place their objects teach where things go, and only ~60 % of scenes have one.
     placing_share: float = _option(0.0, "share of each batch drawn from captions that place their objects "
                                         "(a relation or a position)")
+    # Each object of a drawn scene has its own colour, so attention could bind a shape word to its object by the
+    # colour alone (its CLIP state has read the colour before it): the shipped models' shape words cannot tell a
+    # red circle from a red square (benchmarks/explain_eval.py's same-colour control). Scenes in one colour
+    # (world.in_one_colour) leave only the shape and the place to bind by.
+    same_colour_share: float = _option(0.0, "share of each batch's scenes of several objects redrawn with all of "
+                                            "them in one colour")
+    # A concept "circle" is a shape word with no colour before it, a text state the captions never give.
+    colourless_share: float = _option(0.0, "share of each batch's captions said without their colour words")
     save_every: int = _option(250, "steps between checkpoints")
     sample_every: int = _option(1000, "steps between sample grids (samples/ in the run folder)")
 
@@ -90,9 +98,12 @@ class Recipe:
             raise ValueError(f"arch must be one of {sorted(ARCH_NAMES)}, not {self.arch!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be 'min-snr' or 'clamped', not {self.weighting!r}")
-        if not 0 <= self.high_noise_share <= 1 or not 0 <= self.placing_share <= 1:
-            raise ValueError(f"high_noise_share and placing_share must be in [0, 1], not {self.high_noise_share} "
-                             f"and {self.placing_share}")
+        for name in ("high_noise_share", "placing_share", "same_colour_share", "colourless_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
+        if self.colourless_share > 0 and self.reference_layouts > 0:
+            raise ValueError("colourless_share needs reference_layouts 0: the other layouts keep each object's "
+                             "colour, which a caption without colours leaves open")
         if not 0 <= self.cooldown <= self.denoiser_steps:
             raise ValueError(f"cooldown must be in [0, denoiser_steps={self.denoiser_steps}], not {self.cooldown}")
         if not 0 <= self.high_noise_from < 1000:

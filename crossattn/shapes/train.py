@@ -53,10 +53,12 @@ from .world import (
     SCALING_SEED,
     Scene,
     denoiser_batch_seed,
+    in_one_colour,
     position_phrase,
     resample_layout,
     training_scene,
     vae_batch_seed,
+    without_colours,
 )
 
 SAMPLE_PROMPTS = [
@@ -81,9 +83,12 @@ def places_objects(scene: Scene) -> bool:
     return scene.relation is not None or position_phrase(scene.caption) is not None
 
 
-def scene_batch(start_seed: int, n: int, placing_share: float = 0.0) -> tuple[torch.Tensor, list[str], list[Scene]]:
+def scene_batch(start_seed: int, n: int, placing_share: float = 0.0, same_colour_share: float = 0.0,
+                colourless_share: float = 0.0) -> tuple[torch.Tensor, list[str], list[Scene]]:
     """n scenes as a (n, 3, 64, 64) tensor in [-1, 1], their captions, and the scenes themselves; about
-    `placing_share` of them drawn among scenes whose caption places its objects."""
+    `placing_share` of them drawn among scenes whose caption places its objects, about `same_colour_share` of
+    those with several objects redrawn in one colour (`world.in_one_colour`), and about `colourless_share` of
+    all captioned without colours (`world.without_colours`)."""
     scenes = [training_scene(start_seed + i) for i in range(n)]
     if placing_share > 0:
         rng = np.random.default_rng(start_seed)
@@ -92,6 +97,12 @@ def scene_batch(start_seed: int, n: int, placing_share: float = 0.0) -> tuple[to
             while not places_objects(scenes[i]):
                 scenes[i] = training_scene(seed)
                 seed += 1
+    if same_colour_share > 0:  # its own stream: the batch's other draws stay as they were without it
+        chosen = np.random.default_rng([start_seed, 1]).random(n) < same_colour_share
+        scenes = [in_one_colour(s) if pick and len(s.objects) > 1 else s for s, pick in zip(scenes, chosen)]
+    if colourless_share > 0:
+        chosen = np.random.default_rng([start_seed, 2]).random(n) < colourless_share
+        scenes = [without_colours(s) if pick else s for s, pick in zip(scenes, chosen)]
     return to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes], scenes
 
 
@@ -281,7 +292,8 @@ class Trainer:
                    mininterval=10)
         for step in bar:
             gen = torch.Generator(self.device).manual_seed(r.seed * 1_000_003 + step)
-            x, captions, scenes = scene_batch(denoiser_batch_seed(r.seed, step, r.batch), r.batch, r.placing_share)
+            x, captions, scenes = scene_batch(denoiser_batch_seed(r.seed, step, r.batch), r.batch, r.placing_share,
+                                              r.same_colour_share, r.colourless_share)
             drop = torch.rand(len(captions), generator=gen, device=self.device) < r.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
             masks = None

@@ -11,7 +11,7 @@ set of pixels painted in its colour. That is what makes the world a ground truth
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -227,6 +227,27 @@ def resample_layout(scene: Scene, rng: np.random.Generator) -> Scene:
         raise RuntimeError(f"could not re-place the objects of {scene.caption!r}")
     image, masks = render(objects, size)
     return Scene(image, scene.caption, objects, masks, scene.relation)
+
+
+def in_one_colour(scene: Scene) -> Scene:
+    """The scene with every object in its first object's colour, redrawn and recaptioned ("a red circle left of
+    a red square"): colour no longer tells the objects apart, only their shapes and places do. `sample_scene`
+    draws none such (each object has its own colour); training adds them with `Recipe.same_colour_share`, and
+    benchmarks/explain_eval.py's same-colour control reads them."""
+    colour = scene.objects[0].colour
+    objects = [replace(obj, colour=colour) for obj in scene.objects]
+    image, masks = render(objects, scene.image.shape[0])
+    # colour words appear in captions only as their objects' colours
+    caption = " ".join(colour if word in COLOURS else word for word in scene.caption.split(" "))
+    return Scene(image, caption, objects, masks, scene.relation)
+
+
+def without_colours(scene: Scene) -> Scene:
+    """The scene captioned without its colour words ("a small circle left of a square"): its shape words alone
+    name the objects, as a concept "circle" does. `sample_scene` names every colour; training adds such captions
+    with `Recipe.colourless_share`."""
+    caption = " ".join(word for word in scene.caption.split(" ") if word not in COLOURS)
+    return Scene(scene.image, caption, scene.objects, scene.masks, scene.relation)
 
 
 def parse_caption(caption: str) -> tuple[list[tuple[str, str]], str | None]:
