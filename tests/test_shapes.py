@@ -22,6 +22,7 @@ from crossattn.shapes.world import (
     COLOURS,
     SIZES,
     in_one_colour,
+    naming_one,
     parse_caption,
     resample_layout,
     sample_scene,
@@ -125,6 +126,23 @@ def test_colourless_share_drops_the_colour_words_of_its_own_draws():
     assert without_colours(scene).caption.split() == [w for w in scene.caption.split() if w not in COLOURS]
     with pytest.raises(ValueError, match="reference_layouts 0"):
         Recipe(colourless_share=0.3, reference_layouts=4)
+
+
+def test_one_shape_share_names_one_object_by_its_shape_and_grounds_only_that_one():
+    plain, mixed = scene_batch(0, 200)[2], scene_batch(0, 200, one_shape_share=0.5)[2]
+    eligible = [k for k, s in enumerate(plain) if len(s.objects) > 1 and len({o.shape for o in s.objects}) ==
+                len(s.objects)]
+    named = [k for k in eligible if mixed[k].caption in {f"a {o.shape}" for o in plain[k].objects}]
+    assert 0.3 < len(named) / len(eligible) < 0.7
+    assert all(mixed[k].caption == plain[k].caption for k in range(200) if k not in named)
+    k = named[0]
+    scene, tokenizer = mixed[k], load_tokenizer()
+    masks = grounding.token_masks([scene], [scene.caption], tokenizer)[0]
+    which = next(i for i, o in enumerate(scene.objects) if scene.caption == f"a {o.shape}")
+    assert torch.equal(masks[2], torch.from_numpy(scene.masks[which]).float())  # [start, "a", shape, end, ...]
+    assert masks.sum() == masks[2].sum()  # the other objects' words are not in the caption: no other masks
+    with pytest.raises(ValueError, match="different shapes"):
+        naming_one(next(s for s in plain if len(s.objects) == 2 and s.objects[0].shape == s.objects[1].shape), 0)
 
 
 def test_grounding_masks_give_a_repeated_colour_to_its_objects_in_turn():

@@ -90,6 +90,8 @@ class Recipe:
                                             "them in one colour")
     # A concept "circle" is a shape word with no colour before it, a text state the captions never give.
     colourless_share: float = _option(0.0, "share of each batch's captions said without their colour words")
+    one_shape_share: float = _option(0.0, "share of each batch's scenes of objects of different shapes captioned "
+                                          "with one object's shape alone")
     save_every: int = _option(250, "steps between checkpoints")
     sample_every: int = _option(1000, "steps between sample grids (samples/ in the run folder)")
 
@@ -98,12 +100,12 @@ class Recipe:
             raise ValueError(f"arch must be one of {sorted(ARCH_NAMES)}, not {self.arch!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be 'min-snr' or 'clamped', not {self.weighting!r}")
-        for name in ("high_noise_share", "placing_share", "same_colour_share", "colourless_share"):
+        for name in ("high_noise_share", "placing_share", "same_colour_share", "colourless_share", "one_shape_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
-        if self.colourless_share > 0 and self.reference_layouts > 0:
-            raise ValueError("colourless_share needs reference_layouts 0: the other layouts keep each object's "
-                             "colour, which a caption without colours leaves open")
+        if (self.colourless_share > 0 or self.one_shape_share > 0) and self.reference_layouts > 0:
+            raise ValueError("colourless_share and one_shape_share need reference_layouts 0: the other layouts "
+                             "keep what the caption does not say (each object's colour, the unnamed objects)")
         if not 0 <= self.cooldown <= self.denoiser_steps:
             raise ValueError(f"cooldown must be in [0, denoiser_steps={self.denoiser_steps}], not {self.cooldown}")
         if not 0 <= self.high_noise_from < 1000:

@@ -54,6 +54,7 @@ from .world import (
     Scene,
     denoiser_batch_seed,
     in_one_colour,
+    naming_one,
     position_phrase,
     resample_layout,
     training_scene,
@@ -84,11 +85,13 @@ def places_objects(scene: Scene) -> bool:
 
 
 def scene_batch(start_seed: int, n: int, placing_share: float = 0.0, same_colour_share: float = 0.0,
-                colourless_share: float = 0.0) -> tuple[torch.Tensor, list[str], list[Scene]]:
+                colourless_share: float = 0.0, one_shape_share: float = 0.0) -> tuple[torch.Tensor, list[str],
+                                                                                   list[Scene]]:
     """n scenes as a (n, 3, 64, 64) tensor in [-1, 1], their captions, and the scenes themselves; about
     `placing_share` of them drawn among scenes whose caption places its objects, about `same_colour_share` of
-    those with several objects redrawn in one colour (`world.in_one_colour`), and about `colourless_share` of
-    all captioned without colours (`world.without_colours`)."""
+    those with several objects redrawn in one colour (`world.in_one_colour`), about `colourless_share` of all
+    captioned without colours (`world.without_colours`), and about `one_shape_share` of those of several objects
+    of different shapes captioned with one object's shape alone (`world.naming_one`)."""
     scenes = [training_scene(start_seed + i) for i in range(n)]
     if placing_share > 0:
         rng = np.random.default_rng(start_seed)
@@ -103,6 +106,11 @@ def scene_batch(start_seed: int, n: int, placing_share: float = 0.0, same_colour
     if colourless_share > 0:
         chosen = np.random.default_rng([start_seed, 2]).random(n) < colourless_share
         scenes = [without_colours(s) if pick else s for s, pick in zip(scenes, chosen)]
+    if one_shape_share > 0:
+        rng = np.random.default_rng([start_seed, 3])
+        chosen, which = rng.random(n) < one_shape_share, rng.random(n)
+        scenes = [naming_one(s, int(w * len(s.objects))) if pick and len(s.objects) > 1 and len(
+            {o.shape for o in s.objects}) == len(s.objects) else s for s, pick, w in zip(scenes, chosen, which)]
     return to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes], scenes
 
 
@@ -293,7 +301,7 @@ class Trainer:
         for step in bar:
             gen = torch.Generator(self.device).manual_seed(r.seed * 1_000_003 + step)
             x, captions, scenes = scene_batch(denoiser_batch_seed(r.seed, step, r.batch), r.batch, r.placing_share,
-                                              r.same_colour_share, r.colourless_share)
+                                              r.same_colour_share, r.colourless_share, r.one_shape_share)
             drop = torch.rand(len(captions), generator=gen, device=self.device) < r.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
             masks = None
