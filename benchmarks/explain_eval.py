@@ -59,6 +59,7 @@ from crossattn.shapes.world import (  # noqa: E402
     Scene,
     ShapeObject,
     in_one_colour,
+    shapes_differ,
     without_colours,
 )
 
@@ -307,7 +308,7 @@ def same_colour(pipe, scenes: list[Scene], log: Callable[[str], None]) -> dict:
         scores.setdefault("other shape's share on it", []).append(float(theirs[mask].sum() / theirs.sum()))
 
     for scene in scenes:
-        if len(scene.objects) != 2 or scene.objects[0].shape == scene.objects[1].shape:
+        if len(scene.objects) != 2 or not shapes_differ(scene):
             continue
         for kind, drawn in (("as drawn", scene), ("same colour", in_one_colour(scene))):
             shapes = [obj.shape for obj in drawn.objects]
@@ -398,7 +399,8 @@ def cost(pipe, scene: Scene, log: Callable[[str], None], rounds: int = 20) -> di
                 run()
                 times[name].append(1000 * (time.perf_counter() - start))
     least = {name: min(t[1:]) for name, t in times.items()}
-    traced_call = least["explain"] - least["explain_one_level"]  # what the second level (a traced call) adds
+    # what each level past the first adds: one traced call
+    traced_call = (least["explain"] - least["explain_one_level"]) / (len(calls) - 1)
     generations = []
     for _ in range(3):
         start = time.perf_counter()
@@ -409,7 +411,8 @@ def cost(pipe, scene: Scene, log: Callable[[str], None], rounds: int = 20) -> di
                    for name, t in times.items()},
             "traced_call_ms": round(traced_call, 2),
             # all but the traced calls and the encoders: the trace's setup and maps, the checks, device lookup
-            "rest_ms": round(least["explain"] - 2 * traced_call - least["vae_encode"] - least["text_encode"], 2),
+            "rest_ms": round(least["explain"] - len(calls) * traced_call - least["vae_encode"] - least["text_encode"],
+                             2),
             "explain_in_calls": round(least["explain"] / least["denoiser_call"], 2),
             "explain_without_encoders_in_calls": round(
                 (least["explain"] - least["vae_encode"] - least["text_encode"]) / least["denoiser_call"], 2),

@@ -116,13 +116,11 @@ class Recorder:
     _plans: dict = field(default_factory=dict, repr=False)  # (layer, shapes, text, grid) -> spans and grid, or None
     _site_names: dict = field(default_factory=dict, repr=False)  # (layer, h, w) -> site name
     _call_cache: dict = field(default_factory=dict, repr=False)  # what is constant within one denoiser call
-    _bins: int = field(default=0, repr=False)  # time bins of this generation's sums; 0: none allocated yet
 
     def reset(self) -> None:
         for part in (self.sums, self.counts, self.sites, self.step_sums, self.step_counts, self.timesteps, self._views,
                      self.ran_steps, self.lse_sources, self._call_cache):
             part.clear()
-        self._bins = 0
         for counts in self.coverage.values():
             counts.update(recorded=0, skipped=0)
         self.step = None
@@ -135,10 +133,15 @@ class Recorder:
         self.step = step
         self._call_cache.clear()
 
+    def bin_count(self, total: int) -> int:
+        """Time bins of this generation's sums: as many as the sums were allocated with (a generation that runs
+        more steps than it said spreads them over as many); before that, the bins for `total` expected steps."""
+        held = next(iter(self.sums.values()), None)
+        return len(held) if held is not None else min(self.time_bins, max(total, 1))
+
     def bin_of(self, index: int, total: int) -> int:
-        """Time bin of a step: bins split the expected steps into equal, contiguous ranges. Their number is fixed
-        when the sums are allocated: a generation that runs more steps than it said spreads them over as many."""
-        bins = self._bins or min(self.time_bins, max(total, 1))
+        """Time bin of a step: bins split the expected steps into equal, contiguous ranges."""
+        bins = self.bin_count(total)
         return min(index * bins // max(total, 1), bins - 1)
 
     @property
@@ -293,7 +296,7 @@ class Recorder:
             self._add_step(summed, h, w, counted)
 
     def _allocate(self, name: str, block: str, h: int, w: int, probs: torch.Tensor) -> torch.Tensor:
-        bins = self._bins = self._bins or min(self.time_bins, max(self.step.total, 1))
+        bins = self.bin_count(self.step.total)
         self.sites[name] = Site(name, block, (h, w))
         _, heads, pixels, tokens = probs.shape
         shape = (bins, self.step.images, heads if self.per_head else 1, pixels, tokens)

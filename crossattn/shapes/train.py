@@ -57,6 +57,7 @@ from .world import (
     naming_one,
     position_phrase,
     resample_layout,
+    shapes_differ,
     training_scene,
     vae_batch_seed,
     without_colours,
@@ -109,8 +110,8 @@ def scene_batch(start_seed: int, n: int, placing_share: float = 0.0, same_colour
     if one_shape_share > 0:
         rng = np.random.default_rng([start_seed, 3])
         chosen, which = rng.random(n) < one_shape_share, rng.random(n)
-        scenes = [naming_one(s, int(w * len(s.objects))) if pick and len(s.objects) > 1 and len(
-            {o.shape for o in s.objects}) == len(s.objects) else s for s, pick, w in zip(scenes, chosen, which)]
+        scenes = [naming_one(s, int(w * len(s.objects))) if pick and len(s.objects) > 1 and shapes_differ(s) else s
+                  for s, pick, w in zip(scenes, chosen, which)]
     return to_tensor(np.stack([s.image for s in scenes])), [s.caption for s in scenes], scenes
 
 

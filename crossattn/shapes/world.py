@@ -250,11 +250,16 @@ def without_colours(scene: Scene) -> Scene:
     return Scene(scene.image, caption, scene.objects, scene.masks, scene.relation)
 
 
+def shapes_differ(scene: Scene) -> bool:
+    """Are the scene's objects all of different shapes?"""
+    return len({obj.shape for obj in scene.objects}) == len(scene.objects)
+
+
 def naming_one(scene: Scene, k: int) -> Scene:
     """The scene captioned with its k-th object's shape alone ("a circle"), every object still drawn: a shape word
     with no rival in the caption, as a concept is. Only for scenes whose shapes differ (the grounding masks find
     an object's word by its shape's occurrence). Training adds such captions with `Recipe.one_shape_share`."""
-    if len({obj.shape for obj in scene.objects}) != len(scene.objects):
+    if not shapes_differ(scene):
         raise ValueError(f"naming_one needs objects of different shapes: {scene.caption!r}")
     return Scene(scene.image, f"a {scene.objects[k].shape}", scene.objects, scene.masks, None)
 

@@ -194,7 +194,7 @@ def _maps(trace: Trace, rec: Recorder, row: int, words: list[Word], tokens: list
 def _bin_steps(rec: Recorder) -> list[list[int]]:
     """Per time bin, the steps it holds: those that ran (all, unless the generation stopped early)."""
     total = rec.step.total
-    bins = next(iter(rec.sums.values())).shape[0]
+    bins = rec.bin_count(total)
     members = [[] for _ in range(bins)]
     for s in range(min(total, len(rec.timesteps))):
         members[rec.bin_of(s, total)].append(s)
